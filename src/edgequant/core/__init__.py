@@ -1,0 +1,1 @@
+"""Numeric primitives shared by every layer (numpy only)."""

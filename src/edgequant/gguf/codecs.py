@@ -1,0 +1,207 @@
+"""The ggml block codecs: one registry entry per type, and the public ``quantize`` / ``dequantize``.
+
+A codec is a pair of numba row kernels (``edgequant.kernels.*``) plus the block geometry:
+
+* ``quantize_rows(x, qw, out)``: ``x`` float32 (rows, n_per_row) C-contiguous, ``qw`` float32 of length
+  n_per_row (importance vector) or length 0 (none), ``out`` uint8 (rows, row_bytes) to fill.
+* ``dequantize_rows(data, out)``: ``data`` uint8 (rows, row_bytes), ``out`` float32 (rows, n_per_row).
+
+Kernels release the GIL, so ``threads=N`` splits the rows into N contiguous chunks run on a thread pool.
+Every path is per row or per block, so the bytes do not depend on the thread count (as in ggml).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from edgequant.errors import ConfigError, NonFiniteError, ShapeError, UnsupportedTypeError
+
+Kernel = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One ggml tensor type: its GGUF id, block geometry and kernels."""
+
+    name: str
+    type_id: int
+    block_size: int
+    type_size: int
+    quantize_rows: Kernel | None
+    dequantize_rows: Kernel
+    uses_imatrix: bool
+    in_files: bool = True  # False for Q8_1/Q8_K: matmul intermediates, never stored in model files
+    fp16_scale_fields: tuple[int, ...] = ()  # byte offsets of fp16 scales within a block (for validation)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.type_size / self.block_size
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return (n_per_row // self.block_size) * self.type_size
+
+
+_REGISTRY: dict[str, Codec] = {}
+CODECS = MappingProxyType(_REGISTRY)
+
+
+def register_codec(codec: Codec) -> Codec:
+    if codec.name in _REGISTRY:
+        raise RuntimeError(f"codec {codec.name} registered twice")
+    _REGISTRY[codec.name] = codec
+    return codec
+
+
+def get_codec(qtype: str | int) -> Codec:
+    """Look a codec up by name (case-insensitive, e.g. ``"q4_k"``) or by ggml type id."""
+    _ensure_registered()
+    if isinstance(qtype, (int, np.integer)):
+        for codec in _REGISTRY.values():
+            if codec.type_id == int(qtype):
+                return codec
+        raise UnsupportedTypeError(f"ggml type id {int(qtype)} is not supported; supported: {_names()}")
+    key = str(qtype).strip().upper()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    hint = ""
+    if key.endswith(("_M", "_S", "_L")) and key[:-2] in _REGISTRY:
+        hint = f" ('{qtype}' is a file mixture (ftype); the tensor type is '{key[:-2]}')"
+    raise UnsupportedTypeError(f"unknown quantization type '{qtype}'{hint}; supported: {_names()}")
+
+
+def _names() -> str:
+    return ", ".join(_REGISTRY)
+
+
+def _ensure_registered() -> None:
+    if not _REGISTRY:
+        from edgequant.gguf import registry  # noqa: F401  (registers every codec on import)
+
+
+def resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        return 1
+    if not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ConfigError(f"threads must be a non-negative integer (0 = all cores), got {threads!r}")
+    return int(threads) or (os.cpu_count() or 1)
+
+
+def _run_chunks(fn: Callable[[int, int], None], rows: int, threads: int) -> None:
+    if threads <= 1 or rows < 2:
+        fn(0, rows)
+        return
+    n = min(threads, rows)
+    bounds = [rows * i // n for i in range(n + 1)]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for f in [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(n)]:
+            f.result()
+
+
+def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
+    """Raise NonFiniteError naming the first row holding NaN/Inf."""
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=-1))[0]
+        col = int(np.flatnonzero(~np.isfinite(x[bad]))[0])
+        raise NonFiniteError(f"{what}: row {bad} holds a non-finite value ({x[bad, col]}) at column {col}")
+
+
+def quantize(
+    x: np.ndarray,
+    qtype: str,
+    imatrix: np.ndarray | None = None,
+    *,
+    threads: int | None = None,
+    check_finite: bool = True,
+) -> np.ndarray:
+    """Quantize float32 rows to ggml blocks, byte-identical to llama.cpp's ``ggml_quantize_chunk``.
+
+    ``x``: float32 array (rows, n_per_row); n_per_row must be a multiple of the type's block size.
+    ``imatrix``: None or float32 of length n_per_row (llama-imatrix's per-column mean of squared
+    activations), shared by all rows; types that ignore it (Q8_0, F16, BF16, F32) ignore it here too.
+    Returns uint8 of shape (rows, row_bytes). Warns (``RuntimeWarning``) when a block's fp16 scale
+    overflows to inf/NaN, which llama.cpp writes the same way and then rejects at validation.
+    """
+    codec = get_codec(qtype)
+    if codec.quantize_rows is None:
+        raise UnsupportedTypeError(f"{codec.name} has no quantizer in ggml_quantize_chunk (activation-only type)")
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ShapeError(f"quantize expects a 2-D array (rows, n_per_row), got shape {x.shape}")
+    rows, n = x.shape
+    if n % codec.block_size:
+        raise ShapeError(
+            f"{codec.name} needs a row length that is a multiple of {codec.block_size}, got {n}"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if check_finite:
+        check_finite_rows(x)
+    qw = _imatrix_vector(imatrix, n) if codec.uses_imatrix else np.zeros(0, np.float32)
+    out = np.empty((rows, codec.row_bytes(n)), np.uint8)
+    kernel = codec.quantize_rows
+    _run_chunks(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
+    if codec.fp16_scale_fields:
+        warn_nonfinite_scales(out, codec)
+    return out
+
+
+def _imatrix_vector(imatrix: np.ndarray | None, n: int) -> np.ndarray:
+    if imatrix is None:
+        return np.zeros(0, np.float32)
+    qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    if qw.size != n:
+        raise ShapeError(f"imatrix has {qw.size} values but the rows have {n} columns; they must match")
+    if not np.isfinite(qw).all():
+        raise NonFiniteError(f"imatrix holds a non-finite value at column {int(np.flatnonzero(~np.isfinite(qw))[0])}")
+    return qw
+
+
+def nonfinite_scale_rows(out: np.ndarray, codec: Codec) -> np.ndarray:
+    """Indices of rows whose fp16 scale fields decode to inf/NaN (what ``ggml_validate_row_data`` rejects)."""
+    blocks = out.reshape(out.shape[0], -1, codec.type_size)
+    bad = np.zeros(out.shape[0], bool)
+    for off in codec.fp16_scale_fields:
+        h = blocks[:, :, off].astype(np.uint16) | (blocks[:, :, off + 1].astype(np.uint16) << 8)
+        bad |= ((h & 0x7C00) == 0x7C00).any(axis=1)
+    return np.flatnonzero(bad)
+
+
+def warn_nonfinite_scales(out: np.ndarray, codec: Codec) -> None:
+    bad = nonfinite_scale_rows(out, codec)
+    if bad.size:
+        warnings.warn(
+            f"{codec.name}: {bad.size} row(s) (first: row {bad[0]}) have an fp16 scale that overflowed to "
+            "inf/NaN; ggml produces the same bytes and llama.cpp rejects them at validation. "
+            "Values this large need F32/F16/BF16 or Q8_0.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def dequantize(data: np.ndarray, qtype: str, shape: tuple[int, ...], *, threads: int | None = None) -> np.ndarray:
+    """Decode ggml blocks to float32 of ``shape`` (last dimension = n_per_row), bit-exact with ggml's to_float."""
+    codec = get_codec(qtype)
+    shape = tuple(int(s) for s in shape)
+    if not shape or shape[-1] % codec.block_size:
+        raise ShapeError(f"{codec.name}: shape {shape} has a last dimension that is not a multiple of {codec.block_size}")
+    n = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    raw = np.asarray(data)
+    if raw.dtype != np.uint8:
+        raw = raw.view(np.uint8)
+    expect = rows * codec.row_bytes(n)
+    if raw.size != expect:
+        raise ShapeError(f"{codec.name}: {raw.size} bytes given, shape {shape} needs {expect}")
+    raw = np.ascontiguousarray(raw).reshape(rows, codec.row_bytes(n))
+    out = np.empty((rows, n), np.float32)
+    kernel = codec.dequantize_rows
+    _run_chunks(lambda a, b: kernel(raw[a:b], out[a:b]), rows, resolve_threads(threads))
+    return out.reshape(shape)

@@ -1,0 +1,37 @@
+"""Registers every ggml codec edgequant implements. Imported once, lazily, by ``codecs.get_codec``.
+
+Block geometry (block_size, type_size) comes from gguf-py's ``GGML_QUANT_SIZES`` so it cannot drift
+from llama.cpp's; the byte layouts are documented in each kernel module.
+"""
+
+from __future__ import annotations
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from edgequant.gguf.codecs import Codec, register_codec
+from edgequant.kernels import floats, iq4, kquants, legacy
+
+
+def _add(name, quant, dequant, uses_imatrix, in_files=True, fp16_fields=()):
+    t = GGMLQuantizationType[name]
+    block, size = GGML_QUANT_SIZES[t]
+    register_codec(Codec(name, int(t), block, size, quant, dequant, uses_imatrix, in_files, fp16_fields))
+
+
+_add("F32", floats.quantize_f32, floats.dequantize_f32, False)
+_add("F16", floats.quantize_f16, floats.dequantize_f16, False)
+_add("BF16", floats.quantize_bf16, floats.dequantize_bf16, False)
+_add("Q4_0", legacy.quantize_q4_0, legacy.dequantize_q4_0, True, fp16_fields=(0,))
+_add("Q4_1", legacy.quantize_q4_1, legacy.dequantize_q4_1, True, fp16_fields=(0, 2))
+_add("Q5_0", legacy.quantize_q5_0, legacy.dequantize_q5_0, True, fp16_fields=(0,))
+_add("Q5_1", legacy.quantize_q5_1, legacy.dequantize_q5_1, True, fp16_fields=(0, 2))
+_add("Q8_0", legacy.quantize_q8_0, legacy.dequantize_q8_0, False, fp16_fields=(0,))
+_add("Q8_1", legacy.quantize_q8_1, legacy.dequantize_q8_1, False, in_files=False)
+_add("Q2_K", kquants.quantize_q2_k, kquants.dequantize_q2_k, True, fp16_fields=(80, 82))
+_add("Q3_K", kquants.quantize_q3_k, kquants.dequantize_q3_k, True, fp16_fields=(108,))
+_add("Q4_K", kquants.quantize_q4_k, kquants.dequantize_q4_k, True, fp16_fields=(0, 2))
+_add("Q5_K", kquants.quantize_q5_k, kquants.dequantize_q5_k, True, fp16_fields=(0, 2))
+_add("Q6_K", kquants.quantize_q6_k, kquants.dequantize_q6_k, True, fp16_fields=(208,))
+_add("Q8_K", kquants.quantize_q8_k, kquants.dequantize_q8_k, False, in_files=False)
+_add("IQ4_NL", iq4.quantize_iq4_nl, iq4.dequantize_iq4_nl, True, fp16_fields=(0,))
+_add("IQ4_XS", iq4.quantize_iq4_xs, iq4.dequantize_iq4_xs, True, fp16_fields=(0,))

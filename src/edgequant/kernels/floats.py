@@ -1,0 +1,76 @@
+"""Element-wise float row kernels: F32 (copy), F16 and BF16, bit-exact with ggml's row converters.
+
+F16: IEEE round-to-nearest-even, subnormals exact, overflow -> inf, NaN -> 0x7E00 with sign (ggml's
+software path in libggml-base). BF16: round-to-nearest-even on the upper 16 bits, NaN -> quiet.
+Stored little-endian, 2 bytes per weight; F32 is 4 bytes per weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgequant.kernels.primitives import (
+    F,
+    fp16_bits_to_fp32,
+    fp32_to_bf16_bits,
+    fp32_to_fp16_bits,
+    i32_as_f32,
+    jit,
+)
+
+
+@jit
+def quantize_f32(x, qw, out):
+    rows, n = x.shape
+    for r in range(rows):
+        o = out[r].view(np.float32)
+        for i in range(n):
+            o[i] = x[r, i]
+
+
+@jit
+def dequantize_f32(data, out):
+    rows, n = out.shape
+    for r in range(rows):
+        src = data[r].view(np.float32)
+        for i in range(n):
+            out[r, i] = src[i]
+
+
+@jit
+def quantize_f16(x, qw, out):
+    rows, n = x.shape
+    for r in range(rows):
+        o = out[r].view(np.uint16)
+        for i in range(n):
+            o[i] = fp32_to_fp16_bits(x[r, i])
+
+
+@jit
+def dequantize_f16(data, out):
+    rows, n = out.shape
+    for r in range(rows):
+        src = data[r].view(np.uint16)
+        for i in range(n):
+            out[r, i] = fp16_bits_to_fp32(src[i])
+
+
+@jit
+def quantize_bf16(x, qw, out):
+    rows, n = x.shape
+    for r in range(rows):
+        o = out[r].view(np.uint16)
+        for i in range(n):
+            o[i] = fp32_to_bf16_bits(x[r, i])
+
+
+@jit
+def dequantize_bf16(data, out):
+    rows, n = out.shape
+    for r in range(rows):
+        src = data[r].view(np.uint16)
+        for i in range(n):
+            out[r, i] = i32_as_f32(np.int32(np.int64(src[i]) << 16))
+
+
+_ = F  # float32 alias kept for symmetry with the other kernel modules

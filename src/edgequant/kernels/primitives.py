@@ -1,0 +1,447 @@
+"""Numba scalar primitives shared by every ggml codec: bit casts, fp16, rounding rules, scale searches.
+
+Numerics contract (see ``shared/reference/ggml-quants.md`` §2): every value is IEEE binary32 and every
+``+ - * / sqrt`` is rounded to binary32 at once, left to right as the C code writes it, with no fused
+multiply-add. In numba that means: every variable is ``np.float32``, every literal is wrapped in
+``F(...)``, every integer meeting a float is converted with ``F(i)`` first (numba would otherwise
+promote to float64 and round differently), and ``fastmath`` stays off. Sums are sequential loops,
+never ``np.sum`` (pairwise summation flips last bits).
+
+The search helpers mirror llama.cpp's ``make_qx_quants``, ``make_q3_quants``, ``make_qkx2/3_quants``
+and ``make_qp_quants``. They write codes into a caller-provided ``int32`` buffer and return the scale,
+so a row kernel allocates nothing per block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+F = np.float32
+GROUP_MAX_EPS = F(1e-15)
+
+_JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
+
+
+def jit(fn):
+    """The one decorator for edgequant kernels: cached, GIL-free, exact IEEE arithmetic."""
+    return njit(**_JIT)(fn)
+
+
+# --- bit casts --------------------------------------------------------------------------------------
+
+
+@intrinsic
+def f32_as_i32(typingctx, x):
+    """Reinterpret a float32's bits as an int32 (C's memcpy type pun)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def i32_as_f32(typingctx, x):
+    """Reinterpret an int32's bits as a float32."""
+    if x != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# --- rounding rules ---------------------------------------------------------------------------------
+
+
+@jit
+def nearest_int(v):
+    """ggml's ``nearest_int``: add 1.5*2^23 in float32 and read the low mantissa bits.
+
+    Round half to even for |v| <= 4194303; outside that range it returns the same wrapped value as the
+    C bit trick (reachable only through refinement divisions by tiny denominators), so bytes still match.
+    """
+    t = F(v + F(12582912.0))
+    return (np.int32(f32_as_i32(t)) & 0x007FFFFF) - 0x00400000
+
+
+@jit
+def roundf_away(v):
+    """C ``roundf``: round half away from zero (Q8_0, Q8_1)."""
+    a = abs(v)
+    r = np.floor(a)
+    if a - r >= F(0.5):
+        r = r + F(1.0)
+    return -r if v < 0 else r
+
+
+# --- fp16 / bf16 -------------------------------------------------------------------------------------
+
+
+@jit
+def fp32_to_fp16_bits(f):
+    """IEEE fp32 -> fp16 bits, round to nearest even, subnormals exact, overflow -> inf.
+
+    NaN becomes 0x7E00 with the sign kept, as ggml's software conversion does. The method scales the
+    magnitude so the hardware float add performs the rounding (the classic FP16 library technique).
+    """
+    f = F(f)
+    w = np.int64(f32_as_i32(f)) & 0xFFFFFFFF
+    shl1_w = (w + w) & 0xFFFFFFFF
+    sign = w & 0x80000000
+    base = F(F(abs(f) * F(5.192296858534828e33)) * F(7.703719777548943e-34))  # 2^112, 2^-110
+    bias = shl1_w & 0xFF000000
+    if bias < 0x71000000:
+        bias = 0x71000000
+    base = F(i32_as_f32(np.int32((bias >> 1) + 0x07800000)) + base)
+    bits = np.int64(f32_as_i32(base)) & 0xFFFFFFFF
+    exp_bits = (bits >> 13) & 0x00007C00
+    mantissa_bits = bits & 0x00000FFF
+    nonsign = exp_bits + mantissa_bits
+    if shl1_w > 0xFF000000:
+        nonsign = 0x7E00
+    return np.uint16((sign >> 16) | nonsign)
+
+
+@jit
+def fp16_bits_to_fp32(h):
+    """fp16 bits -> fp32, exact (subnormals, inf and NaN payloads included)."""
+    h = np.int64(h)
+    sign = (h & 0x8000) << 16
+    exp = (h >> 10) & 0x1F
+    mant = h & 0x3FF
+    if exp == 0:
+        v = F(F(mant) * F(5.960464477539063e-08))  # mant * 2^-24, exact
+        return -v if sign else v
+    if exp == 31:
+        bits = sign | 0x7F800000 | (mant << 13)
+    else:
+        bits = sign | ((exp + 112) << 23) | (mant << 13)
+    return i32_as_f32(np.int32(bits))
+
+
+@jit
+def fp16_round(f):
+    """The float32 value that survives a trip through fp16 (what a kernel reads back from ``d16``)."""
+    return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
+
+
+@jit
+def fp32_to_bf16_bits(f):
+    """fp32 -> bf16 bits: round to nearest even on the upper half; NaN -> quiet NaN (ggml rule)."""
+    u = np.int64(f32_as_i32(F(f))) & 0xFFFFFFFF
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 64)
+    return np.uint16(((u + (0x7FFF + ((u >> 16) & 1))) >> 16) & 0xFFFF)
+
+
+# --- little-endian stores into a uint8 row --------------------------------------------------------------
+
+
+@jit
+def put_u16(out, off, v):
+    out[off] = np.uint8(v & 0xFF)
+    out[off + 1] = np.uint8((v >> 8) & 0xFF)
+
+
+@jit
+def get_u16(buf, off):
+    return np.int64(buf[off]) | (np.int64(buf[off + 1]) << 8)
+
+
+@jit
+def put_fp16(out, off, f):
+    """Store fp16(f) at ``out[off:off+2]`` and return the float32 value it decodes to."""
+    h = fp32_to_fp16_bits(f)
+    put_u16(out, off, np.int64(h))
+    return fp16_bits_to_fp32(h)
+
+
+@jit
+def get_fp16(buf, off):
+    return fp16_bits_to_fp32(get_u16(buf, off))
+
+
+# --- helpers on blocks --------------------------------------------------------------------------------
+
+
+@jit
+def signed_absmax(x, start, n):
+    """(amax, m): the largest |x| and the signed element that has it; first index wins ties (§2.7)."""
+    amax = F(0.0)
+    m = F(0.0)
+    for i in range(start, start + n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            m = x[i]
+    return amax, m
+
+
+@jit
+def sum_squares(x, start, n):
+    """Sequential float32 sum of x*x (never pairwise)."""
+    s = F(0.0)
+    for i in range(start, start + n):
+        s = F(s + F(x[i] * x[i]))
+    return s
+
+
+# --- scale searches (§3) ------------------------------------------------------------------------------
+
+
+@jit
+def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
+    """Symmetric weighted scale search (rmse_type 1); codes 0..2*nmax-1 into ``L[ls:ls+n]``.
+
+    ``w`` supplies the weights from offset ``ws``; pass ``ws < 0`` to use w_i = x_i*x_i.
+    Returns the float32 scale; dequantized value is scale*(L - nmax).
+    """
+    amax, m = signed_absmax(x, xs, n)
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[ls + i] = 0
+        return F(0.0)
+    fnmax = F(nmax)
+    iscale = F(F(-fnmax) / m)
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        xi = x[xs + i]
+        l = nearest_int(F(iscale * xi))
+        l = max(-nmax, min(nmax - 1, l))
+        L[ls + i] = l + nmax
+        wi = w[ws + i] if ws >= 0 else F(xi * xi)
+        fl = F(l)
+        sumlx = F(sumlx + F(F(wi * xi) * fl))
+        suml2 = F(suml2 + F(F(wi * fl) * fl))
+    scale = F(sumlx / suml2) if suml2 != 0 else F(0.0)
+    best = F(scale * sumlx)
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        t = F(F(0.1) * F(step))
+        iscale = F(F(-F(fnmax + t)) / m)
+        sumlx = F(0.0)
+        suml2 = F(0.0)
+        for i in range(n):
+            xi = x[xs + i]
+            l = nearest_int(F(iscale * xi))
+            l = max(-nmax, min(nmax - 1, l))
+            wi = w[ws + i] if ws >= 0 else F(xi * xi)
+            fl = F(l)
+            sumlx = F(sumlx + F(F(wi * xi) * fl))
+            suml2 = F(suml2 + F(F(wi * fl) * fl))
+        if suml2 > 0 and F(sumlx * sumlx) > F(best * suml2):
+            for i in range(n):
+                l = nearest_int(F(iscale * x[xs + i]))
+                L[ls + i] = max(-nmax, min(nmax - 1, l)) + nmax
+            scale = F(sumlx / suml2)
+            best = F(scale * sumlx)
+    return scale
+
+
+@jit
+def make_q3_quants(x, xs, L, ls):
+    """Q3_K reference search (n=16, nmax=4) with coordinate-descent refinement; codes 0..7."""
+    n = 16
+    amax, m = signed_absmax(x, xs, n)
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[ls + i] = 0
+        return F(0.0)
+    iscale = F(F(-4.0) / m)
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        xi = x[xs + i]
+        l = max(-4, min(3, nearest_int(F(iscale * xi))))
+        L[ls + i] = l
+        w = F(xi * xi)
+        fl = F(l)
+        sumlx = F(sumlx + F(F(w * xi) * fl))
+        suml2 = F(suml2 + F(F(w * fl) * fl))
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            xi = x[xs + i]
+            w = F(xi * xi)
+            li = L[ls + i]
+            fli = F(li)
+            slx = F(sumlx - F(F(w * xi) * fli))
+            if slx > 0:
+                sl2 = F(suml2 - F(F(w * fli) * fli))
+                new_l = max(-4, min(3, nearest_int(F(F(xi * sl2) / slx))))
+                if new_l != li:
+                    fn = F(new_l)
+                    slx = F(slx + F(F(w * xi) * fn))
+                    sl2 = F(sl2 + F(F(w * fn) * fn))
+                    if sl2 > 0 and F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
+                        L[ls + i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        changed += 1
+        if changed == 0:
+            break
+    for i in range(n):
+        L[ls + i] += 4
+    return F(sumlx / suml2) if suml2 > 0 else F(0.0)
+
+
+@jit
+def make_qkx(n, nmax, x, xs, w, ws, L, ls, Laux, rmin, rdelta, nstep, use_mad):
+    """Asymmetric weighted scale+min search (``make_qkx2/3_quants``); returns (scale, the_min >= 0).
+
+    Reconstruction is scale*L - the_min. When a grid candidate wins, its fitted min replaces ``mn`` for
+    every later grid point (the gotcha of §3.3). ``Laux`` is scratch space of at least ``n`` ints.
+    """
+    fnmax = F(nmax)
+    mn = x[xs]
+    mx = x[xs]
+    sum_w = w[ws]
+    sum_x = F(sum_w * x[xs])
+    for i in range(1, n):
+        xi = x[xs + i]
+        if xi < mn:
+            mn = xi
+        if xi > mx:
+            mx = xi
+        wi = w[ws + i]
+        sum_w = F(sum_w + wi)
+        sum_x = F(sum_x + F(wi * xi))
+    if mn > 0:
+        mn = F(0.0)
+    if mx == mn:
+        for i in range(n):
+            L[ls + i] = 0
+        return F(0.0), F(-mn)
+    iscale = F(fnmax / F(mx - mn))
+    scale = F(F(1.0) / iscale)
+    best = F(0.0)
+    for i in range(n):
+        xi = x[xs + i]
+        l = max(0, min(nmax, nearest_int(F(iscale * F(xi - mn)))))
+        L[ls + i] = l
+        diff = F(F(F(scale * F(l)) + mn) - xi)
+        err = abs(diff) if use_mad else F(diff * diff)
+        best = F(best + F(w[ws + i] * err))
+    for step in range(nstep + 1):
+        iscale = F(F(F(rmin + F(rdelta * F(step))) + fnmax) / F(mx - mn))
+        sum_l = F(0.0)
+        sum_l2 = F(0.0)
+        sum_xl = F(0.0)
+        for i in range(n):
+            xi = x[xs + i]
+            l = max(0, min(nmax, nearest_int(F(iscale * F(xi - mn)))))
+            Laux[i] = l
+            wi = w[ws + i]
+            fl = F(l)
+            wl = F(wi * fl)
+            sum_l = F(sum_l + wl)
+            sum_l2 = F(sum_l2 + F(wl * fl))
+            sum_xl = F(sum_xl + F(wl * xi))
+        D = F(F(sum_w * sum_l2) - F(sum_l * sum_l))
+        if D > 0:
+            this_scale = F(F(F(sum_w * sum_xl) - F(sum_x * sum_l)) / D)
+            this_min = F(F(F(sum_l2 * sum_x) - F(sum_l * sum_xl)) / D)
+            if this_min > 0:
+                this_min = F(0.0)
+                this_scale = F(sum_xl / sum_l2)
+            cur = F(0.0)
+            for i in range(n):
+                diff = F(F(F(this_scale * F(Laux[i])) + this_min) - x[xs + i])
+                err = abs(diff) if use_mad else F(diff * diff)
+                cur = F(cur + F(w[ws + i] * err))
+            if cur < best:
+                for i in range(n):
+                    L[ls + i] = Laux[i]
+                best = cur
+                scale = this_scale
+                mn = this_min
+    return scale, F(-mn)
+
+
+@jit
+def make_qp_quants(n, nmax, x, qw, L):
+    """Second-level search for non-negative sub-block scales/mins (imatrix K-quant paths); codes 0..nmax."""
+    fnmax = F(nmax)
+    mx = F(0.0)
+    for i in range(n):
+        mx = max(mx, x[i])
+    if mx < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F(0.0)
+    iscale = F(fnmax / mx)
+    scale = F(F(1.0) / iscale)
+    best = F(0.0)
+    for i in range(n):
+        l = nearest_int(F(iscale * x[i]))
+        diff = F(x[i] - F(scale * F(l)))
+        best = F(best + F(F(qw[i] * diff) * diff))
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = F(F(F(F(0.1) * F(step)) + fnmax) / mx)
+        scale_is = F(F(1.0) / iscale_is)
+        mse = F(0.0)
+        for i in range(n):
+            l = min(nmax, nearest_int(F(iscale_is * x[i])))
+            diff = F(x[i] - F(scale_is * F(l)))
+            mse = F(mse + F(F(qw[i] * diff) * diff))
+        if mse < best:
+            best = mse
+            iscale = iscale_is
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        l = min(nmax, nearest_int(F(iscale * x[i])))
+        L[i] = l
+        fl = F(l)
+        sumlx = F(sumlx + F(F(qw[i] * x[i]) * fl))
+        suml2 = F(suml2 + F(F(qw[i] * fl) * fl))
+    for _ in range(5):
+        n_changed = 0
+        for i in range(n):
+            fli = F(L[i])
+            w = qw[i]
+            slx = F(sumlx - F(F(w * x[i]) * fli))
+            sl2 = F(suml2 - F(F(w * fli) * fli))
+            if slx > 0 and sl2 > 0:
+                new_l = min(nmax, nearest_int(F(F(x[i] * sl2) / slx)))
+                if new_l != L[i]:
+                    fn = F(new_l)
+                    slx = F(slx + F(F(w * x[i]) * fn))
+                    sl2 = F(sl2 + F(F(w * fn) * fn))
+                    if F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return F(sumlx / suml2) if suml2 > 0 else F(0.0)
+
+
+@jit
+def best_index(values, v):
+    """Index of the nearest entry of the sorted 16-entry table ``values`` (float32); exact tie -> upper."""
+    if v <= values[0]:
+        return 0
+    if v >= values[15]:
+        return 15
+    lo = 0
+    hi = 15
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if v < values[mid]:
+            hi = mid
+        else:
+            lo = mid
+    return hi - 1 if F(v - values[hi - 1]) < F(values[hi] - v) else hi
