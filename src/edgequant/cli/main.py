@@ -1,0 +1,58 @@
+"""``edgequant`` command line: the only layer that prints, parses arguments and exits.
+
+Every subcommand module exposes ``register(subparsers)`` that adds its parser and sets ``func``.
+Library errors (``edgequant.errors.EdgequantError``) become one line on stderr and exit code 1;
+Ctrl-C exits 130 (the writers have already removed their temporary files by then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgequant import __version__
+from edgequant.errors import EdgequantError
+
+EPILOG = """examples:
+  edgequant demo                                   quantize the packaged SmolLM2-135M to 5 ftypes, print a table
+  edgequant quantize model-f32.gguf model-q4_k_m.gguf Q4_K_M 2
+  edgequant quantize --imatrix imatrix.gguf --tensor-type 'attn_v=q8_0' in.gguf out.gguf Q4_K_M
+  edgequant inspect model-q4_k_m.gguf --json
+  edgequant dequantize model-q4_k_m.gguf model-f32.gguf --outtype f32
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgequant.cli import demo, dequantize, inspect, quantize
+
+    parser = argparse.ArgumentParser(
+        prog="edgequant",
+        description="Quantize models for edge devices: llama.cpp-exact GGUF quantization, inspection, evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgequant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (demo, quantize, inspect, dequantize):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgequantError as e:
+        print(f"edgequant {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"edgequant {args.command}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

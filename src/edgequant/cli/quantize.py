@@ -1,0 +1,136 @@
+"""``edgequant quantize``: llama-quantize's command line, with options accepted in any position."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from edgequant.cli.progress import tensor_progress
+from edgequant.errors import ConfigError
+from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype, parse_tensor_type
+
+HELP = """Quantize a GGUF model file, tensor for tensor byte-identical to llama.cpp's llama-quantize.
+
+FTYPE is a file mixture name (case-insensitive) or its llama.cpp id: {ftypes}
+(aliases Q3_K, Q4_K, Q5_K = the _M variants). Type options (--output-tensor-type, --tensor-type...) take
+tensor type names such as q6_k, q8_0, f16.
+"""
+
+EXAMPLES = """examples:
+  edgequant quantize model-f32.gguf model-q4_k_m.gguf Q4_K_M
+  edgequant quantize model-f32.gguf Q6_K 2                 (output: ggml-model-Q6_K.gguf beside the input)
+  edgequant quantize --imatrix imatrix.gguf --exclude-weights ffn_down in.gguf out.gguf IQ4_XS
+  edgequant quantize --tensor-type 'blk\\.[0-3]\\.attn_v=q8_0' --output-tensor-type q8_0 in.gguf out.gguf Q4_K_M
+  edgequant quantize --pure --json in.gguf out.gguf Q4_0 > report.json
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a GGUF file to an ftype (llama-quantize equivalent)",
+                       description=HELP.format(ftypes=", ".join(FTYPES)), epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="+", metavar="IN.gguf [OUT.gguf] FTYPE [NTHREADS]")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix (GGUF or legacy .dat) from llama-imatrix")
+    p.add_argument("--include-weights", action="append", default=[], metavar="NAME",
+                   help="use the imatrix only for tensors whose name contains NAME (repeatable)")
+    p.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
+                   help="do not use the imatrix for tensors whose name contains NAME (repeatable)")
+    p.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight (no fallback)")
+    p.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight (no fallback)")
+    p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
+                   help="type for tensors whose name matches REGEX (first matching option wins; repeatable)")
+    p.add_argument("--tensor-type-file", metavar="FILE", help="file of whitespace-separated REGEX=TYPE items")
+    p.add_argument("--pure", action="store_true", help="no mixture rules: every tensor gets the default type")
+    p.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight in its input type")
+    p.add_argument("--allow-requantize", action="store_true", help="allow quantized input tensors (loses quality)")
+    p.add_argument("--dry-run", action="store_true", help="print the per-tensor plan; write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def _positionals(args: list[str]) -> tuple[str, str, str, int | None]:
+    def is_ftype(s: str) -> bool:
+        try:
+            parse_ftype(s)
+            return True
+        except ConfigError:
+            return False
+
+    if len(args) >= 2 and is_ftype(args[1]) and (len(args) == 2 or (len(args) == 3 and args[2].isdigit())):
+        src, ftype, rest = args[0], args[1], args[2:]
+        name, _ = parse_ftype(ftype)
+        dst = os.path.join(os.path.dirname(os.path.abspath(src)), f"ggml-model-{name}.gguf")
+    elif len(args) in (3, 4):
+        src, dst, ftype, rest = args[0], args[1], args[2], args[3:]
+    else:
+        raise ConfigError("expected IN.gguf [OUT.gguf] FTYPE [NTHREADS]; see edgequant quantize --help")
+    threads = None
+    if rest:
+        if not rest[0].isdigit():
+            raise ConfigError(f"NTHREADS must be a number, got '{rest[0]}'")
+        threads = int(rest[0])
+    return src, dst, ftype, threads
+
+
+def _tensor_types(items: list[str], path: str | None) -> tuple[tuple[str, str], ...]:
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                items = items + f.read().split()
+        except OSError as e:
+            raise ConfigError(f"--tensor-type-file {path}: {e.strerror}") from None
+    out = []
+    for item in items:
+        pattern, sep, tname = item.rpartition("=")
+        if not sep or not pattern:
+            raise ConfigError(f"--tensor-type '{item}': expected REGEX=TYPE, e.g. attn_v=q8_0")
+        out.append((pattern.lower(), parse_tensor_type(tname, f"--tensor-type '{item}'")))
+    return tuple(out)
+
+
+def run(args) -> int:
+    from edgequant.gguf.imatrix import load_imatrix
+    from edgequant.gguf.model_quantize import quantize_model, report_dict
+
+    src, dst, ftype, threads = _positionals(args.args)
+    if args.include_weights and args.exclude_weights:
+        raise ConfigError("--include-weights and --exclude-weights cannot be used together")
+    opts = QuantizeOptions(
+        pure=args.pure,
+        leave_output_tensor=args.leave_output_tensor,
+        output_tensor_type=args.output_tensor_type and parse_tensor_type(args.output_tensor_type,
+                                                                         "--output-tensor-type"),
+        token_embedding_type=args.token_embedding_type and parse_tensor_type(args.token_embedding_type,
+                                                                             "--token-embedding-type"),
+        tensor_types=_tensor_types(args.tensor_type, args.tensor_type_file),
+    )
+    imatrix = None
+    if args.imatrix:
+        imatrix = load_imatrix(args.imatrix).filtered(args.include_weights, args.exclude_weights)
+        if not imatrix.entries:
+            print(f"warning: no imatrix entries left after filtering {args.imatrix}", file=sys.stderr)
+            imatrix = None
+    if args.dry_run:
+        from edgequant.gguf.model_quantize import plan_model
+
+        plan = plan_model(src, ftype, imatrix=imatrix, options=opts)
+        if args.json:
+            print(json.dumps(plan, indent=1))
+        else:
+            from edgequant.cli.tables import print_plan
+
+            print_plan(plan)
+        return 0
+    with tensor_progress(f"quantize → {os.path.basename(dst)}") as advance:
+        report = quantize_model(src, dst, ftype, imatrix=imatrix, options=opts, threads=threads,
+                                allow_requantize=args.allow_requantize,
+                                on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"))
+    if args.json:
+        print(json.dumps(report_dict(report), indent=1))
+    else:
+        from edgequant.cli.tables import print_quantize_summary
+
+        print_quantize_summary(report)
+    return 0

@@ -1,0 +1,287 @@
+"""Whole-file quantization: the equivalent of ``llama-quantize IN.gguf OUT.gguf FTYPE``.
+
+Pipeline (``shared/reference/ggml-quants.md`` §6): read the input lazily (mmap), decide every tensor's
+type with :mod:`edgequant.gguf.ftypes` in llama.cpp's sorted order, write the metadata llama.cpp writes
+(all input KVs but the split keys, then ``general.quantization_version`` and ``general.file_type``, then
+the imatrix provenance keys), then stream the tensors one at a time: a tensor whose type does not change
+is copied byte for byte, any other is widened to float32 and encoded by the codecs. Output goes to a
+temporary file renamed at the end. Peak memory is about one tensor in float32 plus its encoding.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf.constants import GGUFValueType
+
+from edgequant.errors import ConfigError, NonFiniteError, ShapeError
+from edgequant.gguf.codecs import dequantize, get_codec, nonfinite_scale_rows, quantize
+from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
+from edgequant.gguf.imatrix import Imatrix
+from edgequant.gguf.reader import GGUFReader
+from edgequant.gguf.writer import GGUFStreamWriter, check_writable
+
+GGML_QNT_VERSION = 2
+_FLOAT_TYPES = ("F32", "F16", "BF16")
+_SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]  # ggml order, ne[0] = row length
+    old_type: str
+    new_type: str
+    fallback_from: str | None
+    nbytes_in: int
+    nbytes_out: int
+    seconds: float
+    used_imatrix: bool
+    rmse: float | None = None  # of the dequantized output against the float input, when measured
+
+
+@dataclass
+class QuantizeReport:
+    src: str
+    dst: str
+    ftype: str
+    ftype_id: int
+    seconds: float = 0.0
+    bytes_out: int = 0
+    n_params: int = 0
+    tensors: list[TensorReport] = field(default_factory=list)
+
+    @property
+    def n_fallback(self) -> int:
+        return sum(t.fallback_from is not None for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per parameter over all tensors (llama.cpp's 'BPW' of the tensor data)."""
+        return 8.0 * sum(t.nbytes_out for t in self.tensors) / max(1, self.n_params)
+
+    def type_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tensors:
+            out[t.new_type] = out.get(t.new_type, 0) + 1
+        return out
+
+    def weight_rmse(self) -> float | None:
+        """RMSE over all quantized weights (element-weighted), when measured."""
+        acc = [(t.rmse, int(np.prod(t.shape))) for t in self.tensors if t.rmse is not None]
+        if not acc:
+            return None
+        n = sum(k for _, k in acc)
+        return float(np.sqrt(sum(r * r * k for r, k in acc) / n))
+
+
+def model_info(kv: dict, path: str) -> ModelInfo:
+    """Hyper-parameters the type rules need, from ``<arch>.*`` metadata."""
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"{path}: metadata has no general.architecture; is this a model file?")
+
+    def first(key: str, default: int | None = None) -> int:
+        v = kv.get(f"{arch}.{key}", default)
+        if v is None:
+            raise ConfigError(f"{path}: metadata lacks {arch}.{key}")
+        return int(v[0] if isinstance(v, (list, tuple, np.ndarray)) else v)
+
+    n_layer = first("block_count")
+    n_head = first("attention.head_count", 0)
+    n_head_kv = first("attention.head_count_kv", n_head)
+    is_70b = (n_layer == 80 and ((arch == "llama" and n_head != n_head_kv) or arch in ("qwen2", "olmo", "deci"))) \
+        or (arch == "jais2" and n_layer == 68)
+    return ModelInfo(arch, n_layer, n_head, n_head_kv, first("expert_count", 0), is_70b)
+
+
+def quantize_model(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    ftype: str | int,
+    *,
+    imatrix: Imatrix | None = None,
+    options: QuantizeOptions | None = None,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    measure_error: bool = False,
+    on_tensor: Callable[[int, int, TensorReport], None] | None = None,
+) -> QuantizeReport:
+    """Quantize a GGUF model file to ``ftype``; returns what was done to every tensor.
+
+    Raises (before writing anything when it can be known up front): ConfigError for an unknown ftype
+    or type, a requantization without ``allow_requantize`` or an imatrix that does not fit; FormatError
+    for a malformed input; NonFiniteError naming tensor and row for NaN/Inf weights; OutputError when
+    ``dst`` cannot be written. On any error or interrupt no file is left at ``dst``.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    ftype_name, ftype_id = parse_ftype(ftype)
+    opts = options or QuantizeOptions()
+    check_writable(dst)
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise ConfigError(f"output {dst} is the input file; choose another output path")
+    t_start = time.perf_counter()
+    report = QuantizeReport(src, dst, ftype_name, ftype_id)
+    with GGUFReader(src) as reader:
+        kv = reader.kv_values()
+        info = model_info(kv, src)
+        plan = _plan(reader, src, ftype_name, info, imatrix, opts, allow_requantize)
+        with GGUFStreamWriter(dst) as w:
+            for key, rec in reader.kvs.items():
+                if key in _SPLIT_KEYS or key in ("general.quantization_version", "general.file_type"):
+                    continue
+                w.add_kv(key, rec.vtype, rec.value, rec.array_type)
+            w.add_kv("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
+            w.add_kv("general.file_type", GGUFValueType.UINT32, ftype_id)
+            if imatrix is not None:
+                _add_imatrix_kvs(w, imatrix)
+            for t, c, requant, _ in plan:
+                new = get_codec(c.new_type) if requant else None
+                nbytes = new.row_bytes(t.shape_ne[0]) * (t.n_elements // t.shape_ne[0]) if new else t.nbytes
+                w.add_tensor_info(t.name, t.shape_ne, new.type_id if new else t.type_id, nbytes)
+            w.write_header()
+            for i, (t, c, requant, qw) in enumerate(plan):
+                t0 = time.perf_counter()
+                raw = reader.tensor_data(t)
+                rmse = None
+                if requant:
+                    x = _as_rows_f32(raw, t)
+                    out = _encode(x, c.new_type, qw, t, threads)
+                    if measure_error:
+                        back = dequantize(out, c.new_type, x.shape, threads=threads)
+                        rmse = float(np.sqrt(np.mean((back.astype(np.float64) - x) ** 2)))
+                    w.write_tensor_data(t.name, out)
+                    nbytes_out = out.nbytes
+                    del x, out
+                else:
+                    w.write_tensor_data(t.name, raw)
+                    nbytes_out = t.nbytes
+                    if measure_error and t.type_name != "F32" and c.quantize:
+                        rmse = 0.0
+                rep = TensorReport(t.name, t.shape_ne, t.type_name, c.new_type if requant else t.type_name,
+                                   c.fallback_from, t.nbytes, nbytes_out, time.perf_counter() - t0,
+                                   qw is not None, rmse)
+                report.tensors.append(rep)
+                report.n_params += t.n_elements
+                if on_tensor:
+                    on_tensor(i, len(plan), rep)
+    report.seconds = time.perf_counter() - t_start
+    report.bytes_out = os.path.getsize(dst)
+    return report
+
+
+def _plan(reader: GGUFReader, src: str, ftype: str, info: ModelInfo, imatrix: Imatrix | None,
+          opts: QuantizeOptions, allow_requantize: bool) -> list:
+    """(tensor info, TensorChoice, re-encode?, imatrix vector or None) per tensor, in output order."""
+    by_name = {t.name: t for t in reader.tensors}
+    qmap = imatrix.entries if imatrix is not None else {}
+    choices = choose_types([(t.name, t.shape_ne, t.type_name) for t in reader.tensors], ftype, info, opts,
+                           has_imatrix=bool(qmap))
+    plan = []
+    for c in choices:
+        t = by_name[c.name]
+        requant = c.quantize and c.new_type != t.type_name
+        if requant and t.type_name not in _FLOAT_TYPES and not allow_requantize:
+            raise ConfigError(f"{src}: tensor '{t.name}' is {t.type_name}; requantizing from it is disabled "
+                              "(it loses quality); pass --allow-requantize to do it anyway")
+        qw = _imatrix_for(qmap, t) if requant else None
+        plan.append((t, c, requant, qw))
+    return plan
+
+
+def plan_model(src: str | os.PathLike, ftype: str | int, *, imatrix: Imatrix | None = None,
+               options: QuantizeOptions | None = None) -> list[dict]:
+    """What ``quantize_model`` would do to every tensor (``--dry-run``), without encoding anything."""
+    src = os.fspath(src)
+    ftype_name, _ = parse_ftype(ftype)
+    with GGUFReader(src) as reader:
+        info = model_info(reader.kv_values(), src)
+        plan = _plan(reader, src, ftype_name, info, imatrix, options or QuantizeOptions(), True)
+        out = []
+        for t, c, requant, qw in plan:
+            new = get_codec(c.new_type) if requant else None
+            rows = t.n_elements // t.shape_ne[0]
+            out.append({"name": t.name, "shape": list(t.shape_ne), "old_type": t.type_name,
+                        "new_type": c.new_type if requant else t.type_name, "fallback_from": c.fallback_from,
+                        "nbytes_in": t.nbytes,
+                        "nbytes_out": new.row_bytes(t.shape_ne[0]) * rows if new else t.nbytes,
+                        "imatrix": qw is not None, "manual": c.manual})
+        return out
+
+
+def report_dict(report: QuantizeReport) -> dict:
+    """JSON-ready form of a QuantizeReport (``--json``)."""
+    return {
+        "src": report.src, "dst": report.dst, "ftype": report.ftype, "ftype_id": report.ftype_id,
+        "seconds": round(report.seconds, 4), "bytes_out": report.bytes_out, "n_params": report.n_params,
+        "bits_per_weight": round(report.bits_per_weight, 4), "n_fallback": report.n_fallback,
+        "type_counts": report.type_counts(), "weight_rmse": report.weight_rmse(),
+        "tensors": [{"name": t.name, "shape": list(t.shape), "old_type": t.old_type, "new_type": t.new_type,
+                     "fallback_from": t.fallback_from, "nbytes_in": t.nbytes_in, "nbytes_out": t.nbytes_out,
+                     "seconds": round(t.seconds, 5), "imatrix": t.used_imatrix, "rmse": t.rmse}
+                    for t in report.tensors],
+    }
+
+
+def _imatrix_for(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
+    qw = qmap.get(t.name)
+    if qw is None:
+        return None
+    ne = t.shape_ne
+    want = ne[0] * (ne[2] if len(ne) > 2 else 1)
+    if qw.size != want:
+        if "token_embd" in t.name:
+            return None  # llama.cpp ignores a mis-sized token_embd entry
+        raise ShapeError(f"imatrix entry for '{t.name}' has {qw.size} values, the tensor needs {want} "
+                         f"(ne[0]={ne[0]}); is the imatrix for another model?")
+    return qw
+
+
+def _as_rows_f32(raw: np.ndarray, t) -> np.ndarray:
+    rows = t.n_elements // t.shape_ne[0]
+    if t.type_name == "F32":
+        x = np.array(raw.view(np.float32).reshape(rows, t.shape_ne[0]))
+    else:
+        x = dequantize(raw, t.type_name, (rows, t.shape_ne[0]))
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise NonFiniteError(f"tensor '{t.name}': row {row} holds NaN or Inf; fix the source weights")
+    return x
+
+
+def _encode(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
+    """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice."""
+    ne = t.shape_ne
+    n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
+    if qw is None or n_mat == 1:
+        out = quantize(x, new_type, qw, threads=threads, check_finite=False)
+    else:
+        per = x.shape[0] // n_mat
+        out = np.concatenate([
+            quantize(x[e * per:(e + 1) * per], new_type, qw[e * ne[0]:(e + 1) * ne[0]], threads=threads,
+                     check_finite=False) for e in range(n_mat)])
+    codec = get_codec(new_type)
+    if codec.fp16_scale_fields:
+        bad = nonfinite_scale_rows(out, codec)
+        if bad.size:
+            raise NonFiniteError(
+                f"tensor '{t.name}': {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 scale of "
+                f"{new_type} (|w| too large); llama.cpp rejects such data too. Use --tensor-type "
+                f"'{t.name}=f16' (or q8_0) for this tensor")
+    return out
+
+
+def _add_imatrix_kvs(w: GGUFStreamWriter, imatrix: Imatrix) -> None:
+    """The provenance keys llama-quantize records (strings capped at 127 bytes, like its override buffer)."""
+    w.add_kv("quantize.imatrix.file", GGUFValueType.STRING, imatrix.path.encode()[:127].decode(errors="ignore"))
+    if imatrix.datasets:
+        w.add_kv("quantize.imatrix.dataset", GGUFValueType.STRING,
+                 imatrix.datasets[0].encode()[:127].decode(errors="ignore"))
+    w.add_kv("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(imatrix.entries))
+    if imatrix.chunk_count > 0:
+        w.add_kv("quantize.imatrix.chunks_count", GGUFValueType.UINT32, imatrix.chunk_count)
+

@@ -1,0 +1,391 @@
+"""K-quant row kernels (Q2_K … Q6_K, Q8_K), byte-exact with llama.cpp's ``quantize_q*_K``.
+
+Without an importance vector the ``quantize_row_q*_K_ref`` algorithms run; with one the ``*_impl``
+algorithms (``shared/reference/ggml-quants.md`` §4.7–4.12, §5). Q2_K and Q3_K live in
+``kquants_low`` and are re-exported here. Every float is float32 and every sum sequential (§2.1);
+integer stores wrap to uint8/int8 exactly where the C code stores into them.
+
+Block layouts (256 weights, little-endian):
+
+* Q4_K, 144 bytes: ``d`` fp16 @0, ``dmin`` fp16 @2, ``scales[12]`` @4 (eight 6-bit scales and mins,
+  §3.6), ``qs[128]`` @16 (byte ``32c+l``: low nibble = element ``64c+l``, high = ``64c+32+l``).
+  ``y = (d*sc)*q - dmin*mn``.
+* Q5_K, 176 bytes: ``d`` @0, ``dmin`` @2, ``scales[12]`` @4, ``qh[32]`` @16 (bit ``i//32`` of byte
+  ``i%32`` = 5th bit), ``qs[128]`` @48 (low 4 bits, Q4_K layout).
+* Q6_K, 210 bytes: ``ql[128]`` @0, ``qh[64]`` @128, ``scales[16]`` int8 @192, ``d`` fp16 @208; code
+  ``L`` (0..63) of element ``b+l+32k`` (``b = 128h``, k = 0..3) has low nibble in ``ql[64h + l + 32*(k&1)]``
+  (high nibble if k >= 2) and top 2 bits at ``2k`` of ``qh[32h + l]``. ``y = (d*sc)*(L-32)``.
+* Q8_K, 292 bytes: ``d`` **f32** @0, ``qs[256]`` int8 @4, ``bsums[16]`` int16 @260. ``y = d*q``.
+  No imatrix (``quantize_row_q8_K_ref``); an all-zero block writes zero ``bsums`` (ggml leaves them
+  untouched).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgequant.kernels.kquants_low import (
+    dequantize_q2_k,
+    dequantize_q3_k,
+    qp_quants_u8,
+    quantize_q2_k,
+    quantize_q3_k,
+)
+from edgequant.kernels.primitives import (
+    GROUP_MAX_EPS,
+    F,
+    f32_as_i32,
+    get_fp16,
+    i32_as_f32,
+    jit,
+    make_qkx,
+    make_qx_quants,
+    nearest_int,
+    put_fp16,
+)
+
+__all__ = [
+    "quantize_q2_k",
+    "dequantize_q2_k",
+    "quantize_q3_k",
+    "dequantize_q3_k",
+    "quantize_q4_k",
+    "dequantize_q4_k",
+    "quantize_q5_k",
+    "dequantize_q5_k",
+    "quantize_q6_k",
+    "dequantize_q6_k",
+    "quantize_q8_k",
+    "dequantize_q8_k",
+]
+
+QK_K = 256
+
+
+# --- Q4_K / Q5_K --------------------------------------------------------------------------------------
+
+
+@jit
+def get_scale_min_k4(j, S, so):
+    """§3.6: (scale, min) of sub-block j from the 12 packed bytes at ``S[so:]``."""
+    if j < 4:
+        return np.int32(S[so + j]) & 63, np.int32(S[so + j + 4]) & 63
+    sc = (np.int32(S[so + j + 4]) & 0xF) | ((np.int32(S[so + j - 4]) >> 6) << 4)
+    mn = (np.int32(S[so + j + 4]) >> 4) | ((np.int32(S[so + j]) >> 6) << 4)
+    return sc, mn
+
+
+@jit
+def _q45_block(xr, qw, use_qw, base, orow, o, nmax, rmin, rdelta, nstep, clamp63, L, Laux, w, scales, mins, sw, Ls, Lm):
+    """Scale search, 6-bit packing and re-quantization of one Q4_K/Q5_K super-block; codes into ``L``."""
+    if not use_qw:
+        max_scale = F(0.0)
+        max_min = F(0.0)
+        for j in range(8):
+            s0 = base + 32 * j
+            sum_x2 = F(0.0)
+            for l in range(32):
+                xi = xr[s0 + l]
+                sum_x2 = F(sum_x2 + F(xi * xi))
+            av_x = np.sqrt(F(sum_x2 / F(32.0)))
+            for l in range(32):
+                w[l] = F(av_x + abs(xr[s0 + l]))
+            s, m = make_qkx(32, nmax, xr, s0, w, 0, L, 32 * j, Laux, rmin, rdelta, nstep, False)
+            scales[j] = s
+            mins[j] = m
+            if s > max_scale:
+                max_scale = s
+            if m > max_min:
+                max_min = m
+        inv_scale = F(F(63.0) / max_scale) if max_scale > 0 else F(0.0)
+        inv_min = F(F(63.0) / max_min) if max_min > 0 else F(0.0)
+        for j in range(8):
+            Ls[j] = min(63, nearest_int(F(inv_scale * scales[j])) & 0xFF)
+            Lm[j] = min(63, nearest_int(F(inv_min * mins[j])) & 0xFF)
+        dval = F(max_scale / F(63.0))
+        mval = F(max_min / F(63.0))
+    else:
+        sum_x2 = F(0.0)
+        for i in range(QK_K):
+            xi = xr[base + i]
+            sum_x2 = F(sum_x2 + F(xi * xi))
+        sigma2 = F(F(F(2.0) * sum_x2) / F(256.0))
+        for j in range(8):
+            s0 = base + 32 * j
+            for l in range(32):
+                xi = xr[s0 + l]
+                w[l] = F(qw[s0 + l] * np.sqrt(F(sigma2 + F(xi * xi))))
+            s = F(0.0)
+            for l in range(32):
+                s = F(s + w[l])
+            sw[j] = s
+            sj, mj = make_qkx(32, nmax, xr, s0, w, 0, L, 32 * j, Laux, F(-0.9), F(0.05), 36, False)
+            scales[j] = sj
+            mins[j] = mj
+        dval = qp_quants_u8(8, 63, scales, sw, Ls)
+        mval = qp_quants_u8(8, 63, mins, sw, Lm)
+        if clamp63:
+            for j in range(8):
+                Ls[j] = min(63, Ls[j])
+                Lm[j] = min(63, Lm[j])
+    so = o + 4
+    for j in range(8):
+        ls = Ls[j]
+        lm = Lm[j]
+        if j < 4:
+            orow[so + j] = np.uint8(ls & 0xFF)
+            orow[so + j + 4] = np.uint8(lm & 0xFF)
+        else:
+            orow[so + j + 4] = np.uint8(((ls & 0xF) | ((lm & 0xF) << 4)) & 0xFF)
+            orow[so + j - 4] = np.uint8((np.int32(orow[so + j - 4]) | ((ls >> 4) << 6)) & 0xFF)
+            orow[so + j] = np.uint8((np.int32(orow[so + j]) | ((lm >> 4) << 6)) & 0xFF)
+    d = put_fp16(orow, o, dval)
+    dmin = put_fp16(orow, o + 2, mval)
+    for j in range(8):
+        sc, mn = get_scale_min_k4(j, orow, so)
+        dd = F(d * F(sc))
+        if dd == 0:
+            continue
+        dm = F(dmin * F(mn))
+        for ii in range(32):
+            l = nearest_int(F(F(xr[base + 32 * j + ii] + dm) / dd))
+            L[32 * j + ii] = max(0, min(nmax, l))
+    return 0
+
+
+@jit
+def quantize_q4_k(x, qw, out):
+    rows, n = x.shape
+    nb = n // QK_K
+    use_qw = qw.shape[0] > 0
+    L = np.zeros(QK_K, np.int32)
+    Laux = np.zeros(32, np.int32)
+    w = np.zeros(32, np.float32)
+    scales = np.zeros(8, np.float32)
+    mins = np.zeros(8, np.float32)
+    sw = np.zeros(8, np.float32)
+    Ls = np.zeros(8, np.int32)
+    Lm = np.zeros(8, np.int32)
+    for r in range(rows):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * 144
+            _q45_block(xr, qw, use_qw, b * QK_K, orow, o, 15, F(-1.0), F(0.1), 20, False,
+                       L, Laux, w, scales, mins, sw, Ls, Lm)
+            for c in range(4):
+                for l in range(32):
+                    orow[o + 16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
+
+
+@jit
+def quantize_q5_k(x, qw, out):
+    rows, n = x.shape
+    nb = n // QK_K
+    use_qw = qw.shape[0] > 0
+    L = np.zeros(QK_K, np.int32)
+    Laux = np.zeros(32, np.int32)
+    w = np.zeros(32, np.float32)
+    scales = np.zeros(8, np.float32)
+    mins = np.zeros(8, np.float32)
+    sw = np.zeros(8, np.float32)
+    Ls = np.zeros(8, np.int32)
+    Lm = np.zeros(8, np.int32)
+    for r in range(rows):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * 176
+            _q45_block(xr, qw, use_qw, b * QK_K, orow, o, 31, F(-0.5), F(0.1), 15, True,
+                       L, Laux, w, scales, mins, sw, Ls, Lm)
+            for l in range(32):
+                h = 0
+                for k in range(8):
+                    if L[32 * k + l] > 15:
+                        h |= 1 << k
+                orow[o + 16 + l] = np.uint8(h)
+            for c in range(4):
+                for l in range(32):
+                    orow[o + 48 + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
+
+
+@jit
+def dequantize_q4_k(data, out):
+    rows, n = out.shape
+    nb = n // QK_K
+    for r in range(rows):
+        src = data[r]
+        y = out[r]
+        for b in range(nb):
+            o = b * 144
+            d = get_fp16(src, o)
+            dmin = get_fp16(src, o + 2)
+            for j in range(8):
+                sc, mn = get_scale_min_k4(j, src, o + 4)
+                d1 = F(d * F(sc))
+                m1 = F(dmin * F(mn))
+                c = j >> 1
+                shift = 4 * (j & 1)
+                for l in range(32):
+                    q = (np.int32(src[o + 16 + 32 * c + l]) >> shift) & 15
+                    y[b * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
+
+
+@jit
+def dequantize_q5_k(data, out):
+    rows, n = out.shape
+    nb = n // QK_K
+    for r in range(rows):
+        src = data[r]
+        y = out[r]
+        for b in range(nb):
+            o = b * 176
+            d = get_fp16(src, o)
+            dmin = get_fp16(src, o + 2)
+            for j in range(8):
+                sc, mn = get_scale_min_k4(j, src, o + 4)
+                d1 = F(d * F(sc))
+                m1 = F(dmin * F(mn))
+                c = j >> 1
+                shift = 4 * (j & 1)
+                for l in range(32):
+                    q = (np.int32(src[o + 48 + 32 * c + l]) >> shift) & 15
+                    q += 16 * ((np.int32(src[o + 16 + l]) >> j) & 1)
+                    y[b * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
+
+
+# --- Q6_K ---------------------------------------------------------------------------------------------
+
+
+@jit
+def quantize_q6_k(x, qw, out):
+    rows, n = x.shape
+    nb = n // QK_K
+    use_qw = qw.shape[0] > 0
+    L = np.zeros(QK_K, np.int32)
+    scales = np.zeros(16, np.float32)
+    sc = np.zeros(16, np.int32)
+    for r in range(rows):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            base = b * QK_K
+            o = b * 210
+            max_scale = F(0.0)
+            max_abs = F(0.0)
+            for ib in range(16):
+                if use_qw:
+                    s = make_qx_quants(16, 32, xr, base + 16 * ib, qw, base + 16 * ib, L, 16 * ib)
+                else:
+                    s = make_qx_quants(16, 32, xr, base + 16 * ib, qw, -1, L, 16 * ib)
+                scales[ib] = s
+                a = abs(s)
+                if a > max_abs:
+                    max_abs = a
+                    max_scale = s
+            if max_abs < GROUP_MAX_EPS:
+                for k in range(210):
+                    orow[o + k] = 0
+                continue
+            iscale = F(F(-128.0) / max_scale)
+            d = put_fp16(orow, o + 208, F(F(1.0) / iscale))
+            for ib in range(16):
+                v = min(127, nearest_int(F(iscale * scales[ib])))
+                v = ((v + 128) & 0xFF) - 128  # int8_t store
+                sc[ib] = v
+                orow[o + 192 + ib] = np.uint8(v & 0xFF)
+            for j in range(16):
+                dd = F(d * F(sc[j]))
+                if dd == 0:
+                    continue
+                for ii in range(16):
+                    l = nearest_int(F(xr[base + 16 * j + ii] / dd))
+                    L[16 * j + ii] = max(-32, min(31, l)) + 32
+            for h in range(2):
+                bb = 128 * h
+                for l in range(32):
+                    q1 = L[bb + l]
+                    q2 = L[bb + l + 32]
+                    q3 = L[bb + l + 64]
+                    q4 = L[bb + l + 96]
+                    orow[o + 64 * h + l] = np.uint8((q1 & 15) | ((q3 & 15) << 4))
+                    orow[o + 64 * h + 32 + l] = np.uint8((q2 & 15) | ((q4 & 15) << 4))
+                    orow[o + 128 + 32 * h + l] = np.uint8((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6))
+
+
+@jit
+def dequantize_q6_k(data, out):
+    rows, n = out.shape
+    nb = n // QK_K
+    for r in range(rows):
+        src = data[r]
+        y = out[r]
+        for b in range(nb):
+            o = b * 210
+            d = get_fp16(src, o + 208)
+            for h in range(2):
+                for k in range(4):
+                    for l in range(32):
+                        i = 128 * h + 32 * k + l
+                        qlb = np.int32(src[o + 64 * h + 32 * (k & 1) + l])
+                        lo = (qlb >> 4) if k >= 2 else (qlb & 15)
+                        hi = (np.int32(src[o + 128 + 32 * h + l]) >> (2 * k)) & 3
+                        sv = np.int32(src[o + 192 + i // 16])
+                        sv = sv - 256 if sv > 127 else sv
+                        y[b * QK_K + i] = F(F(d * F(sv)) * F((lo | (hi << 4)) - 32))
+
+
+# --- Q8_K ---------------------------------------------------------------------------------------------
+
+
+@jit
+def quantize_q8_k(x, qw, out):
+    rows, n = x.shape
+    nb = n // QK_K
+    for r in range(rows):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            base = b * QK_K
+            o = b * 292
+            amax = F(0.0)
+            m = F(0.0)
+            for i in range(QK_K):
+                ax = abs(xr[base + i])
+                if ax > amax:
+                    amax = ax
+                    m = xr[base + i]
+            if amax == 0:
+                for k in range(292):
+                    orow[o + k] = 0
+                continue
+            iscale = F(F(-127.0) / m)
+            for j in range(16):
+                s = 0
+                for ii in range(16):
+                    v = min(127, nearest_int(F(iscale * xr[base + 16 * j + ii])))
+                    v = ((v + 128) & 0xFF) - 128
+                    orow[o + 4 + 16 * j + ii] = np.uint8(v & 0xFF)
+                    s += v
+                orow[o + 260 + 2 * j] = np.uint8(s & 0xFF)
+                orow[o + 261 + 2 * j] = np.uint8((s >> 8) & 0xFF)
+            bits = np.int64(f32_as_i32(F(F(1.0) / iscale)))
+            for k in range(4):
+                orow[o + k] = np.uint8((bits >> (8 * k)) & 0xFF)
+
+
+@jit
+def dequantize_q8_k(data, out):
+    rows, n = out.shape
+    nb = n // QK_K
+    for r in range(rows):
+        src = data[r]
+        y = out[r]
+        for b in range(nb):
+            o = b * 292
+            bits = np.int64(src[o]) | (np.int64(src[o + 1]) << 8) | (np.int64(src[o + 2]) << 16) | (np.int64(src[o + 3]) << 24)
+            d = i32_as_f32(np.int32(bits - (1 << 32) if bits >= (1 << 31) else bits))
+            for i in range(QK_K):
+                q = np.int32(src[o + 4 + i])
+                q = q - 256 if q > 127 else q
+                y[b * QK_K + i] = F(d * F(q))

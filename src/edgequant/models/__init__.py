@@ -1,0 +1,1 @@
+"""Model files in and out: safetensors, registry-packaged models, HF <-> GGUF."""

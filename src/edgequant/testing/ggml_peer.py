@@ -1,0 +1,658 @@
+"""llama.cpp (ggml) as a bit-exact reference peer, through the shared libraries of ``llama-cpp-python``.
+
+This module is for tests, golden-fixture generation and benchmarks. It never runs in the
+quantization path of edgequant itself, and it imports cleanly without llama-cpp-python
+(``available()`` is then False and every other function raises ``RuntimeError``).
+
+What it wraps (all via ``ctypes``, declarations of llama.cpp's public C API only):
+
+* ``ggml_quantize(x, type_name, imatrix)``: ``ggml_quantize_chunk`` in ``libggml-base``, the function
+  ``llama-quantize`` calls per tensor chunk. Q8_1 and Q8_K (matmul intermediates that
+  ``ggml_quantize_chunk`` rejects) go through ``type_traits->from_float_ref`` and the exported
+  ``quantize_row_q8_K_ref``.
+* ``ggml_dequantize(data, type_name, shape)``: ``type_traits->to_float`` (Q8_K: ``dequantize_row_q8_K``;
+  F32: a copy; Q8_1, which has no ``to_float`` in ggml: ``d * q`` in numpy float32).
+* ``validate_row_data(type_name, data)``: ``ggml_validate_row_data`` (its stderr is captured).
+* ``llama_quantize_file(src, dst, ftype_id, ...)``: ``llama_model_quantize`` with the default params,
+  including importance matrices (``llama_model_imatrix_data[]``) and ``--tensor-type`` overrides
+  (``llama_model_tensor_override[]``), which this llama.cpp version takes as plain C arrays.
+* ``bench_ggml(type_name, x)``: best-of-N wall time of one single-threaded ``ggml_quantize_chunk`` call.
+
+The library directory is ``<site-packages>/llama_cpp/lib`` (found with ``importlib.util.find_spec``,
+without importing ``llama_cpp``), or ``$EDGEQUANT_GGML_LIB_DIR`` when set.
+
+ggml aborts the process on a failed ``GGML_ASSERT``; every entry point here checks the arguments
+first (row length vs. block size, imatrix length, types that require an imatrix, unsupported types)
+and raises ``ValueError`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "GGML_LOG_LEVELS",
+    "GgmlType",
+    "available",
+    "bench_ggml",
+    "ggml_dequantize",
+    "ggml_quantize",
+    "ggml_type",
+    "ggml_types",
+    "lib_dir",
+    "llama_quantize_file",
+    "load_imatrix_file",
+    "requires_imatrix",
+    "validate_row_data",
+]
+
+#: ggml's current ``enum ggml_log_level`` (llama-cpp-python 0.3.36's own ``_logger.py`` still uses the
+#: old numbering INFO=1 WARN=2 ERROR=3 DEBUG=4, so its filter shows WARN lines and hides ERROR lines).
+GGML_LOG_LEVELS = {0: "NONE", 1: "DEBUG", 2: "INFO", 3: "WARN", 4: "ERROR", 5: "CONT"}
+
+_BASE_NAMES = ("libggml-base.so.0", "libggml-base.so", "libggml-base.dylib", "ggml-base.dll")
+
+# Types whose quantizer is not ggml_quantize_chunk (it asserts on them).
+_ACTIVATION_TYPES = ("Q8_1", "Q8_K")
+
+_to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+_from_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class _TypeTraits(ctypes.Structure):
+    # struct ggml_type_traits (ggml.h)
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+@dataclass(frozen=True)
+class GgmlType:
+    """One ggml tensor type as this library build reports it (``ggml_get_type_traits``)."""
+
+    name: str  # upper case, as gguf-py spells it ("Q4_K", "IQ4_XS", "BF16")
+    type_id: int
+    block_size: int
+    type_size: int
+    is_quantized: bool
+    to_float: int | None  # C function pointer address
+    from_float_ref: int | None
+
+    def row_bytes(self, n_per_row: int) -> int:
+        """Bytes of one row of ``n_per_row`` values."""
+        return (n_per_row // self.block_size) * self.type_size
+
+
+# ---------------------------------------------------------------------------------------------
+# library loading
+
+
+def lib_dir() -> Path | None:
+    """Directory holding llama-cpp-python's shared libraries (``libggml-base.so`` ...), or None.
+
+    ``$EDGEQUANT_GGML_LIB_DIR`` overrides the lookup. ``llama_cpp`` is located, not imported.
+    """
+    env = os.environ.get("EDGEQUANT_GGML_LIB_DIR")
+    if env:
+        p = Path(env)
+        return p if p.is_dir() else None
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / "lib"
+        if p.is_dir():
+            return p
+    return None
+
+
+_lock = threading.RLock()
+_state: dict[str, object] = {}
+
+
+def _base_lib() -> ctypes.CDLL | None:
+    """Load libggml-base once (None if it cannot be found or loaded)."""
+    with _lock:
+        if "base" in _state:
+            return _state["base"]  # type: ignore[return-value]
+        lib = None
+        d = lib_dir()
+        if d is not None:
+            for name in _BASE_NAMES:
+                path = d / name
+                if path.exists():
+                    try:
+                        lib = ctypes.CDLL(str(path))
+                    except OSError:
+                        lib = None
+                    if lib is not None:
+                        break
+        if lib is not None:
+            _declare(lib)
+        _state["base"] = lib
+        return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    ]
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_init.restype = None
+    for fn in ("quantize_row_q8_K_ref", "dequantize_row_q8_K"):
+        if hasattr(lib, fn):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            getattr(lib, fn).restype = None
+    if hasattr(lib, "ggml_validate_row_data"):
+        lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        lib.ggml_validate_row_data.restype = ctypes.c_bool
+
+
+def _require() -> ctypes.CDLL:
+    lib = _base_lib()
+    if lib is None:
+        raise RuntimeError(
+            "llama.cpp peer unavailable: llama-cpp-python (with its bundled libggml-base) is not installed; "
+            "see shared/reference/llamacpp.md for the install command"
+        )
+    return lib
+
+
+def available() -> bool:
+    """True when llama-cpp-python is installed and its ``libggml-base`` can be loaded."""
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None and _base_lib() is not None
+    except Exception:  # pragma: no cover - defensive: a broken install counts as absent
+        return False
+
+
+def ggml_types() -> dict[str, GgmlType]:
+    """Every live (non-deprecated) ggml type of the loaded library, by upper-case name."""
+    with _lock:
+        if "types" in _state:
+            return _state["types"]  # type: ignore[return-value]
+        lib = _require()
+        types: dict[str, GgmlType] = {}
+        # Reading traits past GGML_TYPE_COUNT would read out of bounds, and the count is not exported:
+        # walk the ids gguf-py knows (all of edgequant's types) and read each one's traits.
+        import gguf
+
+        ids = sorted({int(t) for t in gguf.GGMLQuantizationType})
+        for tid in ids:
+            tr = lib.ggml_get_type_traits(tid).contents
+            raw = tr.type_name.decode() if tr.type_name else ""
+            if not raw or raw == "DEPRECATED" or tr.blck_size <= 0:
+                continue
+            name = raw.upper()
+            types[name] = GgmlType(
+                name, tid, int(tr.blck_size), int(tr.type_size), bool(tr.is_quantized),
+                tr.to_float or None, tr.from_float_ref or None,
+            )
+        _state["types"] = types
+        return types
+
+
+def ggml_type(type_name: str | int) -> GgmlType:
+    """Look up a ggml type by name (case-insensitive) or id; ``ValueError`` if unknown."""
+    types = ggml_types()
+    if isinstance(type_name, (int, np.integer)):
+        for t in types.values():
+            if t.type_id == int(type_name):
+                return t
+        raise ValueError(f"unknown ggml type id {int(type_name)}")
+    key = str(type_name).strip().upper()
+    if key not in types:
+        raise ValueError(f"unknown ggml type '{type_name}'; this libggml-base knows: {', '.join(types)}")
+    return types[key]
+
+
+def requires_imatrix(type_name: str) -> bool:
+    """``ggml_quantize_requires_imatrix`` (IQ2_XXS, IQ2_XS, IQ1_S in this llama.cpp)."""
+    return bool(_require().ggml_quantize_requires_imatrix(ggml_type(type_name).type_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# codecs
+
+
+def _as_rows(x: np.ndarray, t: GgmlType) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D float32 array (rows, n_per_row), got shape {x.shape}")
+    if x.shape[1] % t.block_size:
+        raise ValueError(f"{t.name}: row length {x.shape[1]} is not a multiple of the block size {t.block_size}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _imatrix_arg(imatrix: np.ndarray | None, n: int) -> np.ndarray | None:
+    if imatrix is None:
+        return None
+    qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    if qw.size != n:
+        raise ValueError(f"imatrix has {qw.size} values, rows have {n}")
+    return qw
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def ggml_quantize(
+    x: np.ndarray, type_name: str, imatrix: np.ndarray | None = None, *, threads: int = 1
+) -> np.ndarray:
+    """Quantize float32 rows with llama.cpp; returns uint8 ``(rows, row_bytes)``.
+
+    ``x``: float32 (rows, n_per_row), n_per_row a multiple of the block size (1-D is one row).
+    ``imatrix``: float32 of length n_per_row shared by all rows, or None. Types that require one
+    (``requires_imatrix``) raise ``ValueError`` without it, instead of aborting the process.
+    ``threads`` > 1 splits the rows into contiguous chunks, each one ``ggml_quantize_chunk`` call on its
+    own thread (as ``llama_model_quantize`` does; the bytes do not depend on it).
+    Q8_1 / Q8_K use ``from_float_ref`` / ``quantize_row_q8_K_ref`` and ignore the imatrix.
+    """
+    lib = _require()
+    t = ggml_type(type_name)
+    x = _as_rows(x, t)
+    rows, n = x.shape
+    out = np.zeros((rows, t.row_bytes(n)), np.uint8)
+    if rows == 0 or n == 0:
+        return out
+    if t.name in _ACTIVATION_TYPES:
+        if t.name == "Q8_K":
+            fn = lib.quantize_row_q8_K_ref
+        else:
+            if not t.from_float_ref:
+                raise ValueError(f"{t.name}: ggml has no from_float_ref")
+            fn = _from_float_t(t.from_float_ref)
+        fn(x.ctypes.data, out.ctypes.data, x.size)
+        return out
+    if t.name != "F32" and not t.is_quantized and t.name not in ("F16", "BF16"):
+        raise ValueError(f"{t.name} is not handled by ggml_quantize_chunk")
+    qw = _imatrix_arg(imatrix, n)
+    if qw is None and lib.ggml_quantize_requires_imatrix(t.type_id):
+        raise ValueError(f"{t.name} requires an importance matrix (ggml would abort without one)")
+    lib.ggml_quantize_init(t.type_id)  # thread-safe, no-op once done; done here so chunks don't race it
+    threads = max(1, min(int(threads), rows))
+
+    def chunk(a: int, b: int) -> None:
+        got = lib.ggml_quantize_chunk(t.type_id, x.ctypes.data, out.ctypes.data, a * n, b - a, n, _ptr(qw))
+        if got != (b - a) * out.shape[1]:  # pragma: no cover - ggml asserts this itself
+            raise RuntimeError(f"ggml_quantize_chunk returned {got} bytes, expected {(b - a) * out.shape[1]}")
+
+    if threads == 1:
+        chunk(0, rows)
+    else:
+        bounds = [rows * i // threads for i in range(threads + 1)]
+        with ThreadPoolExecutor(threads) as pool:
+            for f in [pool.submit(chunk, bounds[i], bounds[i + 1]) for i in range(threads)]:
+                f.result()
+    return out
+
+
+def ggml_dequantize(data: np.ndarray, type_name: str, shape: Sequence[int]) -> np.ndarray:
+    """Decode ggml blocks with llama.cpp's ``to_float``; returns float32 of ``shape``.
+
+    ``data``: the raw bytes (any array viewable as uint8) of ``prod(shape)`` values, last dim = row.
+    """
+    lib = _require()
+    t = ggml_type(type_name)
+    shape = tuple(int(s) for s in shape)
+    n = shape[-1]
+    if n % t.block_size:
+        raise ValueError(f"{t.name}: row length {n} is not a multiple of the block size {t.block_size}")
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
+    need = count // t.block_size * t.type_size
+    if raw.size != need:
+        raise ValueError(f"{t.name}: {raw.size} bytes given, shape {shape} needs {need}")
+    out = np.empty(count, np.float32)
+    if count == 0:
+        return out.reshape(shape)
+    if t.name == "F32":
+        out[:] = raw.view(np.float32)
+    elif t.name == "Q8_K":
+        lib.dequantize_row_q8_K(raw.ctypes.data, out.ctypes.data, count)
+    elif t.name == "Q8_1":
+        # block_q8_1 { ggml_half d; ggml_half s; int8_t qs[32]; } -- ggml has no to_float for it.
+        blocks = raw.reshape(-1, t.type_size)
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+        q = blocks[:, 4:].view(np.int8).astype(np.float32)
+        out[:] = (d * q).reshape(-1)
+    else:
+        if not t.to_float:
+            raise ValueError(f"{t.name}: ggml has no to_float")
+        _to_float_t(t.to_float)(raw.ctypes.data, out.ctypes.data, count)
+    return out.reshape(shape)
+
+
+@contextlib.contextmanager
+def _capture_fd2(sink: list[str] | None) -> Iterator[None]:
+    """Redirect the process's stderr (fd 2) to a temp file for the duration; append the text to ``sink``."""
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if sink is not None:
+                tmp.seek(0)
+                sink.append(tmp.read().decode(errors="replace"))
+
+
+def validate_row_data(type_name: str, data: np.ndarray, messages: list[str] | None = None) -> bool | None:
+    """``ggml_validate_row_data`` on raw bytes: False when a scale/value is NaN/Inf (what llama.cpp rejects).
+
+    Returns None for types ggml does not validate (Q8_1: "invalid type") or when the symbol is not
+    exported. ggml's message (printed to stderr) is captured and appended to ``messages`` if given.
+    """
+    lib = _require()
+    t = ggml_type(type_name)
+    if not hasattr(lib, "ggml_validate_row_data") or t.name == "Q8_1":
+        return None
+    raw = np.ascontiguousarray(np.asarray(data)).view(np.uint8).reshape(-1)
+    with _lock, _capture_fd2(messages):
+        ok = lib.ggml_validate_row_data(t.type_id, raw.ctypes.data, raw.size)
+    return bool(ok)
+
+
+def bench_ggml(type_name: str, x: np.ndarray, imatrix: np.ndarray | None = None, repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds of one single-threaded llama.cpp quantization of all of ``x``.
+
+    One untimed warm-up call first (``ggml_quantize_init`` tables, page faults of the output).
+    """
+    lib = _require()
+    t = ggml_type(type_name)
+    x = _as_rows(x, t)
+    rows, n = x.shape
+    qw = _imatrix_arg(imatrix, n)
+    out = np.zeros((rows, t.row_bytes(n)), np.uint8)
+    if t.name in _ACTIVATION_TYPES:
+        fn = lib.quantize_row_q8_K_ref if t.name == "Q8_K" else _from_float_t(t.from_float_ref)
+
+        def call() -> None:
+            fn(x.ctypes.data, out.ctypes.data, x.size)
+    else:
+        if qw is None and lib.ggml_quantize_requires_imatrix(t.type_id):
+            raise ValueError(f"{t.name} requires an importance matrix")
+
+        def call() -> None:
+            lib.ggml_quantize_chunk(t.type_id, x.ctypes.data, out.ctypes.data, 0, rows, n, _ptr(qw))
+
+    call()
+    best = float("inf")
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# importance matrix files (read exactly as tools/quantize/quantize.cpp's load_imatrix does)
+
+
+@dataclass
+class ImatrixFile:
+    """A loaded llama-imatrix file: per-tensor quant weights, datasets and chunk count."""
+
+    data: dict[str, np.ndarray]
+    datasets: list[str]
+    chunk_count: int
+
+
+def load_imatrix_file(path: str | os.PathLike[str]) -> ImatrixFile:
+    """Read a GGUF (``<name>.in_sum2`` / ``<name>.counts``) or legacy ``.dat`` imatrix file.
+
+    GGUF: ``qw = in_sum2 / f32(count)`` per expert slice, 1.0 for experts with count 0.
+    Legacy: ``qw = values / f32(ncall)`` if ncall > 0 else ``values``.
+    """
+    path = Path(path)
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        return _load_imatrix_gguf(path)
+    return _load_imatrix_dat(path)
+
+
+def _load_imatrix_gguf(path: Path) -> ImatrixFile:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for t in r.tensors:
+        if t.name.endswith(".in_sum2"):
+            sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, np.float32).reshape(-1)
+        elif t.name.endswith(".counts"):
+            counts[t.name[: -len(".counts")]] = np.asarray(t.data, np.float32).reshape(-1)
+    data: dict[str, np.ndarray] = {}
+    for name, s in sums.items():
+        if name not in counts:
+            raise ValueError(f"{path}: {name}.in_sum2 has no {name}.counts")
+        c = np.array([round(float(v)) for v in counts[name]], np.int64)
+        ne0 = s.size // c.size
+        e = np.empty_like(s)
+        for j, cnt in enumerate(c):
+            sl = slice(j * ne0, (j + 1) * ne0)
+            e[sl] = s[sl] / np.float32(cnt) if cnt > 0 else np.float32(1.0)
+        data[name] = e
+    datasets: list[str] = []
+    chunk_count = 0
+    f = r.fields.get("imatrix.datasets")
+    if f is not None:
+        datasets = [bytes(f.parts[i]).decode() for i in f.data]
+    f = r.fields.get("imatrix.chunk_count")
+    if f is not None:
+        chunk_count = int(f.parts[f.data[0]][0])
+    return ImatrixFile(data, datasets, chunk_count)
+
+
+def _load_imatrix_dat(path: Path) -> ImatrixFile:
+    buf = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(buf):
+            raise ValueError(f"{path}: truncated legacy imatrix file")
+        v = struct.unpack_from(fmt, buf, pos)
+        pos += size
+        return v
+
+    (n_entries,) = take("<i")
+    data: dict[str, np.ndarray] = {}
+    for _ in range(n_entries):
+        (ln,) = take("<i")
+        name = buf[pos : pos + ln].decode()
+        pos += ln
+        ncall, nval = take("<ii")
+        vals = np.frombuffer(buf, np.float32, nval, pos).copy()
+        pos += 4 * nval
+        data[name] = vals / np.float32(ncall) if ncall > 0 else vals
+    chunk_count, datasets = 0, []
+    if pos + 8 <= len(buf):
+        (chunk_count,) = take("<i")
+        (dl,) = take("<i")
+        datasets = [buf[pos : pos + dl].decode()]
+    return ImatrixFile(data, datasets, chunk_count)
+
+
+# ---------------------------------------------------------------------------------------------
+# llama_model_quantize
+
+
+def _llama():  # noqa: ANN202 - returns the llama_cpp module
+    if not available():
+        _require()
+    import llama_cpp
+
+    with _lock:
+        if not _state.get("backend"):
+            llama_cpp.llama_backend_init()
+            _state["backend"] = True
+    return llama_cpp
+
+
+def llama_quantize_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    ftype_id: int,
+    nthread: int = 1,
+    imatrix: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
+    pure: bool = False,
+    leave_output: bool = False,
+    allow_requantize: bool = False,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    tensor_types: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    verbose: bool = False,
+) -> dict:
+    """Run ``llama_model_quantize`` (what ``llama-quantize`` does) and return ``{seconds, log, rc}``.
+
+    ``ftype_id``: llama ftype number (Q4_0=2, Q8_0=7, Q4_K_M=15, Q6_K=18, IQ4_XS=30 ... see llamacpp.md).
+    ``imatrix``: a llama-imatrix file path (GGUF or legacy ``.dat``) or ``{tensor_name: float32[]}``.
+    With a file, the same ``quantize.imatrix.*`` KV overrides as the CLI are added (file, dataset,
+    entries_count, chunks_count), so the output matches ``llama-quantize --imatrix FILE``.
+    ``tensor_types``: ordered ``{regex: type}`` or ``[(regex, type)]`` (``--tensor-type NAME=TYPE``; the
+    pattern is lower-cased like the CLI does; first match wins).
+    ``pure`` / ``leave_output`` / ``allow_requantize`` / ``output_tensor_type`` /
+    ``token_embedding_type``: ``--pure``, ``--leave-output-tensor``, ``--allow-requantize``,
+    ``--output-tensor-type``, ``--token-embedding-type``.
+    The llama.cpp log is captured (not printed unless ``verbose``) and returned in ``log``;
+    ``rc`` is the return code (0 = success).
+    """
+    llama_cpp = _llama()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = int(nthread)
+    params.ftype = int(ftype_id)
+    params.pure = bool(pure)
+    params.quantize_output_tensor = not leave_output
+    params.allow_requantize = bool(allow_requantize)
+    if output_tensor_type is not None:
+        params.output_tensor_type = ggml_type(output_tensor_type).type_id
+    if token_embedding_type is not None:
+        params.token_embedding_type = ggml_type(token_embedding_type).type_id
+
+    keep: list[object] = []  # everything ctypes points at must outlive the call
+    kvs: list[tuple[str, int, object]] = []
+    if imatrix is not None:
+        if isinstance(imatrix, Mapping):
+            entries = {str(k): np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in imatrix.items()}
+            datasets, chunks, fname = [], 0, None
+        else:
+            loaded = load_imatrix_file(imatrix)
+            entries = {k: np.ascontiguousarray(v, np.float32) for k, v in loaded.data.items()}
+            datasets, chunks, fname = loaded.datasets, loaded.chunk_count, str(imatrix)
+        if entries:
+            arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+            for i, (name, v) in enumerate(entries.items()):
+                bname = name.encode()
+                keep += [bname, v]
+                arr[i].name = bname
+                arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                arr[i].size = v.size
+            arr[len(entries)].name = None  # terminator
+            keep.append(arr)
+            params.imatrix = arr
+            if fname is not None:
+                kvs.append(("quantize.imatrix.file", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, fname))
+                if datasets:
+                    kvs.append(("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, datasets[0]))
+                kvs.append(("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(entries)))
+                if chunks > 0:
+                    kvs.append(("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, chunks))
+    if kvs:
+        arr = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
+        for i, (key, tag, val) in enumerate(kvs):
+            arr[i].tag = tag
+            arr[i].key = key.encode()[:127]
+            if tag == llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR:
+                arr[i].value.val_str = str(val).encode()[:127]
+            else:
+                arr[i].value.val_i64 = int(val)
+        arr[len(kvs)].key = b""  # terminator: key[0] == 0
+        keep.append(arr)
+        params.kv_overrides = arr
+    if tensor_types:
+        items = list(tensor_types.items()) if isinstance(tensor_types, Mapping) else list(tensor_types)
+        arr = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
+        for i, (pat, typ) in enumerate(items):
+            bpat = str(pat).lower().encode()
+            keep.append(bpat)
+            arr[i].pattern = bpat
+            arr[i].type = ggml_type(typ).type_id
+        arr[len(items)].pattern = None
+        keep.append(arr)
+        params.tt_overrides = arr
+
+    log: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        s = text.decode(errors="replace") if text else ""
+        log.append(s)
+        if verbose:
+            os.write(2, s.encode())
+
+    with _lock:
+        llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
+        try:
+            t0 = time.perf_counter()
+            rc = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(dst).encode(), ctypes.byref(params)
+            )
+            seconds = time.perf_counter() - t0
+        finally:
+            _restore_log(llama_cpp)
+    del keep
+    return {"seconds": seconds, "log": "".join(log), "rc": int(rc)}
+
+
+def _restore_log(llama_cpp) -> None:  # noqa: ANN001
+    """Put back llama-cpp-python's own log callback (or a silent one if it is not there)."""
+    try:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    except Exception:  # pragma: no cover
+        llama_cpp.llama_log_set(_silent_cb(llama_cpp), ctypes.c_void_p(0))
+
+
+def _silent_cb(llama_cpp):  # noqa: ANN001, ANN202
+    cb = _state.get("silent")
+    if cb is None:
+        cb = llama_cpp.llama_log_callback(lambda level, text, ud: None)
+        _state["silent"] = cb
+    return cb
