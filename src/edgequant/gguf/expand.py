@@ -17,7 +17,7 @@ from gguf.constants import GGUFValueType
 from edgequant.errors import ConfigError
 from edgequant.gguf.codecs import dequantize, get_codec
 from edgequant.gguf.ftypes import ggml_n_dims
-from edgequant.gguf.reader import GGUFReader
+from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 
 
@@ -25,7 +25,7 @@ def _target(t, outtype: str) -> str:
     return "F16" if outtype == "f16" and ggml_n_dims(t.shape_ne) >= 2 else "F32"
 
 
-def _decode(reader: GGUFReader, t, target: str) -> np.ndarray:
+def _decode(reader: GGUFFile, t, target: str) -> np.ndarray:
     x = dequantize(reader.tensor_data(t), t.type_name, t.np_shape) if t.type_name != "F32" else \
         np.asarray(reader.tensor_data(t).view(np.float32)).reshape(t.np_shape)
     return x.astype(np.float16) if target == "F16" else x
@@ -41,7 +41,7 @@ def dequantize_model(src: str | os.PathLike, dst: str | os.PathLike, outtype: st
     if not dst.endswith((".gguf", ".safetensors")):
         raise ConfigError(f"output {dst}: give a .gguf or .safetensors file name")
     check_writable(dst)
-    with GGUFReader(src) as r:
+    with GGUFFile(src) as r:
         tensors = r.tensors
         if dst.endswith(".safetensors"):
             from edgequant.models.safetensors import SafetensorsStreamWriter
@@ -52,6 +52,7 @@ def dequantize_model(src: str | os.PathLike, dst: str | os.PathLike, outtype: st
             with w:
                 for i, t in enumerate(tensors):
                     w.write(t.name, _decode(r, t, _target(t, outtype)))
+                    r.release(t)
                     if on_tensor:
                         on_tensor(i, len(tensors), t.name)
         else:
@@ -66,6 +67,7 @@ def dequantize_model(src: str | os.PathLike, dst: str | os.PathLike, outtype: st
                 w.write_header()
                 for i, t in enumerate(tensors):
                     w.write_tensor_data(t.name, _decode(r, t, _target(t, outtype)))
+                    r.release(t)
                     if on_tensor:
                         on_tensor(i, len(tensors), t.name)
     return {"src": src, "dst": dst, "outtype": outtype, "n_tensors": len(tensors), "bytes": os.path.getsize(dst)}

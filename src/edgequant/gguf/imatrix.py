@@ -81,10 +81,10 @@ def load_imatrix(path: str | os.PathLike) -> Imatrix:
 
 
 def _load_gguf(path: str) -> Imatrix:
-    from edgequant.gguf.reader import GGUFReader
+    from edgequant.gguf.reader import GGUFFile
 
-    with GGUFReader(path) as r:
-        kvs = r.kv_values()
+    with GGUFFile(path) as r:
+        kvs = {k: v.value for k, v in r.kvs.items()}
         for key in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"):
             if key not in kvs:
                 raise FormatError(f"{path}: GGUF imatrix lacks the key '{key}' (llama-quantize rejects it too)")
@@ -169,7 +169,7 @@ def save_imatrix_dat(path: str, stats: dict[str, ImatrixEntry], chunk_size: int,
     chunk_count = max((int(e.counts.max()) // chunk_size for _, e in kept), default=0)
     ds = dataset.encode()
     parts += [struct.pack("<ii", chunk_count, len(ds)), ds]
-    from edgequant.gguf.writer import atomic_write_bytes
+    from edgequant.core.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, b"".join(parts))
 

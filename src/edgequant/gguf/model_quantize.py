@@ -22,7 +22,7 @@ from edgequant.errors import ConfigError, NonFiniteError, ShapeError
 from edgequant.gguf.codecs import dequantize, get_codec, nonfinite_scale_rows, quantize
 from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
 from edgequant.gguf.imatrix import Imatrix
-from edgequant.gguf.reader import GGUFReader
+from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 
 GGML_QNT_VERSION = 2
@@ -126,8 +126,8 @@ def quantize_model(
         raise ConfigError(f"output {dst} is the input file; choose another output path")
     t_start = time.perf_counter()
     report = QuantizeReport(src, dst, ftype_name, ftype_id)
-    with GGUFReader(src) as reader:
-        kv = reader.kv_values()
+    with GGUFFile(src) as reader:
+        kv = {k: v.value for k, v in reader.kvs.items()}
         info = model_info(kv, src)
         plan = _plan(reader, src, ftype_name, info, imatrix, opts, allow_requantize)
         with GGUFStreamWriter(dst) as w:
@@ -162,6 +162,7 @@ def quantize_model(
                     nbytes_out = t.nbytes
                     if measure_error and t.type_name != "F32" and c.quantize:
                         rmse = 0.0
+                reader.release(t)  # keep resident memory near one tensor, not the file size
                 rep = TensorReport(t.name, t.shape_ne, t.type_name, c.new_type if requant else t.type_name,
                                    c.fallback_from, t.nbytes, nbytes_out, time.perf_counter() - t0,
                                    qw is not None, rmse)
@@ -174,7 +175,7 @@ def quantize_model(
     return report
 
 
-def _plan(reader: GGUFReader, src: str, ftype: str, info: ModelInfo, imatrix: Imatrix | None,
+def _plan(reader: GGUFFile, src: str, ftype: str, info: ModelInfo, imatrix: Imatrix | None,
           opts: QuantizeOptions, allow_requantize: bool) -> list:
     """(tensor info, TensorChoice, re-encode?, imatrix vector or None) per tensor, in output order."""
     by_name = {t.name: t for t in reader.tensors}
@@ -198,8 +199,8 @@ def plan_model(src: str | os.PathLike, ftype: str | int, *, imatrix: Imatrix | N
     """What ``quantize_model`` would do to every tensor (``--dry-run``), without encoding anything."""
     src = os.fspath(src)
     ftype_name, _ = parse_ftype(ftype)
-    with GGUFReader(src) as reader:
-        info = model_info(reader.kv_values(), src)
+    with GGUFFile(src) as reader:
+        info = model_info({k: v.value for k, v in reader.kvs.items()}, src)
         plan = _plan(reader, src, ftype_name, info, imatrix, options or QuantizeOptions(), True)
         out = []
         for t, c, requant, qw in plan:

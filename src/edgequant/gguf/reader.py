@@ -11,7 +11,7 @@ Byte layout (little-endian throughout; versions 2 and 3; version 1 used 32-bit c
     tensor_info * tensor_count
                  string name, u32 n_dims (1..4), u64 ne[n_dims] (ne[0] = row length), u32 ggml_type,
                  u64 offset (relative to the data section, a multiple of the alignment)
-    padding      zeros up to the next multiple of ``general.alignment`` (default 32): the data section starts here
+    padding      zeros up to a multiple of ``general.alignment`` (default 32): the data section starts here
     data         each tensor's bytes at data_offset + offset; llama.cpp pads every tensor to the alignment
 
 Nothing is allocated from a count or length before checking it fits in the bytes left in the file.
@@ -20,6 +20,8 @@ Every error is a ``FormatError`` naming the file and the key or tensor at fault.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -50,10 +52,15 @@ SCALAR_FORMATS: dict[GGUFValueType, tuple[str, np.dtype]] = {
     GGUFValueType.INT64: ("<q", np.dtype("<i8")),
     GGUFValueType.FLOAT64: ("<d", np.dtype("<f8")),
 }
-INTEGER_TYPES = frozenset(t for t, (_, dt) in SCALAR_FORMATS.items() if dt.kind in "iu" and t != GGUFValueType.BOOL)
+INTEGER_TYPES = frozenset(
+    t for t, (_, dt) in SCALAR_FORMATS.items() if dt.kind in "iu" and t != GGUFValueType.BOOL
+)
 # Smallest encoding of one value of each type, for the "count cannot fit" checks.
-_MIN_VALUE_BYTES = {**{t: dt.itemsize for t, (_, dt) in SCALAR_FORMATS.items()},
-                    GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
+_MIN_VALUE_BYTES = {
+    **{t: dt.itemsize for t, (_, dt) in SCALAR_FORMATS.items()},
+    GGUFValueType.STRING: 8,
+    GGUFValueType.ARRAY: 12,
+}
 _MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, n_dims, one dim, type, offset
 
@@ -75,8 +82,10 @@ def _items_equal(a: Any, b: Any) -> bool:
         a, b = np.asarray(a), np.asarray(b)
         return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_items_equal(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+        return len(a) == len(b) and all(_items_equal(x, y) for x, y in zip(a, b, strict=False))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN == NaN for round-trip comparisons
+    return type(a) is type(b) and a == b
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +96,9 @@ class Array:
     items: Any
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Array) and self.etype == other.etype and _items_equal(self.items, other.items)
+        return (
+            isinstance(other, Array) and self.etype == other.etype and _items_equal(self.items, other.items)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -107,15 +118,18 @@ class KV:
     array_type: GGUFValueType | None = None
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, KV) and (self.name, self.vtype, self.array_type)
-                == (other.name, other.vtype, other.array_type) and _items_equal(self.value, other.value))
+        return (
+            isinstance(other, KV)
+            and (self.name, self.vtype, self.array_type) == (other.name, other.vtype, other.array_type)
+            and _items_equal(self.value, other.value)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor's header entry. ``shape_ne`` is ggml order (ne[0] = row length); ``np_shape`` is reversed."""
+    """One tensor's header entry. ``shape_ne``: ggml order (ne[0] = row length); ``np_shape``: reversed."""
 
     name: str
     shape_ne: tuple[int, ...]
@@ -138,29 +152,38 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> int:
         if n > self.left():
-            raise FormatError(f"{self.path}: truncated while reading {what} (needs {n} bytes at offset "
-                              f"{self.pos}, only {self.left()} left)")
+            raise FormatError(
+                f"{self.path}: truncated while reading {what} (needs {n} bytes at offset "
+                f"{self.pos}, only {self.left()} left)"
+            )
         start, self.pos = self.pos, self.pos + n
         return start
 
     def unpack(self, fmt: str, size: int, what: str) -> Any:
         return struct.unpack_from(fmt, self.buf, self.take(size, what))[0]
 
-    def check_count(self, count: int, each: int, what: str) -> None:
+    def check_count(self, count: int, each: int, what: str, label: str) -> None:
         if count * each > self.left():
-            raise FormatError(f"{self.path}: {what} = {count} cannot fit in the {self.left()} bytes left in the file "
-                              f"(each needs at least {each} bytes); the file is corrupt or truncated")
+            raise FormatError(
+                f"{self.path}: truncated while reading {what}: {label} {count} cannot fit in the "
+                f"{self.left()} bytes left in the file (each needs at least {each}); the file is "
+                "truncated or corrupt"
+            )
 
     def string(self, what: str) -> str:
         n = self.unpack("<Q", 8, what)
         if n > self.left():
-            raise FormatError(f"{self.path}: truncated while reading {what}: string length {n} exceeds the "
-                              f"{self.left()} bytes left in the file")
+            raise FormatError(
+                f"{self.path}: truncated while reading {what}: string length {n} exceeds the "
+                f"{self.left()} bytes left in the file"
+            )
         start = self.take(n, what)
         try:
-            return str(self.buf[start:start + n], "utf-8")
+            return str(self.buf[start : start + n], "utf-8")
         except UnicodeDecodeError as e:
-            raise FormatError(f"{self.path}: invalid UTF-8 in {what} at file offset {start + e.start}") from None
+            raise FormatError(
+                f"{self.path}: invalid UTF-8 in {what} at file offset {start + e.start}"
+            ) from None
 
 
 def _align(n: int, alignment: int) -> int:
@@ -188,7 +211,7 @@ class GGUFFile:
             raise
         self._by_name = {t.name: t for t in self.tensors}
 
-    # -- parsing ----------------------------------------------------------------------------------------------
+    # -- parsing --
     def _parse(self, cur: _Cursor) -> None:
         magic = bytes(cur.buf[:4])
         if magic != GGUF_MAGIC_BYTES:
@@ -198,15 +221,15 @@ class GGUFFile:
         if version not in SUPPORTED_VERSIONS:
             if struct.unpack("<I", struct.pack(">I", version))[0] in (1, 2, 3):
                 raise FormatError(f"{self.path}: big-endian GGUF files are not supported")
-            hint = " (the obsolete 2023 format with 32-bit counts; re-convert the model)" if version == 1 else ""
+            hint = (
+                " (the obsolete 2023 format with 32-bit counts; re-convert the model)" if version == 1 else ""
+            )
             raise FormatError(f"{self.path}: unsupported GGUF version {version}{hint}; supported: 2, 3")
         self.version = version
         n_tensors = cur.unpack("<Q", 8, "the header (tensor_count)")
         n_kv = cur.unpack("<Q", 8, "the header (kv_count)")
-        cur.check_count(n_kv, _MIN_KV_BYTES, "kv_count")
-        cur.check_count(n_tensors, _MIN_TENSOR_INFO_BYTES, "tensor_count")
-        cur.check_count(n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES, 1,
-                        "the minimum size of the kv and tensor-info sections")
+        cur.check_count(n_kv, _MIN_KV_BYTES, "the header", "kv_count")
+        cur.check_count(n_tensors, _MIN_TENSOR_INFO_BYTES, "the header", "tensor_count")
 
         self.kvs: dict[str, KV] = {}
         for i in range(n_kv):
@@ -255,7 +278,7 @@ class GGUFFile:
             raise FormatError(f"{self.path}: {what}: arrays nested deeper than {MAX_ARRAY_NESTING} levels")
         etype = self._vtype(cur.unpack("<I", 4, what), f"{what} (array element type)")
         count = cur.unpack("<Q", 8, what)
-        cur.check_count(count, _MIN_VALUE_BYTES[etype], f"{what}: array count")
+        cur.check_count(count, _MIN_VALUE_BYTES[etype], what, "array count")
         if etype == GGUFValueType.STRING:
             return etype, [cur.string(what) for _ in range(count)]
         if etype == GGUFValueType.ARRAY:
@@ -285,17 +308,23 @@ class GGUFFile:
         what = f"tensor info #{i} {name!r}"
         n_dims = cur.unpack("<I", 4, what)
         if not 1 <= n_dims <= MAX_DIMS:
-            raise FormatError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+            raise FormatError(
+                f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}"
+            )
         ne = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.take(8 * n_dims, what))
         for j, d in enumerate(ne):
             if d == 0 or d > INT64_MAX:
                 shown = d - 2**64 if d > INT64_MAX else d
-                raise FormatError(f"{self.path}: tensor {name!r} has dimension ne[{j}] = {shown}; must be >= 1")
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} has dimension ne[{j}] = {shown}; must be >= 1"
+                )
         n_el = 1
         for d in ne:
             n_el *= d
         if n_el > INT64_MAX:
-            raise FormatError(f"{self.path}: tensor {name!r}: element count of shape {list(ne)} overflows int64")
+            raise FormatError(
+                f"{self.path}: tensor {name!r}: element count of shape {list(ne)} overflows int64"
+            )
         type_id = cur.unpack("<I", 4, what)
         try:
             qtype = GGMLQuantizationType(type_id)
@@ -303,28 +332,37 @@ class GGUFFile:
         except (ValueError, KeyError):
             raise FormatError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}") from None
         if ne[0] % block:
-            raise FormatError(f"{self.path}: tensor {name!r}: row length ne[0] = {ne[0]} is not a multiple of "
-                              f"{qtype.name}'s block size {block}")
+            raise FormatError(
+                f"{self.path}: tensor {name!r}: row length ne[0] = {ne[0]} is not a multiple of "
+                f"{qtype.name}'s block size {block}"
+            )
         offset = cur.unpack("<Q", 8, what)
-        return TensorInfo(name, tuple(ne), tuple(reversed(ne)), type_id, qtype.name, offset,
-                          n_el // block * tsize, n_el)
+        return TensorInfo(
+            name, tuple(ne), tuple(reversed(ne)), type_id, qtype.name, offset, n_el // block * tsize, n_el
+        )
 
     def _check_offsets(self) -> None:
         prev: TensorInfo | None = None
         for t in sorted(self.tensors, key=lambda t: t.offset):
             if t.offset % self.alignment:
-                raise FormatError(f"{self.path}: tensor {t.name!r} offset {t.offset} is not a multiple of the "
-                                  f"alignment {self.alignment}")
+                raise FormatError(
+                    f"{self.path}: tensor {t.name!r} offset {t.offset} is not a multiple of the "
+                    f"alignment {self.alignment}"
+                )
             if prev is not None and t.offset < prev.offset + prev.nbytes:
-                raise FormatError(f"{self.path}: tensor {t.name!r} (offset {t.offset}) overlaps tensor "
-                                  f"{prev.name!r} (bytes {prev.offset}..{prev.offset + prev.nbytes})")
+                raise FormatError(
+                    f"{self.path}: tensor {t.name!r} (offset {t.offset}) overlaps tensor "
+                    f"{prev.name!r} (bytes {prev.offset}..{prev.offset + prev.nbytes})"
+                )
             end = self.data_offset + t.offset + t.nbytes
             if end > self.file_size:
-                raise FormatError(f"{self.path}: tensor {t.name!r} data (file bytes {self.data_offset + t.offset}.."
-                                  f"{end}) runs past the end of the file ({self.file_size} bytes); truncated?")
+                raise FormatError(
+                    f"{self.path}: tensor {t.name!r} data (file bytes {self.data_offset + t.offset}.."
+                    f"{end}) runs past the end of the file ({self.file_size} bytes); truncated?"
+                )
             prev = t
 
-    # -- access -----------------------------------------------------------------------------------------------
+    # -- access --
     def get(self, key: str, default: Any = None) -> Any:
         """The value of metadata ``key`` (see ``KV.value``), or ``default``."""
         kv = self.kvs.get(key)
@@ -337,12 +375,12 @@ class GGUFFile:
             raise FormatError(f"{self.path}: no tensor named {name!r}") from None
 
     def tensor_data(self, info: TensorInfo | str) -> np.ndarray:
-        """The tensor's raw bytes: a read-only uint8 view of the map (no copy). Do not keep it past ``close``."""
+        """The tensor's raw bytes: a read-only uint8 view of the map (no copy); not valid after ``close``."""
         t = self.tensor(info) if isinstance(info, str) else info
         if self._mm is None:
             raise ValueError(f"{self.path}: file is closed")
         start = self.data_offset + t.offset
-        return np.asarray(self._mm[start:start + t.nbytes])
+        return np.asarray(self._mm[start : start + t.nbytes])
 
     def tensor_f32(self, info: TensorInfo | str, *, threads: int | None = None) -> np.ndarray:
         """The tensor decoded to float32 of ``np_shape`` (through ``edgequant.gguf.codecs.dequantize``)."""
@@ -351,18 +389,28 @@ class GGUFFile:
         t = self.tensor(info) if isinstance(info, str) else info
         return dequantize(self.tensor_data(t), t.type_name, t.np_shape, threads=threads)
 
+    def release(self, info: TensorInfo | str) -> None:
+        """Drop the tensor's pages from this process's resident set (``MADV_DONTNEED``; they stay in the page
+        cache). Streaming passes call it after each tensor so that resident memory stays near one tensor,
+        not the file size. Views of the tensor stay valid: touching them faults the pages back in."""
+        t = self.tensor(info) if isinstance(info, str) else info
+        mm = getattr(self._mm, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = (self.data_offset + t.offset) // page * page
+        end = self.data_offset + t.offset + t.nbytes
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     @property
     def closed(self) -> bool:
         return self._mm is None
 
     def close(self) -> None:
-        """Unmap the file. Views from ``tensor_data`` still alive keep the map until they are collected."""
-        mm, self._mm = self._mm, None
-        if mm is not None and getattr(mm, "_mmap", None) is not None:
-            try:
-                mm._mmap.close()
-            except BufferError:
-                pass  # exported views are alive; the map closes when the last one is collected
+        """Release the map. It is unmapped at once unless ``tensor_data`` views are still alive: those stay
+        valid and the map goes with the last of them (closing the mmap under them would crash on access)."""
+        self._mm = None
 
     def __enter__(self) -> GGUFFile:
         return self

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from edgequant.gguf.ftypes import FTYPE_NAMES_BY_ID, FTYPES
-from edgequant.gguf.reader import GGUFReader
+from edgequant.gguf.reader import GGUFFile
 
 _K_BLOCK_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
 _FALLBACK_TARGETS = {"Q4_0", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "F16"}
@@ -34,8 +34,8 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
     to (Q4_0, Q5_0, Q5_1, Q8_0, IQ4_NL, F16): the rule of llama-quantize's ``tensor_type_fallback``.
     """
     path = os.fspath(path)
-    with GGUFReader(path) as r:
-        kv = r.kv_values()
+    with GGUFFile(path) as r:
+        kv = {k: v.value for k, v in r.kvs.items()}
         ftype_id = kv.get("general.file_type")
         ftype = FTYPE_NAMES_BY_ID.get(int(ftype_id)) if ftype_id is not None else None
         default = FTYPES[ftype][1] if ftype else None

@@ -31,6 +31,17 @@ from edgequant.kernels.kquants_low import (
     quantize_q2_k,
     quantize_q3_k,
 )
+from edgequant.kernels.kquants_lanes import (
+    SCL,
+    SCRATCH_SIZE,
+    WT,
+    WXT,
+    XT,
+    LT,
+    load_lanes,
+    load_lanes_w,
+    qx_lanes,
+)
 from edgequant.kernels.primitives import (
     GROUP_MAX_EPS,
     F,
@@ -262,8 +273,8 @@ def quantize_q6_k(x, qw, out):
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
+    S = np.zeros(SCRATCH_SIZE, np.float32)
     L = np.zeros(QK_K, np.int32)
-    scales = np.zeros(16, np.float32)
     sc = np.zeros(16, np.int32)
     for r in range(rows):
         xr = x[r]
@@ -271,14 +282,19 @@ def quantize_q6_k(x, qw, out):
         for b in range(nb):
             base = b * QK_K
             o = b * 210
+            load_lanes(S, xr, base, 16, 16)
+            if use_qw:
+                load_lanes_w(S, qw, base, 16, 16)
+            else:
+                for k in range(QK_K):
+                    S[WT + k] = F(S[XT + k] * S[XT + k])
+            for k in range(QK_K):
+                S[WXT + k] = F(S[WT + k] * S[XT + k])
+            qx_lanes(S, 16, 32, 16)
             max_scale = F(0.0)
             max_abs = F(0.0)
             for ib in range(16):
-                if use_qw:
-                    s = make_qx_quants(16, 32, xr, base + 16 * ib, qw, base + 16 * ib, L, 16 * ib)
-                else:
-                    s = make_qx_quants(16, 32, xr, base + 16 * ib, qw, -1, L, 16 * ib)
-                scales[ib] = s
+                s = S[SCL + ib]
                 a = abs(s)
                 if a > max_abs:
                     max_abs = a
@@ -290,17 +306,19 @@ def quantize_q6_k(x, qw, out):
             iscale = F(F(-128.0) / max_scale)
             d = put_fp16(orow, o + 208, F(F(1.0) / iscale))
             for ib in range(16):
-                v = min(127, nearest_int(F(iscale * scales[ib])))
+                v = min(127, nearest_int(F(iscale * S[SCL + ib])))
                 v = ((v + 128) & 0xFF) - 128  # int8_t store
                 sc[ib] = v
                 orow[o + 192 + ib] = np.uint8(v & 0xFF)
             for j in range(16):
                 dd = F(d * F(sc[j]))
                 if dd == 0:
-                    continue
-                for ii in range(16):
-                    l = nearest_int(F(xr[base + 16 * j + ii] / dd))
-                    L[16 * j + ii] = max(-32, min(31, l)) + 32
+                    for ii in range(16):
+                        L[16 * j + ii] = np.int32(S[LT + 16 * ii + j])
+                else:
+                    for ii in range(16):
+                        l = nearest_int(F(xr[base + 16 * j + ii] / dd))
+                        L[16 * j + ii] = max(-32, min(31, l)) + 32
             for h in range(2):
                 bb = 128 * h
                 for l in range(32):

@@ -19,15 +19,42 @@ Float->int casts follow x86 ``cvttss2si`` (NaN / out of range -> INT_MIN) before
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
-from edgequant.kernels.primitives import F, GROUP_MAX_EPS, get_fp16, jit, nearest_int, put_fp16, roundf_away
+from edgequant.kernels.primitives import F, GROUP_MAX_EPS, f32_as_i32, get_fp16, i32_as_f32, jit, nearest_int, put_fp16, roundf_away
+
+inline = njit(cache=True, nogil=True, fastmath=False, error_model="numpy", inline="always")
+"""Small block helpers are inlined at numba-IR level: a call per block costs more than the block's work,
+and inside the caller LLVM can see that block offsets are non-negative, so the loops vectorize."""
 
 FLT_MAX = F(3.4028234663852886e38)
+_ABS = np.int32(0x7FFFFFFF)
+_INF = np.int32(0x7F800000)
 _NQX = 24  # make_qx_quants candidates: 1 + 18 grid steps, padded to a vector multiple
 _NQKX = 40  # make_qkx3 candidates: 37 grid steps, padded
 
 
 # --- shared block helpers -------------------------------------------------------------------------------
+
+
+@intrinsic
+def opaque(typingctx, v):
+    """Return the integer ``v`` unchanged but hidden from the optimizer (an empty inline asm).
+
+    numba disables LLVM's SLP vectorizer, and a loop with a constant trip count of 16 or 32 is fully
+    unrolled into scalar code before the loop vectorizer sees it. Loops over ``opaque(32)`` stay loops
+    and get vectorized.
+    """
+    if not isinstance(v, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(sig.args[0])
+        return builder.call(ir.InlineAsm(ir.FunctionType(ty, [ty]), "", "=r,0"), [args[0]])
+
+    return v(v), codegen
 
 
 @jit
@@ -38,71 +65,82 @@ def _cvt(t):
     return np.int64(-2147483648)
 
 
+@inline
+def _nint(v):
+    """``nearest_int`` (the exact ggml bit trick, wrap-around included) kept in int32 so it vectorizes."""
+    return np.int32(np.int32(f32_as_i32(F(v + F(12582912.0))) & np.int32(0x7FFFFF)) - np.int32(0x400000))
+
+
 @jit
 def _i8(c):
     """Wrap an integer to int8 (C conversion to int8_t)."""
     return ((c + 128) & 0xFF) - 128
 
 
-@jit
-def _absmax(xr, xi, s):
-    """(amax, m) of the 32-block at s with ggml's first-index, strictly-greater scan (§2.7)."""
-    mb = 0
-    for j in range(32):
-        mb = max(mb, xi[s + j] & 0x7FFFFFFF)
-    if mb == 0:
+@inline
+def _absmax(xr, xi, s, B):
+    """(amax, m) of the block at s with ggml's first-index, strictly-greater scan (§2.7).
+
+    One vectorized pass takes the largest magnitude among positive and among negative elements; only a
+    tie between +a and -a (or a NaN) needs the literal scan to know which came first.
+    """
+    mp = np.int32(0)
+    mq = np.int32(0)
+    for j in range(B):
+        b = xi[s + j]
+        a = np.int32(b & _ABS)
+        mp = np.int32(max(mp, a if b >= 0 else np.int32(0)))
+        mq = np.int32(max(mq, np.int32(0) if b >= 0 else a))
+    if mp > mq and mp <= _INF:
+        v = i32_as_f32(np.int32(mp))
+        return v, v
+    if mq > mp and mq <= _INF:
+        v = i32_as_f32(np.int32(mq))
+        return v, -v
+    if mp == 0:
         return F(0.0), F(0.0)
-    if mb > 0x7F800000:  # a NaN: replay the C scan literally
-        amax = F(0.0)
-        m = F(0.0)
-        for j in range(32):
-            ax = abs(xr[s + j])
-            if ax > amax:
-                amax = ax
-                m = xr[s + j]
-        return amax, m
-    for j in range(32):
-        if (xi[s + j] & 0x7FFFFFFF) == mb:
-            return abs(xr[s + j]), xr[s + j]
-    return F(0.0), F(0.0)
+    amax = F(0.0)
+    m = F(0.0)
+    for j in range(B):
+        ax = abs(xr[s + j])
+        if ax > amax:
+            amax = ax
+            m = xr[s + j]
+    return amax, m
 
 
-@jit
-def _minmax(xr, xi, s):
-    """(min, max, finite) of a 32-block as ggml's ``if (v < min) min = v; if (v > max) max = v`` scan."""
+@inline
+def _minmax(xr, xi, s, B):
+    """(min, max, finite) of a block as ggml's ``if (v < min) min = v; if (v > max) max = v`` scan."""
     kmin = np.int32(0x7FFFFFFF)
     kmax = np.int32(-0x80000000)
-    mb = 0
-    for j in range(32):
+    mb = np.int32(0)
+    for j in range(B):
         b = xi[s + j]
-        mb = max(mb, b & 0x7FFFFFFF)
-        k = b ^ ((b >> 31) & 0x7FFFFFFF)  # monotone integer key of the float
+        mb = max(mb, b & _ABS)
+        k = b ^ ((b >> 31) & _ABS)  # monotone integer key of the float
         kmin = min(kmin, k)
         kmax = max(kmax, k)
-    if mb >= 0x7F800000:  # inf or NaN: replay the C scan
+    if mb >= _INF:  # inf or NaN: replay the C scan
         mn = FLT_MAX
         mx = F(-FLT_MAX)
-        for j in range(32):
+        for j in range(B):
             v = xr[s + j]
             if v < mn:
                 mn = v
             if v > mx:
                 mx = v
         return mn, mx, False
-    mn = xr[s]
-    mx = xr[s]
-    for j in range(32):  # the elements holding the extreme keys; +-0 ties keep the first zero
-        b = xi[s + j]
-        k = b ^ ((b >> 31) & 0x7FFFFFFF)
-        if k == kmin or ((kmin == -1 or kmin == 0) and (b & 0x7FFFFFFF) == 0):
-            mn = xr[s + j]
-            break
-    for j in range(32):
-        b = xi[s + j]
-        k = b ^ ((b >> 31) & 0x7FFFFFFF)
-        if k == kmax or ((kmax == -1 or kmax == 0) and (b & 0x7FFFFFFF) == 0):
-            mx = xr[s + j]
-            break
+    mn = i32_as_f32(np.int32(kmin ^ ((kmin >> 31) & _ABS)))
+    mx = i32_as_f32(np.int32(kmax ^ ((kmax >> 31) & _ABS)))
+    if kmin == -1 or kmax == 0:  # -0.0 and +0.0 compare equal: the first zero of the block wins
+        for j in range(B):
+            if xr[s + j] == 0:
+                if kmin == -1:
+                    mn = xr[s + j]
+                if kmax == 0:
+                    mx = xr[s + j]
+                break
     return mn, mx, True
 
 
@@ -114,36 +152,40 @@ def _row_sigma2(xr):
     return F(s / F(xr.shape[0]))
 
 
-@jit
-def _weights(xr, s, qw, sigma2, w):
-    for j in range(32):
+@inline
+def _weights(xr, s, qw, sigma2, w, B):
+    for j in range(B):
         x = xr[s + j]
         w[j] = F(qw[s + j] * np.sqrt(F(sigma2 + F(x * x))))
 
 
 @jit
-def _qx_search(xr, xi, s, w, nmax, L, lv, isc, slx, sl2):
+def _qx_search(xr, xi, s, w, nmax, L, lv, sc):
     """``make_qx_quants(32, nmax, x, w)`` (§3.1): codes 0..2*nmax-1 into L, returns the scale."""
-    amax, m = _absmax(xr, xi, s)
+    B = opaque(32)
+    NC = opaque(_NQX)
+    isc, slx, sl2 = sc[0], sc[1], sc[2]
+    amax, m = _absmax(xr, xi, s, B)
     if amax < GROUP_MAX_EPS:
         for i in range(32):
             L[i] = 0
         return F(0.0)
     fnmax = F(nmax)
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
     isc[0] = F(F(-fnmax) / m)
-    for k in range(1, _NQX):
+    for k in range(1, 19):
         step = k - 10 if k <= 9 else k - 9
         isc[k] = F(F(-F(fnmax + F(F(0.1) * F(step)))) / m)
+    for k in range(NC):
         slx[k] = F(0.0)
         sl2[k] = F(0.0)
-    slx[0] = F(0.0)
-    sl2[0] = F(0.0)
     for i in range(32):
         x = xr[s + i]
         wi = w[i]
         wx = F(wi * x)
-        for k in range(_NQX):
-            fl = F(max(-nmax, min(nmax - 1, nearest_int(F(isc[k] * x)))))
+        for k in range(NC):
+            fl = F(np.int32(max(lo, min(hi, _nint(F(isc[k] * x))))))
             lv[i, k] = fl
             slx[k] = F(slx[k] + F(wx * fl))
             sl2[k] = F(sl2[k] + F(F(wi * fl) * fl))
@@ -167,7 +209,9 @@ def _qkx_search(xr, s, w, nmax, L, lv, sc):
     Grid points are evaluated together for the current ``mn``; after an accepted point changes ``mn``
     the remaining points are re-evaluated with the new value, exactly as the sequential C loop sees them.
     """
+    NC = opaque(_NQKX)
     fnmax = F(nmax)
+    hi = np.int32(nmax)
     mn = xr[s]
     mx = xr[s]
     sum_w = w[0]
@@ -199,7 +243,7 @@ def _qkx_search(xr, s, w, nmax, L, lv, sc):
     k0 = 0
     while k0 <= 36:
         rng = F(mx - mn)
-        for c in range(_NQKX):
+        for c in range(NC):
             isc[c] = F(F(F(F(-0.9) + F(F(0.05) * F(k0 + c))) + fnmax) / rng)
             sl[c] = F(0.0)
             sl2[c] = F(0.0)
@@ -209,14 +253,14 @@ def _qkx_search(xr, s, w, nmax, L, lv, sc):
             x = xr[s + i]
             xm = F(x - mn)
             wi = w[i]
-            for c in range(_NQKX):
-                fl = F(max(0, min(nmax, nearest_int(F(isc[c] * xm)))))
+            for c in range(NC):
+                fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isc[c] * xm))))))
                 lv[i, c] = fl
                 wl = F(wi * fl)
                 sl[c] = F(sl[c] + wl)
                 sl2[c] = F(sl2[c] + F(wl * fl))
                 sxl[c] = F(sxl[c] + F(wl * x))
-        for c in range(_NQKX):
+        for c in range(NC):
             D = F(F(sum_w * sl2[c]) - F(sl[c] * sl[c]))
             t_s = F(F(F(sum_w * sxl[c]) - F(sum_x * sl[c])) / D)
             t_m = F(F(F(sl2[c] * sum_x) - F(sl[c] * sxl[c])) / D)
@@ -229,7 +273,7 @@ def _qkx_search(xr, s, w, nmax, L, lv, sc):
         for i in range(32):
             x = xr[s + i]
             wi = w[i]
-            for c in range(_NQKX):
+            for c in range(NC):
                 diff = F(F(F(ts[c] * lv[i, c]) + tm[c]) - x)
                 cur[c] = F(cur[c] + F(wi * F(diff * diff)))
         nxt = 37
@@ -248,36 +292,36 @@ def _qkx_search(xr, s, w, nmax, L, lv, sc):
     return scale, F(-mn)
 
 
-@jit
-def _pack_nibbles(q, o, off):
-    for j in range(16):
-        o[off + j] = np.uint8((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4))
-
-
-@jit
-def _pack_qh(q, o, off):
-    qh = 0
-    for j in range(32):
-        qh |= ((q[j] >> 4) & 1) << j
-    for b in range(4):
-        o[off + b] = np.uint8((qh >> (8 * b)) & 0xFF)
+@inline
+def _pack(L, o, qs_at, qh_at, H):
+    """Nibbles of codes L[0..31] at ``qs_at``; for Q5 types (qh_at >= 0) the 5th bits as a u32 at qh_at."""
+    for j in range(H):
+        o[qs_at + j] = np.uint8((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4))
+    if qh_at >= 0:
+        qh = np.uint32(0)
+        for j in range(H):
+            qh |= np.uint32(((L[j] >> 4) & 1) << j) | np.uint32(((L[j + 16] >> 4) & 1) << (j + 16))
+        for b in range(4):
+            o[qh_at + b] = np.uint8((qh >> (8 * b)) & 0xFF)
 
 
 # --- Q4_0 / Q5_0 (symmetric) ------------------------------------------------------------------------------
 
 
 @jit
-def _quantize_sym(x, qw, out, nmax, bsize, qs_off):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16): ref path or imatrix path; qs at ``qs_off``, qh at 2 for Q5_0."""
+def _quantize_sym(x, qw, out, nmax, bsize):
+    """Q4_0 (nmax 8, qs at 2) and Q5_0 (nmax 16, qh at 2, qs at 6): ref or imatrix path."""
     rows, n = x.shape
-    q = np.zeros(32, np.int64)
-    L = np.zeros(32, np.int64)
+    B = opaque(32)
+    H = opaque(16)
+    L = np.zeros(32, np.int32)
     w = np.zeros(32, np.float32)
     lv = np.zeros((32, _NQX), np.float32)
     sc = np.zeros((3, _NQX), np.float32)
-    fnmax = F(nmax)
     shift = F(F(nmax) + F(0.5))
     top = 2 * nmax - 1
+    qh_at = 2 if nmax == 16 else -1
+    qs_at = 6 if nmax == 16 else 2
     for r in range(rows):
         xr = x[r]
         xi = xr.view(np.int32)
@@ -287,49 +331,48 @@ def _quantize_sym(x, qw, out, nmax, bsize, qs_off):
             s = ib * 32
             off = ib * bsize
             if qw.shape[0]:
-                _weights(xr, s, qw, sigma2, w)
-                d = _qx_search(xr, xi, s, w, nmax, L, lv, sc[0], sc[1], sc[2])
-                put_fp16(o, off, d)
-                for j in range(32):
-                    q[j] = L[j]
+                _weights(xr, s, qw, sigma2, w, B)
+                put_fp16(o, off, _qx_search(xr, xi, s, w, nmax, L, lv, sc))
             else:
-                amax, m = _absmax(xr, xi, s)
-                d = F(m / F(-fnmax))
+                amax, m = _absmax(xr, xi, s, B)
+                d = F(m / F(-F(nmax)))
                 idd = F(F(1.0) / d) if d != 0 else F(0.0)
                 put_fp16(o, off, d)
                 if abs(idd) <= FLT_MAX and amax <= FLT_MAX:  # |x*id| <= nmax: plain casts are exact
-                    for j in range(32):
-                        q[j] = min(top, np.int64(np.int32(F(F(xr[s + j] * idd) + shift))))
+                    for j in range(B):
+                        L[j] = min(top, np.int32(F(F(xr[s + j] * idd) + shift)))
                 else:
                     for j in range(32):
-                        q[j] = min(top, _i8(_cvt(F(F(xr[s + j] * idd) + shift)))) & 0xFF
-            if qs_off == 6:
-                _pack_qh(q, o, off + 2)
-            _pack_nibbles(q, o, off + qs_off)
+                        L[j] = min(top, _i8(_cvt(F(F(xr[s + j] * idd) + shift)))) & 0xFF
+            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
 
 
 @jit
 def quantize_q4_0(x, qw, out):
-    _quantize_sym(x, qw, out, 8, 18, 2)
+    _quantize_sym(x, qw, out, 8, 18)
 
 
 @jit
 def quantize_q5_0(x, qw, out):
-    _quantize_sym(x, qw, out, 16, 22, 6)
+    _quantize_sym(x, qw, out, 16, 22)
 
 
 # --- Q4_1 / Q5_1 (scale + min) ------------------------------------------------------------------------------
 
 
 @jit
-def _quantize_asym(x, qw, out, nmax, bsize, qs_off):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31); qh at 4 for Q5_1."""
+def _quantize_asym(x, qw, out, nmax, bsize):
+    """Q4_1 (nmax 15, qs at 4) and Q5_1 (nmax 31, qh at 4, qs at 8)."""
     rows, n = x.shape
-    q = np.zeros(32, np.int64)
+    B = opaque(32)
+    H = opaque(16)
+    L = np.zeros(32, np.int32)
     w = np.zeros(32, np.float32)
     lv = np.zeros((32, _NQKX), np.float32)
     sc = np.zeros((8, _NQKX), np.float32)
     fnmax = F(nmax)
+    qh_at = 4 if nmax == 31 else -1
+    qs_at = 8 if nmax == 31 else 4
     for r in range(rows):
         xr = x[r]
         xi = xr.view(np.int32)
@@ -339,39 +382,37 @@ def _quantize_asym(x, qw, out, nmax, bsize, qs_off):
             s = ib * 32
             off = ib * bsize
             if qw.shape[0]:
-                _weights(xr, s, qw, sigma2, w)
-                d, the_min = _qkx_search(xr, s, w, nmax, q, lv, sc)
+                _weights(xr, s, qw, sigma2, w, B)
+                d, the_min = _qkx_search(xr, s, w, nmax, L, lv, sc)
                 put_fp16(o, off, d)
                 put_fp16(o, off + 2, F(-the_min))
             else:
-                mn, mx, finite = _minmax(xr, xi, s)
+                mn, mx, finite = _minmax(xr, xi, s, B)
                 rng = F(mx - mn)
                 d = F(rng / fnmax)
                 idd = F(F(1.0) / d) if d != 0 else F(0.0)
                 put_fp16(o, off, d)
                 put_fp16(o, off + 2, mn)
                 if finite and abs(idd) <= FLT_MAX and rng <= FLT_MAX:  # 0 <= (x-mn)*id <= nmax
-                    for j in range(32):
-                        q[j] = min(nmax, np.int64(np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5)))))
+                    for j in range(B):
+                        L[j] = min(nmax, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
                 elif nmax == 15:
                     for j in range(32):
-                        q[j] = min(15, _i8(_cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))) & 0xFF
+                        L[j] = min(15, _i8(_cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))) & 0xFF
                 else:
                     for j in range(32):
-                        q[j] = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))) & 0xFF
-            if qs_off == 8:
-                _pack_qh(q, o, off + 4)
-            _pack_nibbles(q, o, off + qs_off)
+                        L[j] = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))) & 0xFF
+            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
 
 
 @jit
 def quantize_q4_1(x, qw, out):
-    _quantize_asym(x, qw, out, 15, 20, 4)
+    _quantize_asym(x, qw, out, 15, 20)
 
 
 @jit
 def quantize_q5_1(x, qw, out):
-    _quantize_asym(x, qw, out, 31, 24, 8)
+    _quantize_asym(x, qw, out, 31, 24)
 
 
 # --- Q8_0 / Q8_1 ------------------------------------------------------------------------------------------
@@ -380,43 +421,44 @@ def quantize_q5_1(x, qw, out):
 @jit
 def _quantize_q8(x, out, bsize, with_sum):
     rows, n = x.shape
-    q = np.zeros(32, np.int64)
+    B = opaque(32)
     qo = bsize - 32
     for r in range(rows):
         xr = x[r]
         xi = xr.view(np.int32)
         o = out[r]
+        o8 = o.view(np.int8)
         for ib in range(n // 32):
             s = ib * 32
             off = ib * bsize
-            mb = 0
-            for j in range(32):
-                mb = max(mb, xi[s + j] & 0x7FFFFFFF)
-            if mb <= 0x7F800000:
-                amax = abs(xr.view(np.float32)[s]) if False else np.abs(np.int32(mb)).view(np.float32) if False else F(0.0)
-            amax = F(0.0)
-            for j in range(32):  # MAX(amax, |v|): vectorizes to maxps, identical for every input
-                v = abs(xr[s + j])
-                amax = amax if amax > v else v
+            mb = np.int32(0)
+            for j in range(B):
+                mb = max(mb, xi[s + j] & _ABS)
+            amax = i32_as_f32(np.int32(mb))
+            if mb > _INF:  # NaN: C's MAX(amax, |v|) scan
+                amax = F(0.0)
+                for j in range(32):
+                    v = abs(xr[s + j])
+                    amax = amax if amax > v else v
             d = F(amax / F(127.0))
             idd = F(F(1.0) / d) if d != 0 else F(0.0)
             put_fp16(o, off, d)
+            sm = 0
             if abs(idd) <= FLT_MAX and amax <= FLT_MAX:  # |x*id| <= 127: roundf without overflow
-                for j in range(32):
+                for j in range(B):
                     v = F(xr[s + j] * idd)
                     a = abs(v)
-                    t = np.int64(np.int32(a))
-                    t += 1 if F(a - F(t)) >= F(0.5) else 0
-                    q[j] = -t if v < 0 else t
+                    t = np.int32(a)
+                    t += np.int32(1) if F(a - F(t)) >= F(0.5) else np.int32(0)
+                    t = -t if v < 0 else t
+                    o8[off + qo + j] = np.int8(t)
+                    sm += t
             else:
                 for j in range(32):
-                    q[j] = _i8(_cvt(roundf_away(F(xr[s + j] * idd))))
-            for j in range(32):
-                o[off + qo + j] = np.uint8(q[j] & 0xFF)
+                    t = _i8(_cvt(roundf_away(F(xr[s + j] * idd))))
+                    o8[off + qo + j] = np.int8(t)
+                    sm += t
             if with_sum:
-                sm = 0
-                for j in range(32):
-                    sm += q[j]
                 put_fp16(o, off + 2, F(F(sm) * d))
 
 
@@ -435,9 +477,11 @@ def quantize_q8_1(x, qw, out):
 
 
 @jit
-def _dequantize(data, out, bsize, bits, has_min, q_off):
+def _dequantize(data, out, bsize, bits, has_min):
     rows, n = out.shape
-    offset = 1 << (bits - 1) if not has_min else 0
+    H = opaque(16)
+    offset = (1 << (bits - 1)) if not has_min else 0
+    q_off = (2 if not has_min else 4) + (4 if bits == 5 else 0)
     for r in range(rows):
         src = data[r]
         y = out[r]
@@ -445,45 +489,48 @@ def _dequantize(data, out, bsize, bits, has_min, q_off):
             off = ib * bsize
             d = get_fp16(src, off)
             m = get_fp16(src, off + 2) if has_min else F(0.0)
-            qh = 0
+            qh = np.int64(0)
             if bits == 5:
-                hb = off + (4 if has_min else 2)
-                qh = src[hb] | (src[hb + 1] << 8) | (src[hb + 2] << 16) | (np.int64(src[hb + 3]) << 24)
-            for j in range(16):
-                b = np.int64(src[off + q_off + j])
-                c0 = (b & 0x0F) | (((qh >> j) & 1) << 4)
-                c1 = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
+                hb = off + q_off - 4
+                qh = np.int64(src[hb]) | (np.int64(src[hb + 1]) << 8) | (np.int64(src[hb + 2]) << 16)
+                qh |= np.int64(src[hb + 3]) << 24
+            s = ib * 32
+            for j in range(H):
+                b = np.int32(src[off + q_off + j])
+                c0 = (b & 0x0F) | np.int32(((qh >> j) & 1) << 4)
+                c1 = (b >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
                 if has_min:
-                    y[ib * 32 + j] = F(F(F(c0) * d) + m)
-                    y[ib * 32 + j + 16] = F(F(F(c1) * d) + m)
+                    y[s + j] = F(F(F(c0) * d) + m)
+                    y[s + j + 16] = F(F(F(c1) * d) + m)
                 else:
-                    y[ib * 32 + j] = F(F(c0 - offset) * d)
-                    y[ib * 32 + j + 16] = F(F(c1 - offset) * d)
+                    y[s + j] = F(F(c0 - offset) * d)
+                    y[s + j + 16] = F(F(c1 - offset) * d)
 
 
 @jit
 def dequantize_q4_0(data, out):
-    _dequantize(data, out, 18, 4, False, 2)
+    _dequantize(data, out, 18, 4, False)
 
 
 @jit
 def dequantize_q4_1(data, out):
-    _dequantize(data, out, 20, 4, True, 4)
+    _dequantize(data, out, 20, 4, True)
 
 
 @jit
 def dequantize_q5_0(data, out):
-    _dequantize(data, out, 22, 5, False, 6)
+    _dequantize(data, out, 22, 5, False)
 
 
 @jit
 def dequantize_q5_1(data, out):
-    _dequantize(data, out, 24, 5, True, 8)
+    _dequantize(data, out, 24, 5, True)
 
 
 @jit
 def _dequantize_q8(data, out, bsize):
     rows, n = out.shape
+    B = opaque(32)
     for r in range(rows):
         src = data[r]
         qs = src.view(np.int8)
@@ -491,7 +538,7 @@ def _dequantize_q8(data, out, bsize):
         for ib in range(n // 32):
             off = ib * bsize
             d = get_fp16(src, off)
-            for j in range(32):
+            for j in range(B):
                 y[ib * 32 + j] = F(F(qs[off + bsize - 32 + j]) * d)
 
 

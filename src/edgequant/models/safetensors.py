@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from edgequant.errors import ShapeError
-from edgequant.gguf.writer import AtomicFile
+from edgequant.core.atomic import AtomicFile
 
 _DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
            np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}

@@ -159,8 +159,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
     lib.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
     ]
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
@@ -213,8 +218,13 @@ def ggml_types() -> dict[str, GgmlType]:
                 continue
             name = raw.upper()
             types[name] = GgmlType(
-                name, tid, int(tr.blck_size), int(tr.type_size), bool(tr.is_quantized),
-                tr.to_float or None, tr.from_float_ref or None,
+                name,
+                tid,
+                int(tr.blck_size),
+                int(tr.type_size),
+                bool(tr.is_quantized),
+                tr.to_float or None,
+                tr.from_float_ref or None,
             )
         _state["types"] = types
         return types
@@ -250,7 +260,9 @@ def _as_rows(x: np.ndarray, t: GgmlType) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D float32 array (rows, n_per_row), got shape {x.shape}")
     if x.shape[1] % t.block_size:
-        raise ValueError(f"{t.name}: row length {x.shape[1]} is not a multiple of the block size {t.block_size}")
+        raise ValueError(
+            f"{t.name}: row length {x.shape[1]} is not a multiple of the block size {t.block_size}"
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -513,7 +525,7 @@ def _load_imatrix_dat(path: Path) -> ImatrixFile:
 # llama_model_quantize
 
 
-def _llama():  # noqa: ANN202 - returns the llama_cpp module
+def _llama():
     if not available():
         _require()
     import llama_cpp
@@ -589,10 +601,16 @@ def llama_quantize_file(
             if fname is not None:
                 kvs.append(("quantize.imatrix.file", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, fname))
                 if datasets:
-                    kvs.append(("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, datasets[0]))
-                kvs.append(("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(entries)))
+                    kvs.append(
+                        ("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, datasets[0])
+                    )
+                kvs.append(
+                    ("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(entries))
+                )
                 if chunks > 0:
-                    kvs.append(("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, chunks))
+                    kvs.append(
+                        ("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, chunks)
+                    )
     if kvs:
         arr = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
         for i, (key, tag, val) in enumerate(kvs):
@@ -630,9 +648,7 @@ def llama_quantize_file(
         llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
         try:
             t0 = time.perf_counter()
-            rc = llama_cpp.llama_model_quantize(
-                str(src).encode(), str(dst).encode(), ctypes.byref(params)
-            )
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
             seconds = time.perf_counter() - t0
         finally:
             _restore_log(llama_cpp)
@@ -640,7 +656,7 @@ def llama_quantize_file(
     return {"seconds": seconds, "log": "".join(log), "rc": int(rc)}
 
 
-def _restore_log(llama_cpp) -> None:  # noqa: ANN001
+def _restore_log(llama_cpp) -> None:
     """Put back llama-cpp-python's own log callback (or a silent one if it is not there)."""
     try:
         from llama_cpp import _logger
@@ -650,7 +666,7 @@ def _restore_log(llama_cpp) -> None:  # noqa: ANN001
         llama_cpp.llama_log_set(_silent_cb(llama_cpp), ctypes.c_void_p(0))
 
 
-def _silent_cb(llama_cpp):  # noqa: ANN001, ANN202
+def _silent_cb(llama_cpp):
     cb = _state.get("silent")
     if cb is None:
         cb = llama_cpp.llama_log_callback(lambda level, text, ud: None)
