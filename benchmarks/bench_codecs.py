@@ -153,6 +153,8 @@ def to_markdown(report: dict) -> str:
         "",
         f"* date: {report['date']}  commit: `{report['git_commit']}`",
         f"* machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['platform']}",
+        f"* load average (1/5/15 min) before: {report['loadavg_before']}, after: {report['loadavg_after']} "
+        "(a load near the core count means other processes shared the CPU: timings and scaling are noisy)",
         "* versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"* input: {report['rows']}x{report['n_per_row']} N(0,1) float32, seed 0; imatrix: "
         "`imatrix_cases(n, 0)['random']`; best of "
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if not have_ggml:
         print("llama-cpp-python not installed: ggml columns will read n/a", file=sys.stderr)
 
+    load_before = os.getloadavg()
     x = np.random.default_rng(0).standard_normal((rows, args.cols)).astype(np.float32)
     qw = imatrix_cases(args.cols, 0)["random"]
     results = []
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "machine": machine(),
+        # Other processes on the machine distort the timings and the threads=2 scaling; check these.
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "versions": versions(),
         "rows": rows,
         "n_per_row": args.cols,

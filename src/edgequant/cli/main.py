@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgequantError as e:
         print(f"edgequant {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a missing input file, a full disk...: one line, not a traceback
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"edgequant {args.command}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"edgequant {args.command}: interrupted; no partial output was left", file=sys.stderr)
         return 130

@@ -307,6 +307,15 @@ def _fallback(new: str, ne0: int) -> tuple[str, str | None]:
     return fb, new
 
 
+def _explicit(name: str, ne: tuple[int, ...], qtype: str, option: str) -> str:
+    """An explicitly requested type gets no fallback in llama.cpp (which then aborts); say so up front."""
+    if ne[0] % _BLOCK[qtype]:
+        raise ConfigError(f"{option} {qtype.lower()}: tensor '{name}' has rows of {ne[0]} values, not a multiple of "
+                          f"the {_BLOCK[qtype]}-value blocks of {qtype}; choose a type with 32-value blocks "
+                          "(q8_0, q5_0, q4_0...) or f16")
+    return qtype
+
+
 def choose_types(tensors: list[tuple[str, tuple[int, ...], str]], ftype: str, model: ModelInfo,
                  opts: QuantizeOptions, has_imatrix: bool) -> list[TensorChoice]:
     """Target type of every tensor, in llama.cpp's output order.
@@ -329,10 +338,12 @@ def choose_types(tensors: list[tuple[str, tuple[int, ...], str]], ftype: str, mo
         cat = _category(name)
         if opts.token_embedding_type and cat == "TOKEN_EMBD" and not (
                 name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in patterns)):
-            out.append(TensorChoice(name, opts.token_embedding_type, True, manual=True))
+            out.append(TensorChoice(name, _explicit(name, ne, opts.token_embedding_type, "--token-embedding-type"),
+                                    True, manual=True))
             continue
         if opts.output_tensor_type and cat == "OUTPUT":
-            out.append(TensorChoice(name, opts.output_tensor_type, True, manual=True))
+            out.append(TensorChoice(name, _explicit(name, ne, opts.output_tensor_type, "--output-tensor-type"),
+                                    True, manual=True))
             continue
         new = default
         if new in _FLOAT_TYPES:

@@ -24,23 +24,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgequant.kernels.kquants_lanes import (
+    MINS,
+    RQD,
+    RQM,
+    SCL,
+    SCRATCH_SIZE,
+    SIG,
+    SW,
+    WT,
+    WXT,
+    XT,
+    block_sumsq,
+    imatrix_weights,
+    lane_codes,
+    lane_weight_sums,
+    load_lanes,
+    load_lanes_w,
+    qkx_lanes,
+    qx_lanes,
+    requant_lanes,
+)
 from edgequant.kernels.kquants_low import (
     dequantize_q2_k,
     dequantize_q3_k,
     qp_quants_u8,
     quantize_q2_k,
     quantize_q3_k,
-)
-from edgequant.kernels.kquants_lanes import (
-    SCL,
-    SCRATCH_SIZE,
-    WT,
-    WXT,
-    XT,
-    LT,
-    load_lanes,
-    load_lanes_w,
-    qx_lanes,
 )
 from edgequant.kernels.primitives import (
     GROUP_MAX_EPS,
@@ -49,8 +59,6 @@ from edgequant.kernels.primitives import (
     get_fp16,
     i32_as_f32,
     jit,
-    make_qkx,
-    make_qx_quants,
     nearest_int,
     put_fp16,
 )
@@ -87,23 +95,50 @@ def get_scale_min_k4(j, S, so):
 
 
 @jit
-def _q45_block(xr, qw, use_qw, base, orow, o, nmax, rmin, rdelta, nstep, clamp63, L, Laux, w, scales, mins, sw, Ls, Lm):
-    """Scale search, 6-bit packing and re-quantization of one Q4_K/Q5_K super-block; codes into ``L``."""
+def _q45_load(S, x, qw, use_qw, g, nb, j0):
+    """Super-block ``g`` (row-major over the tensor) into lanes ``j0..j0+7`` (x, and qw/sigma2 if used)."""
+    xr = x[g // nb]
+    base = (g % nb) * QK_K
+    load_lanes(S, xr, base, 32, 16, j0, 8)
+    if use_qw:
+        sigma2 = F(F(F(2.0) * block_sumsq(xr, base)) / F(256.0))
+        for j in range(8):
+            S[SIG + j0 + j] = sigma2
+        load_lanes_w(S, qw, base, 32, 16, j0, 8)
+
+
+@jit
+def _q45_search(S, use_qw, nmax, rmin, rdelta, nstep):
+    """Weights and the ``make_qkx`` search for the 16 loaded sub-blocks (two super-blocks)."""
+    if use_qw:
+        imatrix_weights(S, 32, 16)
+        lane_weight_sums(S, 32, 16)
+        qkx_lanes(S, 32, nmax, 16, F(-0.9), F(0.05), 36, False)
+        return
+    for j in range(16):
+        S[SW + j] = F(0.0)
+    for i in range(32):
+        for j in range(16):
+            xv = S[XT + 16 * i + j]
+            S[SW + j] = F(S[SW + j] + F(xv * xv))  # per-sub-block sum of squares
+    for j in range(16):
+        S[SW + j] = np.sqrt(F(S[SW + j] / F(32.0)))  # av_x
+    for i in range(32):
+        for j in range(16):
+            k = 16 * i + j
+            S[WT + k] = F(S[SW + j] + abs(S[XT + k]))
+    qkx_lanes(S, 32, nmax, 16, rmin, rdelta, nstep, False)
+
+
+@jit
+def _q45_scales(S, use_qw, orow, o, j0, clamp63, scales, mins, sw, Ls, Lm):
+    """Scales/mins of lanes ``j0..j0+7``: 6-bit packing, fp16 d/dmin, per-lane re-quantization scales."""
     if not use_qw:
         max_scale = F(0.0)
         max_min = F(0.0)
         for j in range(8):
-            s0 = base + 32 * j
-            sum_x2 = F(0.0)
-            for l in range(32):
-                xi = xr[s0 + l]
-                sum_x2 = F(sum_x2 + F(xi * xi))
-            av_x = np.sqrt(F(sum_x2 / F(32.0)))
-            for l in range(32):
-                w[l] = F(av_x + abs(xr[s0 + l]))
-            s, m = make_qkx(32, nmax, xr, s0, w, 0, L, 32 * j, Laux, rmin, rdelta, nstep, False)
-            scales[j] = s
-            mins[j] = m
+            s = S[SCL + j0 + j]
+            m = S[MINS + j0 + j]
             if s > max_scale:
                 max_scale = s
             if m > max_min:
@@ -111,28 +146,15 @@ def _q45_block(xr, qw, use_qw, base, orow, o, nmax, rmin, rdelta, nstep, clamp63
         inv_scale = F(F(63.0) / max_scale) if max_scale > 0 else F(0.0)
         inv_min = F(F(63.0) / max_min) if max_min > 0 else F(0.0)
         for j in range(8):
-            Ls[j] = min(63, nearest_int(F(inv_scale * scales[j])) & 0xFF)
-            Lm[j] = min(63, nearest_int(F(inv_min * mins[j])) & 0xFF)
+            Ls[j] = min(63, nearest_int(F(inv_scale * S[SCL + j0 + j])) & 0xFF)
+            Lm[j] = min(63, nearest_int(F(inv_min * S[MINS + j0 + j])) & 0xFF)
         dval = F(max_scale / F(63.0))
         mval = F(max_min / F(63.0))
     else:
-        sum_x2 = F(0.0)
-        for i in range(QK_K):
-            xi = xr[base + i]
-            sum_x2 = F(sum_x2 + F(xi * xi))
-        sigma2 = F(F(F(2.0) * sum_x2) / F(256.0))
         for j in range(8):
-            s0 = base + 32 * j
-            for l in range(32):
-                xi = xr[s0 + l]
-                w[l] = F(qw[s0 + l] * np.sqrt(F(sigma2 + F(xi * xi))))
-            s = F(0.0)
-            for l in range(32):
-                s = F(s + w[l])
-            sw[j] = s
-            sj, mj = make_qkx(32, nmax, xr, s0, w, 0, L, 32 * j, Laux, F(-0.9), F(0.05), 36, False)
-            scales[j] = sj
-            mins[j] = mj
+            scales[j] = S[SCL + j0 + j]
+            mins[j] = S[MINS + j0 + j]
+            sw[j] = S[SW + j0 + j]
         dval = qp_quants_u8(8, 63, scales, sw, Ls)
         mval = qp_quants_u8(8, 63, mins, sw, Lm)
         if clamp63:
@@ -154,70 +176,67 @@ def _q45_block(xr, qw, use_qw, base, orow, o, nmax, rmin, rdelta, nstep, clamp63
     dmin = put_fp16(orow, o + 2, mval)
     for j in range(8):
         sc, mn = get_scale_min_k4(j, orow, so)
-        dd = F(d * F(sc))
-        if dd == 0:
-            continue
-        dm = F(dmin * F(mn))
-        for ii in range(32):
-            l = nearest_int(F(F(xr[base + 32 * j + ii] + dm) / dd))
-            L[32 * j + ii] = max(0, min(nmax, l))
-    return 0
+        S[RQD + j0 + j] = F(d * F(sc))
+        S[RQM + j0 + j] = F(dmin * F(mn))
+
+
+@jit
+def _quantize_q45(x, qw, out, q5):
+    rows, n = x.shape
+    nb = n // QK_K
+    total = rows * nb
+    use_qw = qw.shape[0] > 0
+    S = np.zeros(SCRATCH_SIZE, np.float32)
+    L = np.zeros(QK_K, np.int32)
+    scales = np.zeros(8, np.float32)
+    mins = np.zeros(8, np.float32)
+    sw = np.zeros(8, np.float32)
+    Ls = np.zeros(8, np.int32)
+    Lm = np.zeros(8, np.int32)
+    nmax = 31 if q5 else 15
+    bsize = 176 if q5 else 144
+    for g in range(0, total, 2):  # two super-blocks per search: 16 lanes
+        g2 = g + 1 if g + 1 < total else g
+        _q45_load(S, x, qw, use_qw, g, nb, 0)
+        _q45_load(S, x, qw, use_qw, g2, nb, 8)
+        if q5:
+            _q45_search(S, use_qw, 31, F(-0.5), F(0.1), 15)
+        else:
+            _q45_search(S, use_qw, 15, F(-1.0), F(0.1), 20)
+        for half in range(2):
+            gg = g + half if half == 0 or g2 != g else g
+            _q45_scales(S, use_qw, out[gg // nb], (gg % nb) * bsize, 8 * half, q5, scales, mins, sw, Ls, Lm)
+        requant_lanes(S, 32, 16, 0, nmax)
+        for half in range(g2 - g + 1):
+            gg = g + half
+            orow = out[gg // nb]
+            o = (gg % nb) * bsize
+            for j in range(8):
+                lane_codes(S, L, 32 * j, 8 * half + j, 32, 16)
+            if q5:
+                for l in range(32):
+                    h = 0
+                    for k in range(8):
+                        if L[32 * k + l] > 15:
+                            h |= 1 << k
+                    orow[o + 16 + l] = np.uint8(h)
+                for c in range(4):
+                    for l in range(32):
+                        orow[o + 48 + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
+            else:
+                for c in range(4):
+                    for l in range(32):
+                        orow[o + 16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
 
 
 @jit
 def quantize_q4_k(x, qw, out):
-    rows, n = x.shape
-    nb = n // QK_K
-    use_qw = qw.shape[0] > 0
-    L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(32, np.int32)
-    w = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
-    sw = np.zeros(8, np.float32)
-    Ls = np.zeros(8, np.int32)
-    Lm = np.zeros(8, np.int32)
-    for r in range(rows):
-        xr = x[r]
-        orow = out[r]
-        for b in range(nb):
-            o = b * 144
-            _q45_block(xr, qw, use_qw, b * QK_K, orow, o, 15, F(-1.0), F(0.1), 20, False,
-                       L, Laux, w, scales, mins, sw, Ls, Lm)
-            for c in range(4):
-                for l in range(32):
-                    orow[o + 16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
+    _quantize_q45(x, qw, out, False)
 
 
 @jit
 def quantize_q5_k(x, qw, out):
-    rows, n = x.shape
-    nb = n // QK_K
-    use_qw = qw.shape[0] > 0
-    L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(32, np.int32)
-    w = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
-    sw = np.zeros(8, np.float32)
-    Ls = np.zeros(8, np.int32)
-    Lm = np.zeros(8, np.int32)
-    for r in range(rows):
-        xr = x[r]
-        orow = out[r]
-        for b in range(nb):
-            o = b * 176
-            _q45_block(xr, qw, use_qw, b * QK_K, orow, o, 31, F(-0.5), F(0.1), 15, True,
-                       L, Laux, w, scales, mins, sw, Ls, Lm)
-            for l in range(32):
-                h = 0
-                for k in range(8):
-                    if L[32 * k + l] > 15:
-                        h |= 1 << k
-                orow[o + 16 + l] = np.uint8(h)
-            for c in range(4):
-                for l in range(32):
-                    orow[o + 48 + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
+    _quantize_q45(x, qw, out, True)
 
 
 @jit
@@ -282,9 +301,9 @@ def quantize_q6_k(x, qw, out):
         for b in range(nb):
             base = b * QK_K
             o = b * 210
-            load_lanes(S, xr, base, 16, 16)
+            load_lanes(S, xr, base, 16, 16, 0, 16)
             if use_qw:
-                load_lanes_w(S, qw, base, 16, 16)
+                load_lanes_w(S, qw, base, 16, 16, 0, 16)
             else:
                 for k in range(QK_K):
                     S[WT + k] = F(S[XT + k] * S[XT + k])
@@ -311,14 +330,11 @@ def quantize_q6_k(x, qw, out):
                 sc[ib] = v
                 orow[o + 192 + ib] = np.uint8(v & 0xFF)
             for j in range(16):
-                dd = F(d * F(sc[j]))
-                if dd == 0:
-                    for ii in range(16):
-                        L[16 * j + ii] = np.int32(S[LT + 16 * ii + j])
-                else:
-                    for ii in range(16):
-                        l = nearest_int(F(xr[base + 16 * j + ii] / dd))
-                        L[16 * j + ii] = max(-32, min(31, l)) + 32
+                S[RQD + j] = F(d * F(sc[j]))
+                S[RQM + j] = F(0.0)
+            requant_lanes(S, 16, 16, -32, 31)
+            for j in range(16):
+                lane_codes(S, L, 16 * j, j, 16, 16)
             for h in range(2):
                 bb = 128 * h
                 for l in range(32):

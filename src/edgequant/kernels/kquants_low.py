@@ -3,6 +3,7 @@
 Without an importance vector the ``quantize_row_q*_K_ref`` algorithms run; with one the ``*_impl``
 algorithms (``shared/reference/ggml-quants.md`` §4.7, §4.8, §5). Every float is float32 and every
 sum sequential (§2.1); integer stores wrap to uint8/int8 exactly where the C code stores into them.
+The per-sub-block searches run lane-parallel (``kquants_lanes``).
 
 Block layouts (256 weights, little-endian):
 
@@ -19,13 +20,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgequant.kernels.kquants_lanes import (
+    MINS,
+    RQD,
+    RQM,
+    SCL,
+    SCRATCH_SIZE,
+    SIG,
+    SW,
+    WT,
+    WXT,
+    XT,
+    block_sumsq,
+    imatrix_weights,
+    lane_codes,
+    lane_weight_sums,
+    load_lanes,
+    load_lanes_w,
+    q3_lanes,
+    qkx_lanes,
+    requant_lanes,
+    qx_lanes,
+)
 from edgequant.kernels.primitives import (
     GROUP_MAX_EPS,
     F,
     get_fp16,
     jit,
-    make_q3_quants,
-    make_qkx,
     make_qx_quants,
     nearest_int,
     put_fp16,
@@ -36,11 +57,11 @@ QK_K = 256
 
 @jit
 def qp_quants_u8(n, nmax, x, qw, L):
-    """``make_qp_quants`` with C's ``uint8_t L[]`` semantics (§3.4).
+    """``make_qp_quants`` (§3.4) with C's ``uint8_t L[]`` semantics.
 
-    Codes are stored into a uint8 array in the C code, so a negative candidate (reachable only when a
-    sub-block scale comes out negative) wraps to 256+l and the wrapped value is what later reads see.
-    This mirrors that exactly; for non-negative inputs it equals ``primitives.make_qp_quants``.
+    The C code stores codes into a uint8 array, so a negative candidate (reachable only when a
+    sub-block scale comes out negative) wraps to 256+l and later reads see the wrapped value. This
+    mirrors that; for non-negative inputs it equals ``primitives.make_qp_quants``.
     """
     fnmax = F(nmax)
     mx = F(0.0)
@@ -118,26 +139,12 @@ def pack_2bit_planes(L, out, off):
 
 
 @jit
-def _q2_k_requant_pack(xr, base, o, L, sc, d, dmin):
-    for j in range(16):
-        dd = F(d * F(sc[j] & 0xF))
-        if dd == 0:
-            continue
-        mm = F(dmin * F(sc[j] >> 4))
-        for ii in range(16):
-            l = nearest_int(F(F(xr[base + 16 * j + ii] + mm) / dd))
-            L[16 * j + ii] = max(0, min(3, l))
-    return 0
-
-
-@jit
 def quantize_q2_k(x, qw, out):
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
+    S = np.zeros(SCRATCH_SIZE, np.float32)
     L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(16, np.int32)
-    w = np.zeros(16, np.float32)
     scales = np.zeros(16, np.float32)
     mins = np.zeros(16, np.float32)
     sw = np.zeros(16, np.float32)
@@ -150,13 +157,16 @@ def quantize_q2_k(x, qw, out):
         for b in range(nb):
             base = b * QK_K
             o = b * 84
+            load_lanes(S, xr, base, 16, 16, 0, 16)
             if not use_qw:
+                for k in range(QK_K):
+                    S[WT + k] = abs(S[XT + k])
+                qkx_lanes(S, 16, 3, 16, F(-0.5), F(0.1), 15, True)
                 max_scale = F(0.0)
                 max_min = F(0.0)
                 for j in range(16):
-                    for l in range(16):
-                        w[l] = abs(xr[base + 16 * j + l])
-                    s, m = make_qkx(16, 3, xr, base + 16 * j, w, 0, L, 16 * j, Laux, F(-0.5), F(0.1), 15, True)
+                    s = S[SCL + j]
+                    m = S[MINS + j]
                     scales[j] = s
                     mins[j] = m
                     if s > max_scale:
@@ -180,22 +190,17 @@ def quantize_q2_k(x, qw, out):
                 else:
                     dmin = put_fp16(orow, o + 82, F(0.0))
             else:
-                sumx2 = F(0.0)
-                for i in range(QK_K):
-                    xi = xr[base + i]
-                    sumx2 = F(sumx2 + F(xi * xi))
-                sigma2 = F(sumx2 / F(256.0))
+                sigma2 = F(block_sumsq(xr, base) / F(256.0))
+                load_lanes_w(S, qw, base, 16, 16, 0, 16)
                 for j in range(16):
-                    s = F(0.0)
-                    for l in range(16):
-                        xi = xr[base + 16 * j + l]
-                        wl = F(qw[base + 16 * j + l] * np.sqrt(F(sigma2 + F(xi * xi))))
-                        w[l] = wl
-                        s = F(s + wl)
-                    sw[j] = s
-                    sj, mj = make_qkx(16, 3, xr, base + 16 * j, w, 0, L, 16 * j, Laux, F(-0.9), F(0.05), 36, False)
-                    scales[j] = sj
-                    mins[j] = mj
+                    S[SIG + j] = sigma2
+                imatrix_weights(S, 16, 16)
+                lane_weight_sums(S, 16, 16)
+                qkx_lanes(S, 16, 3, 16, F(-0.9), F(0.05), 36, False)
+                for j in range(16):
+                    scales[j] = S[SCL + j]
+                    mins[j] = S[MINS + j]
+                    sw[j] = S[SW + j]
                 dm = qp_quants_u8(16, 15, scales, sw, Ls)
                 mm = qp_quants_u8(16, 15, mins, sw, Lm)
                 d = put_fp16(orow, o + 80, dm)
@@ -204,7 +209,11 @@ def quantize_q2_k(x, qw, out):
                     sc[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
             for j in range(16):
                 orow[o + j] = np.uint8(sc[j])
-            _q2_k_requant_pack(xr, base, o, L, sc, d, dmin)
+                S[RQD + j] = F(d * F(sc[j] & 0xF))
+                S[RQM + j] = F(dmin * F(sc[j] >> 4))
+            requant_lanes(S, 16, 16, 0, 3)
+            for j in range(16):
+                lane_codes(S, L, 16 * j, j, 16, 16)
             pack_2bit_planes(L, orow, o + 16)
 
 
@@ -219,13 +228,15 @@ def dequantize_q2_k(data, out):
             o = b * 84
             d = get_fp16(src, o + 80)
             dmin = get_fp16(src, o + 82)
-            for i in range(QK_K):
-                j = i // 16
+            for j in range(16):
                 sc = np.int32(src[o + j])
                 dl = F(d * F(sc & 0xF))
                 ml = F(dmin * F(sc >> 4))
-                q = (np.int32(src[o + 16 + 32 * (i // 128) + (i % 32)]) >> (2 * ((i % 128) // 32))) & 3
-                y[b * QK_K + i] = F(F(dl * F(q)) - ml)
+                q0 = o + 16 + 32 * (j // 8) + 16 * (j % 2)
+                shift = 2 * ((j % 8) // 2)
+                for l in range(16):
+                    q = (np.int32(src[q0 + l]) >> shift) & 3
+                    y[b * QK_K + 16 * j + l] = F(F(dl * F(q)) - ml)
 
 
 # --- Q3_K -------------------------------------------------------------------------------------------
@@ -236,10 +247,8 @@ def quantize_q3_k(x, qw, out):
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
+    S = np.zeros(SCRATCH_SIZE, np.float32)
     L = np.zeros(QK_K, np.int32)
-    w = np.zeros(16, np.float32)
-    scales = np.zeros(16, np.float32)
-    sw = np.zeros(16, np.float32)
     Ls = np.zeros(16, np.int32)
     u = np.zeros(16, np.int32)
     for r in range(rows):
@@ -248,12 +257,17 @@ def quantize_q3_k(x, qw, out):
         for b in range(nb):
             base = b * QK_K
             o = b * 110
+            load_lanes(S, xr, base, 16, 16, 0, 16)
             if not use_qw:
+                for k in range(QK_K):
+                    S[WT + k] = F(S[XT + k] * S[XT + k])
+                for k in range(QK_K):
+                    S[WXT + k] = F(S[WT + k] * S[XT + k])
+                q3_lanes(S)
                 amax = F(0.0)
                 max_scale = F(0.0)
                 for j in range(16):
-                    s = make_q3_quants(xr, base + 16 * j, L, 16 * j)
-                    scales[j] = s
+                    s = S[SCL + j]
                     a = abs(s)
                     if a > amax:
                         amax = a
@@ -261,7 +275,7 @@ def quantize_q3_k(x, qw, out):
                 if max_scale != 0:
                     iscale = F(F(-32.0) / max_scale)
                     for j in range(16):
-                        l = ((nearest_int(F(iscale * scales[j])) + 128) & 0xFF) - 128  # int8_t store
+                        l = ((nearest_int(F(iscale * S[SCL + j])) + 128) & 0xFF) - 128  # int8_t store
                         u[j] = max(-32, min(31, l)) + 32
                     d = put_fp16(orow, o + 108, F(F(1.0) / iscale))
                 else:
@@ -269,25 +283,19 @@ def quantize_q3_k(x, qw, out):
                         u[j] = 0
                     d = put_fp16(orow, o + 108, F(0.0))
             else:
-                sumx2 = F(0.0)
-                for i in range(QK_K):
-                    xi = xr[base + i]
-                    sumx2 = F(sumx2 + F(xi * xi))
-                sigma2 = F(F(F(2.0) * sumx2) / F(256.0))
+                sigma2 = F(F(F(2.0) * block_sumsq(xr, base)) / F(256.0))
+                load_lanes_w(S, qw, base, 16, 16, 0, 16)
                 for j in range(16):
-                    for l in range(16):
-                        xi = xr[base + 16 * j + l]
-                        w[l] = F(qw[base + 16 * j + l] * np.sqrt(F(sigma2 + F(xi * xi))))
-                    s = F(0.0)
-                    for l in range(16):
-                        s = F(s + w[l])
-                    sw[j] = s
-                    scales[j] = make_qx_quants(16, 4, xr, base + 16 * j, w, 0, L, 16 * j)
-                d_block = make_qx_quants(16, 32, scales, 0, sw, 0, Ls, 0)
+                    S[SIG + j] = sigma2
+                imatrix_weights(S, 16, 16)
+                lane_weight_sums(S, 16, 16)
+                for k in range(QK_K):
+                    S[WXT + k] = F(S[WT + k] * S[XT + k])
+                qx_lanes(S, 16, 4, 16)
+                d_block = make_qx_quants(16, 32, S, SCL, S, SW, Ls, 0)
                 for j in range(16):
                     u[j] = Ls[j]
                 d = put_fp16(orow, o + 108, d_block)
-            # scales[12] @96
             for k in range(12):
                 orow[o + 96 + k] = 0
             for j in range(16):
@@ -297,20 +305,19 @@ def quantize_q3_k(x, qw, out):
                 else:
                     orow[o + 96 + j - 8] |= np.uint8((uj & 0xF) << 4)
                 orow[o + 96 + 8 + j % 4] |= np.uint8((uj >> 4) << (2 * (j // 4)))
-            # re-quantize with the stored scales
+            for j in range(16):  # re-quantize with the stored scales
+                S[RQD + j] = F(d * F(u[j] - 32))
+                S[RQM + j] = F(0.0)
+            requant_lanes(S, 16, 16, -4, 3)
             for j in range(16):
-                dd = F(d * F(u[j] - 32))
-                if dd == 0:
-                    continue
-                for ii in range(16):
-                    l = nearest_int(F(xr[base + 16 * j + ii] / dd))
-                    L[16 * j + ii] = max(-4, min(3, l)) + 4
-            for k in range(32):
-                orow[o + k] = 0
-            for i in range(QK_K):
-                if L[i] > 3:
-                    orow[o + (i % 32)] |= np.uint8(1 << (i // 32))
-                    L[i] -= 4
+                lane_codes(S, L, 16 * j, j, 16, 16)
+            for l in range(32):
+                h = 0
+                for k in range(8):
+                    if L[32 * k + l] > 3:
+                        h |= 1 << k
+                        L[32 * k + l] -= 4
+                orow[o + l] = np.uint8(h)
             pack_2bit_planes(L, orow, o + 32)
 
 
@@ -328,9 +335,11 @@ def dequantize_q3_k(data, out):
                 lo = (np.int32(src[o + 96 + j]) & 15) if j < 8 else (np.int32(src[o + 96 + j - 8]) >> 4)
                 hi = (np.int32(src[o + 96 + 8 + j % 4]) >> (2 * (j // 4))) & 3
                 dl = F(d * F((lo | (hi << 4)) - 32))
-                for ii in range(16):
-                    i = 16 * j + ii
-                    q = (np.int32(src[o + 32 + 32 * (i // 128) + (i % 32)]) >> (2 * ((i % 128) // 32))) & 3
-                    hb = (np.int32(src[o + (i % 32)]) >> (i // 32)) & 1
-                    c = q - (0 if hb else 4)
-                    y[b * QK_K + i] = F(dl * F(c))
+                q0 = o + 32 + 32 * (j // 8) + 16 * (j % 2)
+                h0 = o + 16 * (j % 2)
+                shift = 2 * ((j % 8) // 2)
+                hbit = j // 2
+                for l in range(16):
+                    q = (np.int32(src[q0 + l]) >> shift) & 3
+                    hb = (np.int32(src[h0 + l]) >> hbit) & 1
+                    y[b * QK_K + 16 * j + l] = F(dl * F(q - 4 + 4 * hb))

