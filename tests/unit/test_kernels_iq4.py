@@ -78,7 +78,7 @@ def test_v1_sine_block(name):
     assert quant(name, sine(GEOM[name][0])).tobytes().hex() == V1[name]
 
 
-@pytest.mark.parametrize("name,use_imat", sorted(V2_SHA))
+@pytest.mark.parametrize(("name", "use_imat"), sorted(V2_SHA))
 def test_v2_lcg_row(name, use_imat):
     n = 64 if name == "IQ4_NL" else 512
     out = quant(name, lcg(n), imat(n) if use_imat else None)

@@ -13,6 +13,7 @@ Every path is per row or per block, so the bytes do not depend on the thread cou
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -93,15 +94,29 @@ def resolve_threads(threads: int | None) -> int:
     return int(threads) or (os.cpu_count() or 1)
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count: a model has hundreds of small tensors, and starting threads
+    for each would cost more than quantizing some of them."""
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="edgequant-codec")
+        return _POOLS[n]
+
+
 def _run_chunks(fn: Callable[[int, int], None], rows: int, threads: int) -> None:
     if threads <= 1 or rows < 2:
         fn(0, rows)
         return
     n = min(threads, rows)
     bounds = [rows * i // n for i in range(n + 1)]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        for f in [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(n)]:
-            f.result()
+    futures = [_pool(n).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    fn(bounds[0], bounds[1])  # the calling thread takes the first chunk
+    for f in futures:
+        f.result()
 
 
 def check_finite_rows(x: np.ndarray, what: str = "input") -> None:

@@ -160,8 +160,6 @@ def quantize_model(
                 else:
                     w.write_tensor_data(t.name, raw)
                     nbytes_out = t.nbytes
-                    if measure_error and t.type_name != "F32" and c.quantize:
-                        rmse = 0.0
                 reader.release(t)  # keep resident memory near one tensor, not the file size
                 rep = TensorReport(t.name, t.shape_ne, t.type_name, c.new_type if requant else t.type_name,
                                    c.fallback_from, t.nbytes, nbytes_out, time.perf_counter() - t0,

@@ -12,9 +12,13 @@ from edgequant.gguf.codecs import Codec, register_codec
 from edgequant.kernels import floats, iq4, kquants, legacy
 
 
+# gguf-py 0.19 still lists Q8_1 as (32, 40); ggml's block_q8_1 is fp16 d, fp16 s, 32 x int8 = 36 bytes.
+_GEOMETRY_FIXES = {"Q8_1": (32, 36)}
+
+
 def _add(name, quant, dequant, uses_imatrix, in_files=True, fp16_fields=()):
     t = GGMLQuantizationType[name]
-    block, size = GGML_QUANT_SIZES[t]
+    block, size = _GEOMETRY_FIXES.get(name, GGML_QUANT_SIZES[t])
     register_codec(Codec(name, int(t), block, size, quant, dequant, uses_imatrix, in_files, fp16_fields))
 
 

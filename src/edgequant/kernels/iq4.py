@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgequant.kernels.legacy import _absmax, inline, opaque
-from edgequant.kernels.primitives import F, GROUP_MAX_EPS, get_fp16, jit, nearest_int, put_fp16
+from edgequant.kernels.primitives import GROUP_MAX_EPS, F, get_fp16, jit, nearest_int, put_fp16
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 _MID = ((KVALUES[:-1].astype(np.float64) + KVALUES[1:]) / 2).astype(np.float32)  # exact half-integers
@@ -202,7 +202,9 @@ def dequantize_iq4_xs(data, out):
             d = get_fp16(src, off)
             sh = np.int64(src[off + 2]) | (np.int64(src[off + 3]) << 8)
             for ib in range(8):
-                ls = ((np.int64(src[off + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                ls = ((np.int64(src[off + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (
+                    ((sh >> (2 * ib)) & 3) << 4
+                )
                 dl = F(d * F(ls - 32))
                 q = off + 8 + 16 * ib
                 s = ibl * 256 + ib * 32

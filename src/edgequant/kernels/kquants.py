@@ -2,8 +2,10 @@
 
 Without an importance vector the ``quantize_row_q*_K_ref`` algorithms run; with one the ``*_impl``
 algorithms (``shared/reference/ggml-quants.md`` §4.7–4.12, §5). Q2_K and Q3_K live in
-``kquants_low`` and are re-exported here. Every float is float32 and every sum sequential (§2.1);
-integer stores wrap to uint8/int8 exactly where the C code stores into them.
+``kquants_low`` and are re-exported here; the per-sub-block searches run lane-parallel
+(``kquants_lanes``, ``kquants_search``). Every float is float32 and every sum sequential (§2.1);
+integer stores wrap to uint8/int8 exactly where the C code stores into them. Exact for finite
+inputs (the public API rejects NaN/inf by default).
 
 Block layouts (256 weights, little-endian):
 
@@ -12,9 +14,9 @@ Block layouts (256 weights, little-endian):
   ``y = (d*sc)*q - dmin*mn``.
 * Q5_K, 176 bytes: ``d`` @0, ``dmin`` @2, ``scales[12]`` @4, ``qh[32]`` @16 (bit ``i//32`` of byte
   ``i%32`` = 5th bit), ``qs[128]`` @48 (low 4 bits, Q4_K layout).
-* Q6_K, 210 bytes: ``ql[128]`` @0, ``qh[64]`` @128, ``scales[16]`` int8 @192, ``d`` fp16 @208; code
-  ``L`` (0..63) of element ``b+l+32k`` (``b = 128h``, k = 0..3) has low nibble in ``ql[64h + l + 32*(k&1)]``
-  (high nibble if k >= 2) and top 2 bits at ``2k`` of ``qh[32h + l]``. ``y = (d*sc)*(L-32)``.
+* Q6_K, 210 bytes: ``ql[128]`` @0, ``qh[64]`` @128, ``scales[16]`` int8 @192, ``d`` fp16 @208. Code
+  ``L`` (0..63) of element ``128h + 32k + l`` (k = 0..3): low 4 bits in ``ql[64h + 32*(k&1) + l]`` (low
+  nibble for k < 2, high for k >= 2), top 2 bits at bit ``2k`` of ``qh[32h + l]``. ``y = (d*sc)*(L-32)``.
 * Q8_K, 292 bytes: ``d`` **f32** @0, ``qs[256]`` int8 @4, ``bsums[16]`` int16 @260. ``y = d*q``.
   No imatrix (``quantize_row_q8_K_ref``); an all-zero block writes zero ``bsums`` (ggml leaves them
   untouched).
@@ -41,22 +43,16 @@ from edgequant.kernels.kquants_lanes import (
     lane_weight_sums,
     load_lanes,
     load_lanes_w,
-    qkx_lanes,
-    qx_lanes,
     requant_lanes,
 )
-from edgequant.kernels.kquants_low import (
-    dequantize_q2_k,
-    dequantize_q3_k,
-    qp_quants_u8,
-    quantize_q2_k,
-    quantize_q3_k,
-)
+from edgequant.kernels.kquants_low import dequantize_q2_k, dequantize_q3_k, quantize_q2_k, quantize_q3_k
+from edgequant.kernels.kquants_search import qkx_lanes, qp_quants_u8, qx_lanes
 from edgequant.kernels.primitives import (
     GROUP_MAX_EPS,
     F,
     f32_as_i32,
     get_fp16,
+    get_u16,
     i32_as_f32,
     jit,
     nearest_int,
@@ -64,18 +60,18 @@ from edgequant.kernels.primitives import (
 )
 
 __all__ = [
-    "quantize_q2_k",
     "dequantize_q2_k",
-    "quantize_q3_k",
     "dequantize_q3_k",
-    "quantize_q4_k",
     "dequantize_q4_k",
-    "quantize_q5_k",
     "dequantize_q5_k",
-    "quantize_q6_k",
     "dequantize_q6_k",
-    "quantize_q8_k",
     "dequantize_q8_k",
+    "quantize_q2_k",
+    "quantize_q3_k",
+    "quantize_q4_k",
+    "quantize_q5_k",
+    "quantize_q6_k",
+    "quantize_q8_k",
 ]
 
 QK_K = 256
@@ -214,19 +210,15 @@ def _quantize_q45(x, qw, out, q5):
             for j in range(8):
                 lane_codes(S, L, 32 * j, 8 * half + j, 32, 16)
             if q5:
-                for l in range(32):
+                for l in range(32):  # qh: bit k of byte l is the 5th bit of element 32k+l
                     h = 0
                     for k in range(8):
-                        if L[32 * k + l] > 15:
-                            h |= 1 << k
+                        h |= ((L[32 * k + l] >> 4) & 1) << k
                     orow[o + 16 + l] = np.uint8(h)
-                for c in range(4):
-                    for l in range(32):
-                        orow[o + 48 + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
-            else:
-                for c in range(4):
-                    for l in range(32):
-                        orow[o + 16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
+            qs = o + (48 if q5 else 16)
+            for c in range(4):
+                for l in range(32):
+                    orow[qs + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
 
 
 @jit
@@ -344,7 +336,8 @@ def quantize_q6_k(x, qw, out):
                     q4 = L[bb + l + 96]
                     orow[o + 64 * h + l] = np.uint8((q1 & 15) | ((q3 & 15) << 4))
                     orow[o + 64 * h + 32 + l] = np.uint8((q2 & 15) | ((q4 & 15) << 4))
-                    orow[o + 128 + 32 * h + l] = np.uint8((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6))
+                    qh = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+                    orow[o + 128 + 32 * h + l] = np.uint8(qh)
 
 
 @jit
@@ -376,36 +369,40 @@ def dequantize_q6_k(data, out):
 def quantize_q8_k(x, qw, out):
     rows, n = x.shape
     nb = n // QK_K
+    q = np.zeros(QK_K, np.int32)
     for r in range(rows):
-        xr = x[r]
-        orow = out[r]
         for b in range(nb):
-            base = b * QK_K
-            o = b * 292
-            amax = F(0.0)
-            m = F(0.0)
+            xb = x[r, b * QK_K : (b + 1) * QK_K]
+            ob = out[r, b * 292 : (b + 1) * 292]
+            # max |x| as an integer max over the magnitude bits (same order as the floats; NaN is
+            # skipped like C's ``fabsf(x) > amax`` skips it)
+            amax = np.int32(0)
             for i in range(QK_K):
-                ax = abs(xr[base + i])
-                if ax > amax:
-                    amax = ax
-                    m = xr[base + i]
+                a = np.int32(np.int32(f32_as_i32(xb[i])) & np.int32(0x7FFFFFFF))
+                amax = max(amax, np.int32(0) if a > np.int32(0x7F800000) else a)
             if amax == 0:
                 for k in range(292):
-                    orow[o + k] = 0
+                    ob[k] = 0
                 continue
+            m = F(0.0)
+            for i in range(QK_K):  # the first element with the largest magnitude
+                if (np.int32(f32_as_i32(xb[i])) & 0x7FFFFFFF) == amax:
+                    m = xb[i]
+                    break
             iscale = F(F(-127.0) / m)
+            for i in range(QK_K):
+                q[i] = ((min(127, nearest_int(F(iscale * xb[i]))) + 128) & 0xFF) - 128  # int8_t store
+            for i in range(QK_K):
+                ob[4 + i] = np.uint8(q[i] & 0xFF)
             for j in range(16):
                 s = 0
                 for ii in range(16):
-                    v = min(127, nearest_int(F(iscale * xr[base + 16 * j + ii])))
-                    v = ((v + 128) & 0xFF) - 128
-                    orow[o + 4 + 16 * j + ii] = np.uint8(v & 0xFF)
-                    s += v
-                orow[o + 260 + 2 * j] = np.uint8(s & 0xFF)
-                orow[o + 261 + 2 * j] = np.uint8((s >> 8) & 0xFF)
+                    s += q[16 * j + ii]
+                ob[260 + 2 * j] = np.uint8(s & 0xFF)
+                ob[261 + 2 * j] = np.uint8((s >> 8) & 0xFF)
             bits = np.int64(f32_as_i32(F(F(1.0) / iscale)))
             for k in range(4):
-                orow[o + k] = np.uint8((bits >> (8 * k)) & 0xFF)
+                ob[k] = np.uint8((bits >> (8 * k)) & 0xFF)
 
 
 @jit
@@ -417,7 +414,7 @@ def dequantize_q8_k(data, out):
         y = out[r]
         for b in range(nb):
             o = b * 292
-            bits = np.int64(src[o]) | (np.int64(src[o + 1]) << 8) | (np.int64(src[o + 2]) << 16) | (np.int64(src[o + 3]) << 24)
+            bits = np.int64(get_u16(src, o)) | (np.int64(get_u16(src, o + 2)) << 16)
             d = i32_as_f32(np.int32(bits - (1 << 32) if bits >= (1 << 31) else bits))
             for i in range(QK_K):
                 q = np.int32(src[o + 4 + i])

@@ -37,13 +37,10 @@ from edgequant.kernels.kquants_lanes import (
     lane_weight_sums,
     load_lanes,
     load_lanes_w,
-    q3_lanes,
-    qkx_lanes,
     requant_lanes,
-    qx_lanes,
 )
+from edgequant.kernels.kquants_search import q3_lanes, qkx_lanes, qp_quants_u8, qx_lanes
 from edgequant.kernels.primitives import (
-    GROUP_MAX_EPS,
     F,
     get_fp16,
     jit,
@@ -56,83 +53,13 @@ QK_K = 256
 
 
 @jit
-def qp_quants_u8(n, nmax, x, qw, L):
-    """``make_qp_quants`` (§3.4) with C's ``uint8_t L[]`` semantics.
-
-    The C code stores codes into a uint8 array, so a negative candidate (reachable only when a
-    sub-block scale comes out negative) wraps to 256+l and later reads see the wrapped value. This
-    mirrors that; for non-negative inputs it equals ``primitives.make_qp_quants``.
-    """
-    fnmax = F(nmax)
-    mx = F(0.0)
-    for i in range(n):
-        xi = x[i]
-        mx = mx if mx > xi else xi  # C's MAX(a, b) = a > b ? a : b
-    if mx < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return F(0.0)
-    iscale = F(fnmax / mx)
-    for i in range(n):
-        L[i] = nearest_int(F(iscale * x[i])) & 0xFF
-    scale = F(F(1.0) / iscale)
-    best = F(0.0)
-    for i in range(n):
-        diff = F(x[i] - F(scale * F(L[i])))
-        best = F(best + F(F(qw[i] * diff) * diff))
-    for step in range(-4, 5):
-        if step == 0:
-            continue
-        iscale_is = F(F(F(F(0.1) * F(step)) + fnmax) / mx)
-        scale_is = F(F(1.0) / iscale_is)
-        mse = F(0.0)
-        for i in range(n):
-            l = min(nmax, nearest_int(F(iscale_is * x[i])))
-            diff = F(x[i] - F(scale_is * F(l)))
-            mse = F(mse + F(F(qw[i] * diff) * diff))
-        if mse < best:
-            best = mse
-            iscale = iscale_is
-    sumlx = F(0.0)
-    suml2 = F(0.0)
-    for i in range(n):
-        l = min(nmax, nearest_int(F(iscale * x[i])))
-        L[i] = l & 0xFF
-        fl = F(l)
-        sumlx = F(sumlx + F(F(qw[i] * x[i]) * fl))
-        suml2 = F(suml2 + F(F(qw[i] * fl) * fl))
-    for _ in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = qw[i]
-            fli = F(L[i])
-            slx = F(sumlx - F(F(w * x[i]) * fli))
-            sl2 = F(suml2 - F(F(w * fli) * fli))
-            if slx > 0 and sl2 > 0:
-                new_l = min(nmax, nearest_int(F(F(x[i] * sl2) / slx)))
-                if new_l != L[i]:
-                    fn = F(new_l)
-                    slx = F(slx + F(F(w * x[i]) * fn))
-                    sl2 = F(sl2 + F(F(w * fn) * fn))
-                    if F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
-                        L[i] = new_l & 0xFF
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return F(sumlx / suml2) if suml2 > 0 else F(0.0)
-
-
-@jit
 def pack_2bit_planes(L, out, off):
-    """§3.7: 256 codes (0..3) into 64 bytes at ``out[off:]``."""
+    """§3.7: the low 2 bits of 256 codes into 64 bytes at ``out[off:]``."""
     for h in range(2):
         b = 128 * h
         for l in range(32):
-            out[off + 32 * h + l] = np.uint8(
-                L[b + l] | (L[b + l + 32] << 2) | (L[b + l + 64] << 4) | (L[b + l + 96] << 6)
-            )
+            v = (L[b + l] & 3) | ((L[b + l + 32] & 3) << 2)
+            out[off + 32 * h + l] = np.uint8(v | ((L[b + l + 64] & 3) << 4) | ((L[b + l + 96] & 3) << 6))
 
 
 # --- Q2_K -------------------------------------------------------------------------------------------
@@ -311,12 +238,10 @@ def quantize_q3_k(x, qw, out):
             requant_lanes(S, 16, 16, -4, 3)
             for j in range(16):
                 lane_codes(S, L, 16 * j, j, 16, 16)
-            for l in range(32):
+            for l in range(32):  # hmask: bit k of byte l is the high bit (code >= 4) of element 32k+l
                 h = 0
                 for k in range(8):
-                    if L[32 * k + l] > 3:
-                        h |= 1 << k
-                        L[32 * k + l] -= 4
+                    h |= ((L[32 * k + l] >> 2) & 1) << k
                 orow[o + l] = np.uint8(h)
             pack_2bit_planes(L, orow, o + 32)
 

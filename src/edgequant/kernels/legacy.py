@@ -10,9 +10,9 @@ Block layouts (little-endian; ``qs`` byte j holds element j in the low nibble, j
 * Q8_1 (36 B): ``d`` fp16 | ``s`` fp16 (= fp16(sum(q) * d)) | ``qs[32]`` int8; y = q * d (no ggml decoder).
 
 Without an importance vector the ``_ref`` quantizers run (truncating casts, Q8 ``roundf``); with one,
-Q4_0/Q5_0 use ``make_qx_quants`` and Q4_1/Q5_1 ``make_qkx3`` with a row-level sigma2 (§5). The searches
-here evaluate all grid candidates of a block at once (each candidate keeps its own sequential float32
-sums, so the arithmetic is exactly ggml's) and then pick the winner in ggml's order.
+Q4_0/Q5_0 run ``make_qx_quants`` and Q4_1/Q5_1 ``make_qkx3`` with a row-level sigma2 (§5). Those
+searches run on 32 blocks at once, one block per SIMD lane: each lane performs ggml's sequential float32
+algorithm on its own block, so the bytes are ggml's while the loops vectorize across blocks.
 Float->int casts follow x86 ``cvttss2si`` (NaN / out of range -> INT_MIN) before wrapping to 8 bits.
 """
 
@@ -23,21 +23,25 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from edgequant.kernels.primitives import F, GROUP_MAX_EPS, f32_as_i32, get_fp16, i32_as_f32, jit, nearest_int, put_fp16, roundf_away
+from edgequant.kernels.primitives import (
+    GROUP_MAX_EPS,
+    F,
+    f32_as_i32,
+    get_fp16,
+    i32_as_f32,
+    jit,
+    put_fp16,
+    roundf_away,
+)
 
 inline = njit(cache=True, nogil=True, fastmath=False, error_model="numpy", inline="always")
 """Small block helpers are inlined at numba-IR level: a call per block costs more than the block's work,
-and inside the caller LLVM can see that block offsets are non-negative, so the loops vectorize."""
+and inside the caller LLVM sees that block offsets are non-negative, so the loops vectorize."""
 
 FLT_MAX = F(3.4028234663852886e38)
 _ABS = np.int32(0x7FFFFFFF)
 _INF = np.int32(0x7F800000)
-INF32 = F(np.inf)
-_NQX = 32  # make_qx_quants candidates: 1 + 18 grid steps, padded to a multiple of 16 lanes
-_G = 32  # blocks searched together by the make_qkx3 lanes
-
-
-# --- shared block helpers -------------------------------------------------------------------------------
+_G = 32  # blocks searched together (SIMD lanes) by the imatrix paths
 
 
 @intrinsic
@@ -66,16 +70,22 @@ def _cvt(t):
     return np.int64(-2147483648)
 
 
+@jit
+def _i8(c):
+    """Wrap an integer to int8 (C conversion to int8_t)."""
+    return ((c + 128) & 0xFF) - 128
+
+
 @inline
 def _nint(v):
     """``nearest_int`` (the exact ggml bit trick, wrap-around included) kept in int32 so it vectorizes."""
     return np.int32(np.int32(f32_as_i32(F(v + F(12582912.0))) & np.int32(0x7FFFFF)) - np.int32(0x400000))
 
 
-@jit
-def _i8(c):
-    """Wrap an integer to int8 (C conversion to int8_t)."""
-    return ((c + 128) & 0xFF) - 128
+@inline
+def _code(v, lo, hi):
+    """clamp(nearest_int(v), lo, hi) as float32."""
+    return F(np.int32(max(lo, min(hi, _nint(v)))))
 
 
 @inline
@@ -112,78 +122,99 @@ def _absmax(xr, xi, s, B):
     return amax, m, finite
 
 
-@jit
-def _row_sigma2(xr):
-    s = F(0.0)
-    for j in range(xr.shape[0]):
-        s = F(s + F(xr[j] * xr[j]))
-    return F(s / F(xr.shape[0]))
+@inline
+def _sel(a, b, less):
+    """The smaller (``less``) or larger of a and b, as ``a if a < b else b`` / ``a if a > b else b``."""
+    if less:
+        return a if a < b else b
+    return a if a > b else b
 
 
 @inline
-def _weights(xr, s, qw, sigma2, w, B):
-    for j in range(B):
-        x = xr[s + j]
-        w[j] = F(qw[s + j] * np.sqrt(F(sigma2 + F(x * x))))
+def _hred(t, k, less):
+    """min (``less``) or max of the 8 values t[k, :] as a balanced tree of ``_sel``."""
+    a = _sel(_sel(t[k, 0], t[k, 4], less), _sel(t[k, 1], t[k, 5], less), less)
+    return _sel(a, _sel(_sel(t[k, 2], t[k, 6], less), _sel(t[k, 3], t[k, 7], less), less), less)
+
+
+@inline
+def _pack(L, o, qs_at, qh_at, H):
+    """Nibbles of codes L[0..31] at ``qs_at``; for Q5 types (qh_at >= 0) the 5th bits as a u32 at qh_at."""
+    for j in range(H):
+        o[qs_at + j] = np.uint8(
+            np.int32(L[j] & np.int32(15)) | np.int32(np.int32(L[j + 16] & np.int32(15)) << 4)
+        )
+    if qh_at >= 0:
+        qh = np.uint32(0)
+        for j in range(H):
+            qh |= np.uint32(((L[j] >> 4) & 1) << j) | np.uint32(((L[j + 16] >> 4) & 1) << (j + 16))
+        for b in range(4):
+            o[qh_at + b] = np.uint8((qh >> (8 * b)) & 0xFF)
+
+
+# --- importance-weighted searches, one block per lane -----------------------------------------------
 
 
 @jit
-def _qx_search(xr, xi, s, w, nmax, L, lv, sc):
-    """``make_qx_quants(32, nmax, x, w)`` (§3.1): codes 0..2*nmax-1 into L, returns the scale."""
-    B = opaque(32)
-    NC = opaque(_NQX)
-    isc, slx, sl2 = sc[0], sc[1], sc[2]
-    amax, m, _ = _absmax(xr, xi, s, B)
-    if amax < GROUP_MAX_EPS:
-        for i in range(32):
-            L[i] = 0
-        return F(0.0)
+def _qx_lanes(X, W, nmax, S, G):
+    """``make_qx_quants(32, nmax, x, w)`` (§3.1) for G blocks (X[i, l] = element i of block l).
+
+    Writes each lane's scale to S[0], its winning inverse scale to S[1] and max |x| to S[2].
+    """
     fnmax = F(nmax)
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
-    isc[0] = F(F(-fnmax) / m)
-    for k in range(1, 19):
-        step = k - 10 if k <= 9 else k - 9
-        isc[k] = F(F(-F(fnmax + F(F(0.1) * F(step)))) / m)
-    for k in range(NC):
-        slx[k] = F(0.0)
-        sl2[k] = F(0.0)
+    am, m, scale, best, wis, isc, slx, sl2 = S[2], S[3], S[0], S[4], S[1], S[5], S[6], S[7]
+    for l in range(G):
+        am[l] = F(0.0)
+        m[l] = F(0.0)
     for i in range(32):
-        x = xr[s + i]
-        wi = w[i]
-        wx = F(wi * x)
-        for k in range(NC):
-            fl = F(np.int32(max(lo, min(hi, _nint(F(isc[k] * x))))))
-            lv[i, k] = fl
-            slx[k] = F(slx[k] + F(wx * fl))
-            sl2[k] = F(sl2[k] + F(F(wi * fl) * fl))
-    scale = F(slx[0] / sl2[0]) if sl2[0] != 0 else F(0.0)
-    best = F(scale * slx[0])
-    win = 0
-    for k in range(1, 19):
-        if sl2[k] > 0 and F(slx[k] * slx[k]) > F(best * sl2[k]):
-            scale = F(slx[k] / sl2[k])
-            best = F(scale * slx[k])
-            win = k
-    for i in range(32):
-        L[i] = np.int32(lv[i, win]) + nmax
-    return scale
+        for l in range(G):
+            ax = abs(X[i, l])
+            gt = ax > am[l]
+            am[l] = ax if gt else am[l]
+            m[l] = X[i, l] if gt else m[l]
+    for step in range(19):  # the initial iscale, then is = -9..-1, 1..9
+        t = F(F(0.1) * F(step - 10 if step <= 9 else step - 9))
+        for l in range(G):
+            isc[l] = F(F(-fnmax) / m[l]) if step == 0 else F(F(-F(fnmax + t)) / m[l])
+            slx[l] = F(0.0)
+            sl2[l] = F(0.0)
+        for i in range(32):
+            for l in range(G):
+                x = X[i, l]
+                fl = _code(F(isc[l] * x), lo, hi)
+                slx[l] = F(slx[l] + F(F(W[i, l] * x) * fl))
+                sl2[l] = F(sl2[l] + F(F(W[i, l] * fl) * fl))
+        for l in range(G):
+            if step == 0:
+                scale[l] = F(slx[l] / sl2[l]) if sl2[l] != 0 else F(0.0)
+                best[l] = F(scale[l] * slx[l])
+                wis[l] = isc[l]
+            else:
+                acc = sl2[l] > 0 and F(slx[l] * slx[l]) > F(best[l] * sl2[l])
+                sc = F(slx[l] / sl2[l])
+                scale[l] = sc if acc else scale[l]
+                best[l] = F(sc * slx[l]) if acc else best[l]
+                wis[l] = isc[l] if acc else wis[l]
+    for l in range(G):
+        scale[l] = F(0.0) if am[l] < GROUP_MAX_EPS else scale[l]
 
 
 @jit
-def _qkx_lanes(X, W, nmax, LV, S, G):
-    """``make_qkx3_quants(32, nmax, x, w, -0.9, 0.05, 36, false)`` (§3.3) for G blocks at once.
+def _qkx_lanes(X, W, nmax, S, G):
+    """``make_qkx3_quants(32, nmax, x, w, -0.9, 0.05, 36, false)`` (§3.3) for G blocks.
 
-    ``X``/``W`` hold element i of block l at [i, l]. Every lane runs the sequential C algorithm on its
-    own block (same operations, same order), so the search vectorizes across blocks, including the
-    accepted grid point's fitted min replacing ``mn`` for the later points. Results in ``S`` rows:
-    0 ``mn`` (as returned: -the_min), 5 scale, 14/15 the winning (iscale, mn) that reproduce the codes,
-    16 degenerate flag (max <= min: scale 0, codes 0, min = row 17).
+    Each lane replays the sequential C loop, including an accepted grid point's fitted min replacing
+    ``mn`` for the later points. Writes the scale to S[0], the winning inverse scale and the ``mn`` the
+    codes were taken with to S[1], S[2], and the stored min (-the_min) to S[3]. A flat block (max <= min)
+    needs no special case: its inverse scale is inf, no grid point is accepted (D = 0), and inf * 0 gives
+    code 0 and scale 1/inf = 0, which is what the C early return stores.
     """
     fnmax = F(nmax)
     hi = np.int32(nmax)
-    mn, mx, sw, sx, isn, scale, best, sl = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
-    sl2, sxl, cur, ts, tm, dd, wis, wmn, deg, mn0 = S[8], S[9], S[10], S[11], S[12], S[13], S[14], S[15], S[16], S[17]
+    scale, wis, wmn, mn, mx, sw, sx, isc = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
+    best, sl, sl2, sxl, cur, ts, tm, dd = S[8], S[9], S[10], S[11], S[12], S[13], S[14], S[15]
     for l in range(G):
         mn[l] = X[0, l]
         mx[l] = X[0, l]
@@ -191,46 +222,40 @@ def _qkx_lanes(X, W, nmax, LV, S, G):
         sx[l] = F(W[0, l] * X[0, l])
     for i in range(1, 32):
         for l in range(G):
-            xv = X[i, l]
-            wv = W[i, l]
-            mn[l] = xv if xv < mn[l] else mn[l]
-            mx[l] = xv if xv > mx[l] else mx[l]
-            sw[l] = F(sw[l] + wv)
-            sx[l] = F(sx[l] + F(wv * xv))
+            x = X[i, l]
+            mn[l] = x if x < mn[l] else mn[l]
+            mx[l] = x if x > mx[l] else mx[l]
+            sw[l] = F(sw[l] + W[i, l])
+            sx[l] = F(sx[l] + F(W[i, l] * x))
     for l in range(G):
         m = F(0.0) if mn[l] > 0 else mn[l]
         mn[l] = m
-        mn0[l] = m
-        deg[l] = F(1.0) if mx[l] <= m else F(0.0)
-        isc = F(fnmax / F(mx[l] - m))
-        isn[l] = isc
-        wis[l] = isc
         wmn[l] = m
-        scale[l] = F(F(1.0) / isc)
+        isc[l] = F(fnmax / F(mx[l] - m))
+        wis[l] = isc[l]
+        scale[l] = F(F(1.0) / isc[l])
         best[l] = F(0.0)
     for i in range(32):
         for l in range(G):
-            xv = X[i, l]
-            fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isn[l] * F(xv - mn[l])))))))
-            diff = F(F(F(scale[l] * fl) + mn[l]) - xv)
+            x = X[i, l]
+            diff = F(F(F(scale[l] * _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)) + mn[l]) - x)
             best[l] = F(best[l] + F(W[i, l] * F(diff * diff)))
     for step in range(37):
         rs = F(F(F(-0.9) + F(F(0.05) * F(step))) + fnmax)
         for l in range(G):
-            isn[l] = F(rs / F(mx[l] - mn[l]))
+            isc[l] = F(rs / F(mx[l] - mn[l]))
             sl[l] = F(0.0)
             sl2[l] = F(0.0)
             sxl[l] = F(0.0)
             cur[l] = F(0.0)
         for i in range(32):
             for l in range(G):
-                xv = X[i, l]
-                fl = F(np.int32(max(np.int32(0), min(hi, _nint(F(isn[l] * F(xv - mn[l])))))))
-                LV[i, l] = fl
+                x = X[i, l]
+                fl = _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)
                 wl = F(W[i, l] * fl)
                 sl[l] = F(sl[l] + wl)
                 sl2[l] = F(sl2[l] + F(wl * fl))
-                sxl[l] = F(sxl[l] + F(wl * xv))
+                sxl[l] = F(sxl[l] + F(wl * x))
         for l in range(G):
             D = F(F(sw[l] * sl2[l]) - F(sl[l] * sl[l]))
             t_s = F(F(F(sw[l] * sxl[l]) - F(sx[l] * sl[l])) / D)
@@ -241,86 +266,108 @@ def _qkx_lanes(X, W, nmax, LV, S, G):
             dd[l] = D
         for i in range(32):
             for l in range(G):
-                diff = F(F(F(ts[l] * LV[i, l]) + tm[l]) - X[i, l])
+                x = X[i, l]
+                fl = _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)
+                diff = F(F(F(ts[l] * fl) + tm[l]) - x)
                 cur[l] = F(cur[l] + F(W[i, l] * F(diff * diff)))
         for l in range(G):
             acc = dd[l] > 0 and cur[l] < best[l]
             best[l] = cur[l] if acc else best[l]
             scale[l] = ts[l] if acc else scale[l]
-            wis[l] = isn[l] if acc else wis[l]
+            wis[l] = isc[l] if acc else wis[l]
             wmn[l] = mn[l] if acc else wmn[l]
             mn[l] = tm[l] if acc else mn[l]
-    for i in range(32):
-        for l in range(G):
-            LV[i, l] = F(np.int32(max(np.int32(0), min(hi, _nint(F(wis[l] * F(X[i, l] - wmn[l])))))))
-
-
-@inline
-def _pack(L, o, qs_at, qh_at, H):
-    """Nibbles of codes L[0..31] at ``qs_at``; for Q5 types (qh_at >= 0) the 5th bits as a u32 at qh_at."""
-    for j in range(H):
-        o[qs_at + j] = np.uint8(np.int32(L[j] & np.int32(15)) | np.int32(np.int32(L[j + 16] & np.int32(15)) << np.int32(4)))
-    if qh_at >= 0:
-        qh = np.uint32(0)
-        for j in range(H):
-            qh |= np.uint32(((L[j] >> 4) & 1) << j) | np.uint32(((L[j + 16] >> 4) & 1) << (j + 16))
-        for b in range(4):
-            o[qh_at + b] = np.uint8((qh >> (8 * b)) & 0xFF)
-
-
-# --- Q4_0 / Q5_0 (symmetric) ------------------------------------------------------------------------------
 
 
 @jit
-def _quantize_sym(x, qw, out, nmax, bsize):
-    """Q4_0 (nmax 8, qs at 2) and Q5_0 (nmax 16, qh at 2, qs at 6): ref or imatrix path."""
+def _quantize_imat(x, qw, out, nmax, bsize, sym):
+    """``quantize_row_q{4,5}_{0,1}_impl``: row sigma2, w = qw*sqrt(sigma2 + x^2), then the search."""
+    rows, n = x.shape
+    nb = n // 32
+    total = rows * nb
+    G = opaque(_G)
+    H = opaque(16)
+    qs_at = (2 if sym else 4) + (4 if nmax == 16 or nmax == 31 else 0)
+    qh_at = qs_at - 4 if nmax == 16 or nmax == 31 else -1
+    lo = np.int32(-nmax if sym else 0)
+    hi = np.int32(nmax - 1 if sym else nmax)
+    sig = np.empty(rows, np.float32)
+    for r in range(rows):
+        acc = F(0.0)
+        for j in range(n):
+            acc = F(acc + F(x[r, j] * x[r, j]))
+        sig[r] = F(acc / F(n))
+    X = np.zeros((32, _G), np.float32)
+    W = np.zeros((32, _G), np.float32)
+    S = np.zeros((16, _G), np.float32)
+    L = np.zeros(32, np.int32)
+    for g0 in range(0, total, _G):
+        for l in range(_G):
+            gb = min(g0 + l, total - 1)  # a short last group repeats its last block
+            r = gb // nb
+            s = (gb % nb) * 32
+            for i in range(32):
+                xv = x[r, s + i]
+                X[i, l] = xv
+                W[i, l] = F(qw[s + i] * np.sqrt(F(sig[r] + F(xv * xv))))
+        if sym:
+            _qx_lanes(X, W, nmax, S, G)
+        else:
+            _qkx_lanes(X, W, nmax, S, G)
+        for l in range(min(_G, total - g0)):
+            gb = g0 + l
+            o = out[gb // nb]
+            off = (gb % nb) * bsize
+            put_fp16(o, off, S[0, l])
+            shift = F(0.0) if sym else S[2, l]
+            if not sym:
+                put_fp16(o, off + 2, S[3, l])
+            zero = sym and S[2, l] < GROUP_MAX_EPS  # make_qx_quants: all codes 0
+            for i in range(32):  # the codes of the winning candidate, as the C search stored them
+                L[i] = 0 if zero else np.int32(_code(F(S[1, l] * F(X[i, l] - shift)), lo, hi)) - lo
+            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
+
+
+# --- reference paths (no importance vector) ---------------------------------------------------------
+
+
+@jit
+def _sym_ref(x, out, nmax, bsize):
+    """``quantize_row_q4_0_ref`` / ``q5_0_ref``: d = m/-nmax, codes min(2nmax-1, trunc(x/d + nmax + 0.5))."""
     rows, n = x.shape
     B = opaque(32)
     H = opaque(16)
     L = np.zeros(32, np.int32)
-    w = np.zeros(32, np.float32)
-    lv = np.zeros((32, _NQX), np.float32)
-    sc = np.zeros((3, _NQX), np.float32)
     shift = F(F(nmax) + F(0.5))
     top = np.int32(2 * nmax - 1)
-    qh_at = 2 if nmax == 16 else -1
     qs_at = 6 if nmax == 16 else 2
     for r in range(rows):
         xr = x[r]
         xi = xr.view(np.int32)
         o = out[r]
-        sigma2 = _row_sigma2(xr) if qw.shape[0] else F(0.0)
         for ib in range(n // 32):
             s = ib * 32
             off = ib * bsize
-            if qw.shape[0]:
-                _weights(xr, s, qw, sigma2, w, B)
-                put_fp16(o, off, _qx_search(xr, xi, s, w, nmax, L, lv, sc))
-            else:
-                amax, m, finite = _absmax(xr, xi, s, B)
-                d = F(m / F(-F(nmax)))
-                idd = F(F(1.0) / d) if d != 0 else F(0.0)
-                put_fp16(o, off, d)
-                if finite and abs(idd) <= FLT_MAX:  # |x*id| <= nmax: plain casts are exact
-                    for j in range(B):
-                        L[j] = min(top, np.int32(F(F(xr[s + j] * idd) + shift)))
-                else:
-                    for j in range(32):
-                        L[j] = min(top, _i8(_cvt(F(F(xr[s + j] * idd) + shift)))) & 0xFF
-            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
-
-
-@jit
-def quantize_q4_0(x, qw, out):
-    _quantize_sym(x, qw, out, 8, 18)
-
-
-@jit
-def quantize_q5_0(x, qw, out):
-    _quantize_sym(x, qw, out, 16, 22)
-
-
-# --- Q4_1 / Q5_1 (scale + min) ------------------------------------------------------------------------------
+            _, m, finite = _absmax(xr, xi, s, B)
+            d = F(m / F(-F(nmax)))
+            idd = F(F(1.0) / d) if d != 0 else F(0.0)
+            put_fp16(o, off, d)
+            if finite and abs(idd) <= FLT_MAX:  # |x*id| <= nmax: plain casts are exact
+                qh = np.uint32(0)
+                for j in range(H):
+                    a = min(top, np.int32(F(F(xr[s + j] * idd) + shift)))
+                    b = min(top, np.int32(F(F(xr[s + 16 + j] * idd) + shift)))
+                    o[off + qs_at + j] = np.uint8(
+                        np.int32(a & np.int32(15)) | np.int32(np.int32(b & np.int32(15)) << 4)
+                    )
+                    qh |= np.uint32(((a >> 4) & 1) << j) | np.uint32(((b >> 4) & 1) << (j + 16))
+                if nmax == 16:
+                    for k in range(4):
+                        o[off + 2 + k] = np.uint8((qh >> (8 * k)) & 0xFF)
+                continue
+            for j in range(32):
+                L[j] = min(top, _i8(_cvt(F(F(xr[s + j] * idd) + shift)))) & 0xFF
+            _pack(L, o, off + qs_at, off + 2 if nmax == 16 else -1, H)
 
 
 @jit
@@ -328,8 +375,8 @@ def _asym_ref(x, out, nmax, bsize):
     """``quantize_row_q4_1_ref`` / ``q5_1_ref``: d = (max-min)/nmax, m = min, codes trunc((x-min)/d + 0.5).
 
     min/max come from an element-wise tree over four 8-wide columns (vectorizes; a running min does
-    not). Its selects skip NaN like the C scan's ``v < min`` does; only the sign of a zero extreme and
-    the all-inf/all-NaN cases depend on the scan order, and those replay the C scan.
+    not). Only the sign of a zero extreme depends on the order, and rows holding inf/NaN differ from the
+    C scan; those replay the scan.
     """
     rows, n = x.shape
     B = opaque(32)
@@ -339,8 +386,6 @@ def _asym_ref(x, out, nmax, bsize):
     t = np.zeros((2, 8), np.float32)
     fnmax = F(nmax)
     top = np.int32(nmax)
-    qh_at = 4 if nmax == 31 else -1
-    qs_at = 8 if nmax == 31 else 4
     for r in range(rows):
         xr = x[r]
         o = out[r]
@@ -357,17 +402,10 @@ def _asym_ref(x, out, nmax, bsize):
                 b = xr[s + 8 + k]
                 c = xr[s + 16 + k]
                 e = xr[s + 24 + k]
-                p = a if a < b else b
-                q = c if c < e else e
-                t[0, k] = p if p < q else q
-                p = a if a > b else b
-                q = c if c > e else e
-                t[1, k] = p if p > q else q
-            mn = t[0, 0]
-            mx = t[1, 0]
-            for k in range(1, 8):
-                mn = t[0, k] if t[0, k] < mn else mn
-                mx = t[1, k] if t[1, k] > mx else mx
+                t[0, k] = _sel(_sel(a, b, True), _sel(c, e, True), True)
+                t[1, k] = _sel(_sel(a, b, False), _sel(c, e, False), False)
+            mn = _hred(t, 0, True)
+            mx = _hred(t, 1, False)
             if mn == 0 or mx == 0 or not finite:
                 mn = FLT_MAX  # replay the C scan (+-0 ties keep the first zero; inf/NaN rows)
                 mx = F(-FLT_MAX)
@@ -382,94 +420,57 @@ def _asym_ref(x, out, nmax, bsize):
             idd = F(F(1.0) / d) if d != 0 else F(0.0)
             put_fp16(o, off, d)
             put_fp16(o, off + 2, mn)
-            fast = finite and abs(idd) <= FLT_MAX and rng <= FLT_MAX  # then 0 <= (x-mn)*id <= nmax
-            if fast and nmax == 15:
-                for j in range(H):
-                    a = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
-                    b = min(top, np.int32(F(F(F(xr[s + 16 + j] - mn) * idd) + F(0.5))))
-                    o[off + 4 + j] = np.uint8(a | np.int32(b << np.int32(4)))
-                continue
-            if fast:
+            if finite and abs(idd) <= FLT_MAX and rng <= FLT_MAX:  # 0 <= (x-mn)*id <= nmax
+                if nmax == 15:
+                    for j in range(H):
+                        a = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
+                        b = min(top, np.int32(F(F(F(xr[s + 16 + j] - mn) * idd) + F(0.5))))
+                        o[off + 4 + j] = np.uint8(a | np.int32(b << np.int32(4)))
+                    continue
                 for j in range(B):
                     L[j] = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
-            elif nmax == 15:
+            else:  # Q4_1: MIN(15, (int8_t)v); Q5_1: (uint8_t)v, no clamp
                 for j in range(32):
-                    L[j] = min(15, _i8(_cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))) & 0xFF
-            else:
-                for j in range(32):
-                    L[j] = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5))) & 0xFF
-            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
+                    c = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5)))
+                    L[j] = (min(15, _i8(c)) if nmax == 15 else c) & 0xFF
+            _pack(L, o, off + (8 if nmax == 31 else 4), off + 4 if nmax == 31 else -1, H)
 
 
 @jit
-def _asym_imat(x, qw, out, nmax, bsize):
-    """``quantize_row_q4_1_impl`` / ``q5_1_impl``: row sigma2, w = qw*sqrt(sigma2 + x^2), make_qkx3."""
-    rows, n = x.shape
-    nb = n // 32
-    total = rows * nb
-    G = opaque(_G)
-    H = opaque(16)
-    qh_at = 4 if nmax == 31 else -1
-    qs_at = 8 if nmax == 31 else 4
-    sig = np.empty(rows, np.float32)
-    for r in range(rows):
-        sig[r] = _row_sigma2(x[r])
-    X = np.zeros((32, _G), np.float32)
-    W = np.zeros((32, _G), np.float32)
-    LV = np.zeros((32, _G), np.float32)
-    S = np.zeros((18, _G), np.float32)
-    L = np.zeros(32, np.int32)
-    for g0 in range(0, total, _G):
-        for l in range(_G):
-            gb = min(g0 + l, total - 1)  # a short last group repeats its last block
-            r = gb // nb
-            s = (gb % nb) * 32
-            for i in range(32):
-                xv = x[r, s + i]
-                X[i, l] = xv
-                W[i, l] = F(qw[s + i] * np.sqrt(F(sig[r] + F(xv * xv))))
-        _qkx_lanes(X, W, nmax, LV, S, G)
-        for l in range(min(_G, total - g0)):
-            gb = g0 + l
-            o = out[gb // nb]
-            off = (gb % nb) * bsize
-            if S[16, l] != 0:
-                put_fp16(o, off, F(0.0))
-                put_fp16(o, off + 2, S[17, l])
-                for i in range(32):
-                    L[i] = 0
-            else:
-                put_fp16(o, off, S[5, l])
-                put_fp16(o, off + 2, S[0, l])
-                for i in range(32):
-                    L[i] = np.int32(LV[i, l])
-            _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
-
-
-@jit
-def _quantize_asym(x, qw, out, nmax, bsize):
-    """Q4_1 (nmax 15, qs at 4) and Q5_1 (nmax 31, qh at 4, qs at 8)."""
+def quantize_q4_0(x, qw, out):
     if qw.shape[0]:
-        _asym_imat(x, qw, out, nmax, bsize)
+        _quantize_imat(x, qw, out, 8, 18, True)
     else:
-        _asym_ref(x, out, nmax, bsize)
+        _sym_ref(x, out, 8, 18)
+
+
+@jit
+def quantize_q5_0(x, qw, out):
+    if qw.shape[0]:
+        _quantize_imat(x, qw, out, 16, 22, True)
+    else:
+        _sym_ref(x, out, 16, 22)
 
 
 @jit
 def quantize_q4_1(x, qw, out):
-    _quantize_asym(x, qw, out, 15, 20)
+    if qw.shape[0]:
+        _quantize_imat(x, qw, out, 15, 20, False)
+    else:
+        _asym_ref(x, out, 15, 20)
 
 
 @jit
 def quantize_q5_1(x, qw, out):
-    _quantize_asym(x, qw, out, 31, 24)
-
-
-# --- Q8_0 / Q8_1 ------------------------------------------------------------------------------------------
+    if qw.shape[0]:
+        _quantize_imat(x, qw, out, 31, 24, False)
+    else:
+        _asym_ref(x, out, 31, 24)
 
 
 @jit
 def _quantize_q8(x, out, bsize, with_sum):
+    """``quantize_row_q8_0_ref`` / ``q8_1_ref``: d = amax/127, q = roundf(x/d); Q8_1 adds s = sum(q)*d."""
     rows, n = x.shape
     B = opaque(32)
     qo = bsize - 32
@@ -483,7 +484,7 @@ def _quantize_q8(x, out, bsize, with_sum):
             off = ib * bsize
             mb = np.int32(0)
             for j in range(B):
-                mb = max(mb, xi[s + j] & _ABS)
+                mb = np.int32(max(mb, np.int32(xi[s + j] & _ABS)))
             amax = i32_as_f32(np.int32(mb))
             if mb > _INF:  # NaN: C's MAX(amax, |v|) scan
                 amax = F(0.0)
@@ -514,6 +515,7 @@ def _quantize_q8(x, out, bsize, with_sum):
 
 @jit
 def quantize_q8_0(x, qw, out):
+    """The importance vector is ignored (as in ggml)."""
     _quantize_q8(x, out, 34, False)
 
 
@@ -529,22 +531,27 @@ def quantize_q8_1(x, qw, out):
 @jit
 def _dequantize(data, out, bsize, bits, has_min):
     rows, n = out.shape
+    B = opaque(32)
     H = opaque(16)
-    offset = (1 << (bits - 1)) if not has_min else 0
-    q_off = (2 if not has_min else 4) + (4 if bits == 5 else 0)
+    offset = 0 if has_min else 1 << (bits - 1)
+    q_off = (4 if has_min else 2) + (4 if bits == 5 else 0)
     for r in range(rows):
         src = data[r]
         y = out[r]
         for ib in range(n // 32):
             off = ib * bsize
+            s = ib * 32
             d = get_fp16(src, off)
+            if bits == 8:
+                qs = src.view(np.int8)
+                for j in range(B):
+                    y[s + j] = F(F(qs[off + bsize - 32 + j]) * d)
+                continue
             m = get_fp16(src, off + 2) if has_min else F(0.0)
             qh = np.int64(0)
             if bits == 5:
-                hb = off + q_off - 4
-                qh = np.int64(src[hb]) | (np.int64(src[hb + 1]) << 8) | (np.int64(src[hb + 2]) << 16)
-                qh |= np.int64(src[hb + 3]) << 24
-            s = ib * 32
+                for b in range(4):
+                    qh |= np.int64(src[off + q_off - 4 + b]) << (8 * b)
             if has_min and d != d and m != m:  # two NaN operands: x86 returns the first, (q*d) -> quiet d
                 qd = i32_as_f32(np.int32(f32_as_i32(d) | np.int32(0x400000)))
                 for j in range(32):
@@ -583,26 +590,11 @@ def dequantize_q5_1(data, out):
 
 
 @jit
-def _dequantize_q8(data, out, bsize):
-    rows, n = out.shape
-    B = opaque(32)
-    for r in range(rows):
-        src = data[r]
-        qs = src.view(np.int8)
-        y = out[r]
-        for ib in range(n // 32):
-            off = ib * bsize
-            d = get_fp16(src, off)
-            for j in range(B):
-                y[ib * 32 + j] = F(F(qs[off + bsize - 32 + j]) * d)
-
-
-@jit
 def dequantize_q8_0(data, out):
-    _dequantize_q8(data, out, 34)
+    _dequantize(data, out, 34, 8, False)
 
 
 @jit
 def dequantize_q8_1(data, out):
     """Not in ggml; the obvious decode y = q * d (``s`` is ignored)."""
-    _dequantize_q8(data, out, 36)
+    _dequantize(data, out, 36, 8, False)

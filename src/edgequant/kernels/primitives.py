@@ -119,8 +119,8 @@ def fp16_bits_to_fp32(h):
     if exp == 0:
         v = F(F(mant) * F(5.960464477539063e-08))  # mant * 2^-24, exact
         return -v if sign else v
-    if exp == 31:
-        bits = sign | 0x7F800000 | (mant << 13)
+    if exp == 31:  # inf, or NaN made quiet (bit 22 set) as ggml's conversion does
+        bits = sign | 0x7F800000 | (mant << 13) | (0x00400000 if mant else 0)
     else:
         bits = sign | ((exp + 112) << 23) | (mant << 13)
     return i32_as_f32(np.int32(bits))

@@ -46,6 +46,7 @@ import numpy as np
 __all__ = [
     "GGML_LOG_LEVELS",
     "GgmlType",
+    "ImatrixFile",
     "available",
     "bench_ggml",
     "ggml_dequantize",

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["sine", "lcg", "imat", "sha256", "INPUT_SHA256"]
+__all__ = ["INPUT_SHA256", "imat", "lcg", "sha256", "sine"]
 
 
 def sine(n: int) -> np.ndarray:
