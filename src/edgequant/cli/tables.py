@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# Piped output (logs, READMEs) gets a fixed width wide enough that tables do not wrap.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def mib(n: int) -> str:

@@ -223,16 +223,19 @@ def _quantize_q45(x, qw, out, q5):
 
 @jit
 def quantize_q4_k(x, qw, out):
+    """Q4_K, 144-byte blocks: d, dmin fp16 @0/@2, scales[12] (8 x 6-bit scale + min) @4, qs[128] @16."""
     _quantize_q45(x, qw, out, False)
 
 
 @jit
 def quantize_q5_k(x, qw, out):
+    """Q5_K, 176-byte blocks: d, dmin @0/@2, scales[12] @4, qh[32] (5th bits) @16, qs[128] @48."""
     _quantize_q45(x, qw, out, True)
 
 
 @jit
 def dequantize_q4_k(data, out):
+    """Q4_K blocks to float32: ``y = (d*sc)*q - dmin*mn``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):
@@ -255,6 +258,7 @@ def dequantize_q4_k(data, out):
 
 @jit
 def dequantize_q5_k(data, out):
+    """Q5_K blocks to float32: ``y = (d*sc)*(nibble + 16*hbit) - dmin*mn``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):
@@ -281,6 +285,7 @@ def dequantize_q5_k(data, out):
 
 @jit
 def quantize_q6_k(x, qw, out):
+    """Q6_K, 210-byte blocks: ql[128] low nibbles @0, qh[64] top 2 bits @128, int8 scales[16] @192, d @208."""
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
@@ -342,6 +347,7 @@ def quantize_q6_k(x, qw, out):
 
 @jit
 def dequantize_q6_k(data, out):
+    """Q6_K blocks to float32: ``y = (d*sc)*(L-32)``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):
@@ -367,6 +373,7 @@ def dequantize_q6_k(data, out):
 
 @jit
 def quantize_q8_k(x, qw, out):
+    """Q8_K, 292-byte blocks: d **f32** @0, qs[256] int8 @4, bsums[16] int16 @260 (imatrix ignored)."""
     rows, n = x.shape
     nb = n // QK_K
     q = np.zeros(QK_K, np.int32)
@@ -407,6 +414,7 @@ def quantize_q8_k(x, qw, out):
 
 @jit
 def dequantize_q8_k(data, out):
+    """Q8_K blocks to float32: ``y = d*q``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):

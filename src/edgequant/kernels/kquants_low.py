@@ -67,6 +67,7 @@ def pack_2bit_planes(L, out, off):
 
 @jit
 def quantize_q2_k(x, qw, out):
+    """Q2_K, 84-byte blocks: scales[16] (scale | min << 4), qs[64] 2-bit planes, d fp16 @80, dmin fp16 @82."""
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
@@ -146,6 +147,7 @@ def quantize_q2_k(x, qw, out):
 
 @jit
 def dequantize_q2_k(data, out):
+    """Q2_K blocks to float32: ``y = (d*(sc & 15))*q - dmin*(sc >> 4)``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):
@@ -171,6 +173,7 @@ def dequantize_q2_k(data, out):
 
 @jit
 def quantize_q3_k(x, qw, out):
+    """Q3_K, 110-byte blocks: hmask[32], qs[64] 2-bit planes, scales[12] (16 x 6 bits), d fp16 @108."""
     rows, n = x.shape
     nb = n // QK_K
     use_qw = qw.shape[0] > 0
@@ -248,6 +251,7 @@ def quantize_q3_k(x, qw, out):
 
 @jit
 def dequantize_q3_k(data, out):
+    """Q3_K blocks to float32: ``y = (d*(u-32)) * (q2 - (0 if hbit else 4))``."""
     rows, n = out.shape
     nb = n // QK_K
     for r in range(rows):
