@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgequant.kernels.legacy import _absmax, inline, opaque
 from edgequant.kernels.primitives import GROUP_MAX_EPS, F, get_fp16, jit, nearest_int, put_fp16
+from edgequant.kernels.simd import block_absmax as _absmax
+from edgequant.kernels.simd import inline, opaque
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 _MID = ((KVALUES[:-1].astype(np.float64) + KVALUES[1:]) / 2).astype(np.float32)  # exact half-integers

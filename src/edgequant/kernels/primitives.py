@@ -7,9 +7,10 @@ multiply-add. In numba that means: every variable is ``np.float32``, every liter
 promote to float64 and round differently), and ``fastmath`` stays off. Sums are sequential loops,
 never ``np.sum`` (pairwise summation flips last bits).
 
-The search helpers mirror llama.cpp's ``make_qx_quants``, ``make_q3_quants``, ``make_qkx2/3_quants``
-and ``make_qp_quants``. They write codes into a caller-provided ``int32`` buffer and return the scale,
-so a row kernel allocates nothing per block.
+The scalar searches ``make_qx_quants`` and ``make_qkx`` (llama.cpp's ``make_qx_quants`` and
+``make_qkx2/3_quants``) and ``best_index`` are the one-block-at-a-time reference forms. The codecs run
+lane-parallel versions of them (``kquants_search``, ``legacy``, ``iq4``) that do the same float32
+operations for 16 or 32 blocks at once; the unit tests check those against these.
 """
 
 from __future__ import annotations
@@ -127,12 +128,6 @@ def fp16_bits_to_fp32(h):
 
 
 @jit
-def fp16_round(f):
-    """The float32 value that survives a trip through fp16 (what a kernel reads back from ``d16``)."""
-    return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
-
-
-@jit
 def fp32_to_bf16_bits(f):
     """fp32 -> bf16 bits: round to nearest even on the upper half; NaN -> quiet NaN (ggml rule)."""
     u = np.int64(f32_as_i32(F(f))) & 0xFFFFFFFF
@@ -185,18 +180,6 @@ def signed_absmax(x, start, n):
 
 
 @jit
-def sum_squares(x, start, n):
-    """Sequential float32 sum of x*x (never pairwise)."""
-    s = F(0.0)
-    for i in range(start, start + n):
-        s = F(s + F(x[i] * x[i]))
-    return s
-
-
-# --- scale searches (§3) ------------------------------------------------------------------------------
-
-
-@jit
 def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
     """Symmetric weighted scale search (rmse_type 1); codes 0..2*nmax-1 into ``L[ls:ls+n]``.
 
@@ -245,53 +228,6 @@ def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
             scale = F(sumlx / suml2)
             best = F(scale * sumlx)
     return scale
-
-
-@jit
-def make_q3_quants(x, xs, L, ls):
-    """Q3_K reference search (n=16, nmax=4) with coordinate-descent refinement; codes 0..7."""
-    n = 16
-    amax, m = signed_absmax(x, xs, n)
-    if amax < GROUP_MAX_EPS:
-        for i in range(n):
-            L[ls + i] = 0
-        return F(0.0)
-    iscale = F(F(-4.0) / m)
-    sumlx = F(0.0)
-    suml2 = F(0.0)
-    for i in range(n):
-        xi = x[xs + i]
-        l = max(-4, min(3, nearest_int(F(iscale * xi))))
-        L[ls + i] = l
-        w = F(xi * xi)
-        fl = F(l)
-        sumlx = F(sumlx + F(F(w * xi) * fl))
-        suml2 = F(suml2 + F(F(w * fl) * fl))
-    for _ in range(5):
-        changed = 0
-        for i in range(n):
-            xi = x[xs + i]
-            w = F(xi * xi)
-            li = L[ls + i]
-            fli = F(li)
-            slx = F(sumlx - F(F(w * xi) * fli))
-            if slx > 0:
-                sl2 = F(suml2 - F(F(w * fli) * fli))
-                new_l = max(-4, min(3, nearest_int(F(F(xi * sl2) / slx))))
-                if new_l != li:
-                    fn = F(new_l)
-                    slx = F(slx + F(F(w * xi) * fn))
-                    sl2 = F(sl2 + F(F(w * fn) * fn))
-                    if sl2 > 0 and F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
-                        L[ls + i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        changed += 1
-        if changed == 0:
-            break
-    for i in range(n):
-        L[ls + i] += 4
-    return F(sumlx / suml2) if suml2 > 0 else F(0.0)
 
 
 @jit
@@ -365,68 +301,6 @@ def make_qkx(n, nmax, x, xs, w, ws, L, ls, Laux, rmin, rdelta, nstep, use_mad):
                 scale = this_scale
                 mn = this_min
     return scale, F(-mn)
-
-
-@jit
-def make_qp_quants(n, nmax, x, qw, L):
-    """Second-level search for non-negative sub-block scales/mins (imatrix K-quant paths); codes 0..nmax."""
-    fnmax = F(nmax)
-    mx = F(0.0)
-    for i in range(n):
-        mx = max(mx, x[i])
-    if mx < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return F(0.0)
-    iscale = F(fnmax / mx)
-    scale = F(F(1.0) / iscale)
-    best = F(0.0)
-    for i in range(n):
-        l = nearest_int(F(iscale * x[i]))
-        diff = F(x[i] - F(scale * F(l)))
-        best = F(best + F(F(qw[i] * diff) * diff))
-    for step in range(-4, 5):
-        if step == 0:
-            continue
-        iscale_is = F(F(F(F(0.1) * F(step)) + fnmax) / mx)
-        scale_is = F(F(1.0) / iscale_is)
-        mse = F(0.0)
-        for i in range(n):
-            l = min(nmax, nearest_int(F(iscale_is * x[i])))
-            diff = F(x[i] - F(scale_is * F(l)))
-            mse = F(mse + F(F(qw[i] * diff) * diff))
-        if mse < best:
-            best = mse
-            iscale = iscale_is
-    sumlx = F(0.0)
-    suml2 = F(0.0)
-    for i in range(n):
-        l = min(nmax, nearest_int(F(iscale * x[i])))
-        L[i] = l
-        fl = F(l)
-        sumlx = F(sumlx + F(F(qw[i] * x[i]) * fl))
-        suml2 = F(suml2 + F(F(qw[i] * fl) * fl))
-    for _ in range(5):
-        n_changed = 0
-        for i in range(n):
-            fli = F(L[i])
-            w = qw[i]
-            slx = F(sumlx - F(F(w * x[i]) * fli))
-            sl2 = F(suml2 - F(F(w * fli) * fli))
-            if slx > 0 and sl2 > 0:
-                new_l = min(nmax, nearest_int(F(F(x[i] * sl2) / slx)))
-                if new_l != L[i]:
-                    fn = F(new_l)
-                    slx = F(slx + F(F(w * x[i]) * fn))
-                    sl2 = F(sl2 + F(F(w * fn) * fn))
-                    if F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return F(sumlx / suml2) if suml2 > 0 else F(0.0)
 
 
 @jit
