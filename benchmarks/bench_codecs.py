@@ -36,25 +36,7 @@ import edgequant.gguf as eg
 from edgequant.testing import ggml_peer
 from edgequant.testing.cases import imatrix_cases
 
-TYPES = [
-    "F32",
-    "F16",
-    "BF16",
-    "Q4_0",
-    "Q4_1",
-    "Q5_0",
-    "Q5_1",
-    "Q8_0",
-    "Q8_1",
-    "Q2_K",
-    "Q3_K",
-    "Q4_K",
-    "Q5_K",
-    "Q6_K",
-    "Q8_K",
-    "IQ4_NL",
-    "IQ4_XS",
-]
+TYPES = list(eg.codec_names())
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgequant.gguf.codecs import codec_names
 from edgequant.testing import ggml_peer
 from edgequant.testing.cases import FAMILIES, imatrix_cases, random_blocks, row_cases, sha256
 
@@ -32,25 +33,7 @@ SEED = 1234
 N_PER_ROW = 256
 ROWS_PER_CASE = 2
 RAND_BLOCKS = 512
-TYPES = [
-    "F32",
-    "F16",
-    "BF16",
-    "Q4_0",
-    "Q4_1",
-    "Q5_0",
-    "Q5_1",
-    "Q8_0",
-    "Q8_1",
-    "Q2_K",
-    "Q3_K",
-    "Q4_K",
-    "Q5_K",
-    "Q6_K",
-    "Q8_K",
-    "IQ4_NL",
-    "IQ4_XS",
-]
+TYPES = list(codec_names())
 # Types whose bytes do not depend on the importance vector: only "none" is stored.
 IMATRIX_IGNORED = {"F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K"}
 VARIANTS = ["none", "random", "zeros", "sparse"]

@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from edgequant.gguf.codecs import codec_names
 from edgequant.testing import ggml_peer
 from edgequant.testing.cases import imatrix_cases, random_blocks, row_cases
 
@@ -21,25 +22,7 @@ pytestmark = [
     pytest.mark.skipif(not ggml_peer.available(), reason="llama-cpp-python (libggml-base) not installed"),
 ]
 
-TYPES = [
-    "F32",
-    "F16",
-    "BF16",
-    "Q4_0",
-    "Q4_1",
-    "Q5_0",
-    "Q5_1",
-    "Q8_0",
-    "Q8_1",
-    "Q2_K",
-    "Q3_K",
-    "Q4_K",
-    "Q5_K",
-    "Q6_K",
-    "Q8_K",
-    "IQ4_NL",
-    "IQ4_XS",
-]
+TYPES = list(codec_names())
 IMATRIX_VARIANTS = ["none", "random", "zeros", "sparse", "ones", "wide_range"]
 ROWS_PER_CASE = 16
 SEED = 20261125

@@ -9,6 +9,6 @@ Public API::
 Runs with numpy and numba alone (no torch).
 """
 
-from edgequant.gguf.codecs import CODECS, Codec, dequantize, get_codec, quantize
+from edgequant.gguf.codecs import CODECS, Codec, codec_names, dequantize, get_codec, quantize
 
-__all__ = ["CODECS", "Codec", "dequantize", "get_codec", "quantize"]
+__all__ = ["CODECS", "Codec", "codec_names", "dequantize", "get_codec", "quantize"]

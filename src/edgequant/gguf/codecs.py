@@ -81,6 +81,12 @@ def _names() -> str:
     return ", ".join(_REGISTRY)
 
 
+def codec_names() -> tuple[str, ...]:
+    """Every implemented ggml type, in registration order (F32, F16, BF16, Q4_0 ... IQ4_XS)."""
+    _ensure_registered()
+    return tuple(_REGISTRY)
+
+
 def _ensure_registered() -> None:
     if not _REGISTRY:
         from edgequant.gguf import registry  # noqa: F401  (registers every codec on import)

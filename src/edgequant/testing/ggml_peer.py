@@ -359,7 +359,8 @@ def ggml_dequantize(data: np.ndarray, type_name: str, shape: Sequence[int]) -> n
         blocks = raw.reshape(-1, t.type_size)
         d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
         q = blocks[:, 4:].view(np.int8).astype(np.float32)
-        out[:] = (d * q).reshape(-1)
+        with np.errstate(invalid="ignore"):  # inf * 0 -> NaN, as C computes it
+            out[:] = (d * q).reshape(-1)
     else:
         if not t.to_float:
             raise ValueError(f"{t.name}: ggml has no to_float")
