@@ -23,14 +23,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine_info, write_results  # noqa: E402
+from _common import machine_info, write_results
 
-from edgequant.gguf.expand import dequantize_model  # noqa: E402
-from edgequant.gguf.ftypes import FTYPES, parse_ftype  # noqa: E402
-from edgequant.gguf.model_quantize import quantize_model  # noqa: E402
-from edgequant.models.packaged import smollm2_gguf_path  # noqa: E402
-from edgequant.testing import ggml_peer  # noqa: E402
-from edgequant.testing.compare import compare_gguf  # noqa: E402
+from edgequant.gguf.expand import dequantize_model
+from edgequant.gguf.ftypes import FTYPES, parse_ftype
+from edgequant.gguf.model_quantize import quantize_model
+from edgequant.models.packaged import smollm2_gguf_path
+from edgequant.testing import ggml_peer
+from edgequant.testing.compare import compare_gguf
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -69,18 +69,31 @@ def speed(workdir: str, ftypes: list[str], threads: list[int], repeats: int) -> 
         quantize_model(f32, ours, name, threads=1)  # warm-up: page cache and numba cache load
         first = time.perf_counter() - t0
         for n in threads:
-            t_ours = best_of(lambda n=n: quantize_model(f32, ours, name, threads=n), repeats)
-            t_theirs = best_of(lambda n=n: ggml_peer.llama_quantize_file(f32, theirs, fid, nthread=n), repeats)
+            t_ours = best_of(lambda n=n, name=name: quantize_model(f32, ours, name, threads=n), repeats)
+            t_theirs = best_of(
+                lambda n=n, fid=fid: ggml_peer.llama_quantize_file(f32, theirs, fid, nthread=n), repeats
+            )
             cmp = compare_gguf(ours, theirs)
-            rows.append({"ftype": name, "threads": n, "edgequant_s": round(t_ours, 3), "llama_s": round(t_theirs, 3),
-                         "ratio": round(t_theirs / t_ours, 3), "first_run_s": round(first, 3),
-                         "tensors_identical": f"{cmp.tensors_identical}/{cmp.tensors_total}",
-                         "kv_equal": not cmp.kv_diffs, "files_identical": cmp.files_identical})
+            rows.append(
+                {
+                    "ftype": name,
+                    "threads": n,
+                    "edgequant_s": round(t_ours, 3),
+                    "llama_s": round(t_theirs, 3),
+                    "ratio": round(t_theirs / t_ours, 3),
+                    "first_run_s": round(first, 3),
+                    "tensors_identical": f"{cmp.tensors_identical}/{cmp.tensors_total}",
+                    "kv_equal": not cmp.kv_diffs,
+                    "files_identical": cmp.files_identical,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
 
-def synthetic_f16_model(path: str, n_layer: int, width: int = 4096, ff: int = 11008, vocab: int = 32000) -> dict:
+def synthetic_f16_model(
+    path: str, n_layer: int, width: int = 4096, ff: int = 11008, vocab: int = 32000
+) -> dict:
     """A llama-layout F16 GGUF with random weights, written tensor by tensor (never whole in memory)."""
     from gguf.constants import GGMLQuantizationType as T
     from gguf.constants import GGUFValueType as V
@@ -88,20 +101,37 @@ def synthetic_f16_model(path: str, n_layer: int, width: int = 4096, ff: int = 11
     from edgequant.gguf.writer import GGUFStreamWriter
 
     rng = np.random.default_rng(0)
-    tensors = [("token_embd.weight", (width, vocab)), ("output_norm.weight", (width,)), ("output.weight", (width, vocab))]
+    tensors = [
+        ("token_embd.weight", (width, vocab)),
+        ("output_norm.weight", (width,)),
+        ("output.weight", (width, vocab)),
+    ]
     for i in range(n_layer):
         p = f"blk.{i}."
-        tensors += [(p + "attn_norm.weight", (width,)), (p + "attn_q.weight", (width, width)),
-                    (p + "attn_k.weight", (width, width)), (p + "attn_v.weight", (width, width)),
-                    (p + "attn_output.weight", (width, width)), (p + "ffn_norm.weight", (width,)),
-                    (p + "ffn_gate.weight", (width, ff)), (p + "ffn_up.weight", (width, ff)),
-                    (p + "ffn_down.weight", (ff, width))]
-    kvs = [("general.architecture", V.STRING, "llama"), ("general.name", V.STRING, "synthetic"),
-           ("llama.block_count", V.UINT32, n_layer), ("llama.context_length", V.UINT32, 4096),
-           ("llama.embedding_length", V.UINT32, width), ("llama.feed_forward_length", V.UINT32, ff),
-           ("llama.attention.head_count", V.UINT32, 32), ("llama.attention.head_count_kv", V.UINT32, 32),
-           ("llama.rope.dimension_count", V.UINT32, 128),
-           ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5), ("general.file_type", V.UINT32, 1)]
+        tensors += [
+            (p + "attn_norm.weight", (width,)),
+            (p + "attn_q.weight", (width, width)),
+            (p + "attn_k.weight", (width, width)),
+            (p + "attn_v.weight", (width, width)),
+            (p + "attn_output.weight", (width, width)),
+            (p + "ffn_norm.weight", (width,)),
+            (p + "ffn_gate.weight", (width, ff)),
+            (p + "ffn_up.weight", (width, ff)),
+            (p + "ffn_down.weight", (ff, width)),
+        ]
+    kvs = [
+        ("general.architecture", V.STRING, "llama"),
+        ("general.name", V.STRING, "synthetic"),
+        ("llama.block_count", V.UINT32, n_layer),
+        ("llama.context_length", V.UINT32, 4096),
+        ("llama.embedding_length", V.UINT32, width),
+        ("llama.feed_forward_length", V.UINT32, ff),
+        ("llama.attention.head_count", V.UINT32, 32),
+        ("llama.attention.head_count_kv", V.UINT32, 32),
+        ("llama.rope.dimension_count", V.UINT32, 128),
+        ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
+        ("general.file_type", V.UINT32, 1),
+    ]
     largest = 0
     with GGUFStreamWriter(path) as w:
         for k, vt, v in kvs:
@@ -118,10 +148,16 @@ def synthetic_f16_model(path: str, n_layer: int, width: int = 4096, ff: int = 11
                 w.write_tensor_data(name, np.ones(n, np.float32))
                 continue
             rows_per = max(1, (64 << 20) // (ne[0] * 2))
-            chunks = (rng.standard_normal((min(rows_per, ne[1] - r), ne[0]), np.float32).astype(np.float16) * 0.02
-                      for r in range(0, ne[1], rows_per))
+            chunks = (
+                rng.standard_normal((min(rows_per, ne[1] - r), ne[0]), np.float32).astype(np.float16) * 0.02
+                for r in range(0, ne[1], rows_per)
+            )
             w.write_tensor_data(name, chunks)
-    return {"file_bytes": os.path.getsize(path), "largest_tensor_f32_bytes": largest, "n_tensors": len(tensors)}
+    return {
+        "file_bytes": os.path.getsize(path),
+        "largest_tensor_f32_bytes": largest,
+        "n_tensors": len(tensors),
+    }
 
 
 def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
@@ -134,12 +170,27 @@ def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
     for ftype in ftypes:
         for tool in ("edgequant", "llama.cpp"):
             dst = os.path.join(workdir, f"mem-{tool}.gguf")
-            out = subprocess.run([sys.executable, "-c", _CHILD, tool, src, dst, ftype, str(threads)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, tool, src, dst, ftype, str(threads)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if out.returncode != 0:
+                runs.append({"tool": tool, "ftype": ftype, "error": out.stderr.strip()[-400:]})
+                print(runs[-1], flush=True)
+                continue
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            runs.append({"tool": tool, "ftype": ftype, "threads": threads, "seconds": round(res["seconds"], 2),
-                         "peak_rss_mib": round(res["peak_rss"] / 2**20, 1),
-                         "peak_rss_over_file": round(res["peak_rss"] / info["file_bytes"], 3)})
+            runs.append(
+                {
+                    "tool": tool,
+                    "ftype": ftype,
+                    "threads": threads,
+                    "seconds": round(res["seconds"], 2),
+                    "peak_rss_mib": round(res["peak_rss"] / 2**20, 1),
+                    "peak_rss_over_file": round(res["peak_rss"] / info["file_bytes"], 3),
+                }
+            )
             print(runs[-1], flush=True)
             os.remove(dst)
     os.remove(src)
@@ -147,24 +198,37 @@ def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
 
 
 def to_markdown(res: dict) -> str:
-    lines = [f"# Whole-file quantization: edgequant vs llama.cpp `llama_model_quantize`\n",
-             f"{res['machine']['cpu']}, {res['machine']['cores']} cores; commit {res['machine']['commit']}, "
-             f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
-             "best of {} runs.\n".format(res["repeats"]),
-             "## SmolLM2-135M (F32 source, 539.8 MB)\n",
-             "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical | metadata equal | files identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Whole-file quantization: edgequant vs llama.cpp `llama_model_quantize`\n",
+        f"{res['machine']['cpu']}, {res['machine']['cores']} cores; commit {res['machine']['commit']}, "
+        f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
+        "best of {} runs.\n".format(res["repeats"]),
+        "## SmolLM2-135M (F32 source, 539.8 MB)\n",
+        "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical | metadata equal | files identical |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["speed"]:
-        lines.append(f"| {r['ftype']} | {r['threads']} | {r['edgequant_s']} | {r['llama_s']} | {r['ratio']} | "
-                     f"{r['first_run_s']} | {r['tensors_identical']} | {r['kv_equal']} | {r['files_identical']} |")
+        lines.append(
+            f"| {r['ftype']} | {r['threads']} | {r['edgequant_s']} | {r['llama_s']} | {r['ratio']} | "
+            f"{r['first_run_s']} | {r['tensors_identical']} | {r['kv_equal']} | {r['files_identical']} |"
+        )
     if res.get("memory"):
         m = res["memory"]["model"]
-        lines += ["", f"## Peak resident memory, synthetic F16 model ({m['file_bytes'] / 2**30:.2f} GiB, "
-                      f"{m['n_layer']} layers, largest tensor {m['largest_tensor_f32_bytes'] / 2**20:.0f} MiB as F32)\n",
-                  "| tool | ftype | threads | seconds | peak RSS MiB | peak RSS / file size |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Peak resident memory, synthetic F16 model ({m['file_bytes'] / 2**30:.2f} GiB, "
+            f"{m['n_layer']} layers, largest tensor {m['largest_tensor_f32_bytes'] / 2**20:.0f} MiB as F32)\n",
+            "| tool | ftype | threads | seconds | peak RSS MiB | peak RSS / file size |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in res["memory"]["runs"]:
-            lines.append(f"| {r['tool']} | {r['ftype']} | {r['threads']} | {r['seconds']} | {r['peak_rss_mib']} | "
-                         f"{r['peak_rss_over_file']} |")
+            if "error" in r:
+                lines.append(f"| {r['tool']} | {r['ftype']} | - | failed: {r['error'][-80:]} | | |")
+                continue
+            lines.append(
+                f"| {r['tool']} | {r['ftype']} | {r['threads']} | {r['seconds']} | {r['peak_rss_mib']} | "
+                f"{r['peak_rss_over_file']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +244,11 @@ def main() -> None:
         sys.exit("llama-cpp-python is required (bash scripts/setup.sh --test)")
     ftypes = ["Q8_0", "Q4_K_M", "Q4_0"] if args.quick else list(FTYPES)
     with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
-        res = {"machine": machine_info(), "repeats": args.repeats,
-               "speed": speed(wd, ftypes, [1, 2], args.repeats)}
+        res = {
+            "machine": machine_info(),
+            "repeats": args.repeats,
+            "speed": speed(wd, ftypes, [1, 2], args.repeats),
+        }
         if not args.no_memory:
             res["memory"] = memory(wd, 1.0 if args.quick else args.mem_gib, ["Q8_0", "Q4_K_M"], 2)
     write_results("model_quantize", res, to_markdown(res))

@@ -16,8 +16,9 @@ from edgequant.testing.tiny import write_tiny_llama
 
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "edgequant", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgequant", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -60,7 +61,9 @@ def test_quantize_without_output_name_writes_beside_input(tiny, tmp_path):
 
 def test_dry_run_writes_nothing(tiny, tmp_path):
     plan = json.loads(run("quantize", "--dry-run", "--json", tiny, tmp_path / "x.gguf", "Q4_K_M").stdout)
-    assert {p["name"] for p in plan if p["new_type"] == "Q6_K"}  # output (tied token_embd) and more-bits layers
+    assert {
+        p["name"] for p in plan if p["new_type"] == "Q6_K"
+    }  # output (tied token_embd) and more-bits layers
     assert os.listdir(tmp_path) == []
 
 
@@ -84,28 +87,40 @@ def test_dequantize_to_gguf_and_safetensors(tiny, tmp_path):
         assert st["output_norm.weight"].dtype == np.float32
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["quantize", "{tiny}", "{out}", "Q9_K"], "unknown ftype 'Q9_K'"),
-    (["quantize", "{tiny}", "{out}", "IQ2_XXS"], "IQ1/IQ2/IQ3"),
-    (["quantize", "--output-tensor-type", "q4_k_m", "{tiny}", "{out}", "Q4_0"], "is a file mixture"),
-    (["quantize", "--token-embedding-type", "q6_k", "{bad_width}", "{out}", "Q4_0"], "not a multiple"),
-    (["quantize", "{missing}", "{out}", "Q4_0"], "No such file"),
-    (["quantize", "{tiny}", "/nonexistent-dir/out.gguf", "Q4_0"], "does not exist"),
-    (["quantize", "{truncated}", "{out}", "Q4_0"], "truncated"),
-    (["quantize", "{not_gguf}", "{out}", "Q4_0"], "not a GGUF file"),
-    (["quantize", "{nan}", "{out}", "Q4_0"], "blk.1.attn_q.weight': row 7"),
-    (["quantize", "--include-weights", "a", "--exclude-weights", "b", "{tiny}", "{out}", "Q4_0"], "cannot be used"),
-    (["inspect", "{truncated}"], "truncated"),
-    (["dequantize", "{tiny}", "{tmp}/x.bin"], ".gguf or .safetensors"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["quantize", "{tiny}", "{out}", "Q9_K"], "unknown ftype 'Q9_K'"),
+        (["quantize", "{tiny}", "{out}", "IQ2_XXS"], "IQ1/IQ2/IQ3"),
+        (["quantize", "--output-tensor-type", "q4_k_m", "{tiny}", "{out}", "Q4_0"], "is a file mixture"),
+        (["quantize", "--token-embedding-type", "q6_k", "{bad_width}", "{out}", "Q4_0"], "not a multiple"),
+        (["quantize", "{missing}", "{out}", "Q4_0"], "No such file"),
+        (["quantize", "{tiny}", "/nonexistent-dir/out.gguf", "Q4_0"], "does not exist"),
+        (["quantize", "{truncated}", "{out}", "Q4_0"], "truncated"),
+        (["quantize", "{not_gguf}", "{out}", "Q4_0"], "not a GGUF file"),
+        (["quantize", "{nan}", "{out}", "Q4_0"], "blk.1.attn_q.weight': row 7"),
+        (
+            ["quantize", "--include-weights", "a", "--exclude-weights", "b", "{tiny}", "{out}", "Q4_0"],
+            "cannot be used",
+        ),
+        (["inspect", "{truncated}"], "truncated"),
+        (["dequantize", "{tiny}", "{tmp}/x.bin"], ".gguf or .safetensors"),
+    ],
+)
 def test_bad_input_one_line_error_nonzero_exit_no_output(tiny, tmp_path, args, words):
     full = open(tiny, "rb").read()
     (tmp_path / "trunc.gguf").write_bytes(full[: len(full) // 2])
     (tmp_path / "zip.gguf").write_bytes(b"PK\x03\x04" + bytes(100))
-    paths = {"tiny": tiny, "out": tmp_path / "out.gguf", "missing": tmp_path / "nope.gguf", "tmp": tmp_path,
-             "truncated": tmp_path / "trunc.gguf", "not_gguf": tmp_path / "zip.gguf",
-             "nan": write_tiny_llama(str(tmp_path / "nan.gguf"), poison=("blk.1.attn_q.weight", 7)),
-             "bad_width": write_tiny_llama(str(tmp_path / "w.gguf"), width=288, ff=320)}
+    paths = {
+        "tiny": tiny,
+        "out": tmp_path / "out.gguf",
+        "missing": tmp_path / "nope.gguf",
+        "tmp": tmp_path,
+        "truncated": tmp_path / "trunc.gguf",
+        "not_gguf": tmp_path / "zip.gguf",
+        "nan": write_tiny_llama(str(tmp_path / "nan.gguf"), poison=("blk.1.attn_q.weight", 7)),
+        "bad_width": write_tiny_llama(str(tmp_path / "w.gguf"), width=288, ff=320),
+    }
     proc = run(*[a.format(**paths) for a in args], check=False)
     assert proc.returncode == 1
     assert words in proc.stderr
@@ -119,8 +134,12 @@ def test_bad_input_one_line_error_nonzero_exit_no_output(tiny, tmp_path, args, w
 def test_interrupted_run_leaves_no_partial_output(tmp_path, sig):
     src = write_tiny_llama(str(tmp_path / "big.gguf"), n_layer=6, width=1024, ff=4096, vocab=8192)
     out = tmp_path / "out.gguf"
-    proc = subprocess.Popen([sys.executable, "-m", "edgequant", "quantize", src, out, "Q2_K", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgequant", "quantize", src, out, "Q2_K", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not leftovers(tmp_path) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)  # wait until the temporary output exists: the run is mid-write

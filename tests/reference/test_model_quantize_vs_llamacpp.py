@@ -18,8 +18,11 @@ from edgequant.gguf.reader import GGUFFile
 from edgequant.testing import ggml_peer
 from edgequant.testing.compare import compare_gguf
 
-pytestmark = [pytest.mark.reference, pytest.mark.slow,
-              pytest.mark.skipif(not ggml_peer.available(), reason="llama-cpp-python is not installed")]
+pytestmark = [
+    pytest.mark.reference,
+    pytest.mark.slow,
+    pytest.mark.skipif(not ggml_peer.available(), reason="llama-cpp-python is not installed"),
+]
 
 
 def _both(src, tmp_path, ftype, imatrix_path=None, llama_kw=None, opts=None):
@@ -30,7 +33,9 @@ def _both(src, tmp_path, ftype, imatrix_path=None, llama_kw=None, opts=None):
     imat = load_imatrix(imatrix_path) if imatrix_path else None
     quantize_model(src, ours, name, imatrix=imat, options=opts, threads=2)
     cmp = compare_gguf(ours, theirs)
-    assert cmp.mismatched == [], f"{len(cmp.mismatched)} of {cmp.tensors_total} tensors differ: {cmp.mismatched[:5]}"
+    assert cmp.mismatched == [], (
+        f"{len(cmp.mismatched)} of {cmp.tensors_total} tensors differ: {cmp.mismatched[:5]}"
+    )
     assert cmp.kv_diffs == [], cmp.kv_diffs
     assert cmp.tensor_order_equal and cmp.kv_order_equal
     assert cmp.files_identical
@@ -64,7 +69,9 @@ def synthetic_imatrix(smollm2_f32, tmp_path_factory):
     return {"gguf": gguf_path, "dat": dat_path}
 
 
-_IMATRIX_CASES = [(f, "gguf") for f in ("Q4_0", "Q4_1", "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS")]
+_IMATRIX_CASES = [
+    (f, "gguf") for f in ("Q4_0", "Q4_1", "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS")
+]
 _IMATRIX_CASES += [(f, "dat") for f in ("Q4_0", "Q4_K_M", "IQ4_XS")]  # the legacy format, on three ftypes
 
 
@@ -73,13 +80,19 @@ def test_with_imatrix_matches_llama_quantize(smollm2_f32, synthetic_imatrix, tmp
     _both(smollm2_f32, tmp_path, ftype, synthetic_imatrix[fmt])
 
 
-@pytest.mark.parametrize(("llama_kw", "opts"), [
-    ({"pure": True}, QuantizeOptions(pure=True)),
-    ({"leave_output": True}, QuantizeOptions(leave_output_tensor=True)),
-    ({"output_tensor_type": "Q8_0"}, QuantizeOptions(output_tensor_type="Q8_0")),
-    ({"token_embedding_type": "F16"}, QuantizeOptions(token_embedding_type="F16")),
-    ({"tensor_types": [("attn_v", "Q8_0"), ("blk\\.1[0-9]\\.ffn", "Q4_0")]},
-     QuantizeOptions(tensor_types=(("attn_v", "Q8_0"), ("blk\\.1[0-9]\\.ffn", "Q4_0")))),
-], ids=["pure", "leave-output", "output-type", "token-embd-type", "tensor-type"])
+@pytest.mark.parametrize(
+    ("llama_kw", "opts"),
+    [
+        ({"pure": True}, QuantizeOptions(pure=True)),
+        ({"leave_output": True}, QuantizeOptions(leave_output_tensor=True)),
+        ({"output_tensor_type": "Q8_0"}, QuantizeOptions(output_tensor_type="Q8_0")),
+        ({"token_embedding_type": "F16"}, QuantizeOptions(token_embedding_type="F16")),
+        (
+            {"tensor_types": [("attn_v", "Q8_0"), ("blk\\.1[0-9]\\.ffn", "Q4_0")]},
+            QuantizeOptions(tensor_types=(("attn_v", "Q8_0"), ("blk\\.1[0-9]\\.ffn", "Q4_0"))),
+        ),
+    ],
+    ids=["pure", "leave-output", "output-type", "token-embd-type", "tensor-type"],
+)
 def test_options_match_llama_quantize(smollm2_f32, tmp_path, llama_kw, opts):
     _both(smollm2_f32, tmp_path, "Q4_K_M", llama_kw=llama_kw, opts=opts)

@@ -15,22 +15,30 @@ def llama_like(n_layer, d_model, d_ff, tied):
         ts.append(("output.weight", (d_model, 49152), "F32"))
     for i in range(n_layer):
         p = f"blk.{i}."
-        ts += [(p + "attn_norm.weight", (d_model,), "F32"), (p + "ffn_norm.weight", (d_model,), "F32"),
-               (p + "attn_q.weight", (d_model, d_model), "F32"), (p + "attn_k.weight", (d_model, d_model // 4), "F32"),
-               (p + "attn_v.weight", (d_model, d_model // 4), "F32"),
-               (p + "attn_output.weight", (d_model, d_model), "F32"),
-               (p + "ffn_gate.weight", (d_model, d_ff), "F32"), (p + "ffn_up.weight", (d_model, d_ff), "F32"),
-               (p + "ffn_down.weight", (d_ff, d_model), "F32")]
+        ts += [
+            (p + "attn_norm.weight", (d_model,), "F32"),
+            (p + "ffn_norm.weight", (d_model,), "F32"),
+            (p + "attn_q.weight", (d_model, d_model), "F32"),
+            (p + "attn_k.weight", (d_model, d_model // 4), "F32"),
+            (p + "attn_v.weight", (d_model, d_model // 4), "F32"),
+            (p + "attn_output.weight", (d_model, d_model), "F32"),
+            (p + "ffn_gate.weight", (d_model, d_ff), "F32"),
+            (p + "ffn_up.weight", (d_model, d_ff), "F32"),
+            (p + "ffn_down.weight", (d_ff, d_model), "F32"),
+        ]
     return ts
 
 
 SMOL = ModelInfo("llama", 30, 9, 3)
 
 
-@pytest.mark.parametrize(("n", "layers"), [
-    (32, {0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31}),
-    (28, {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27}),
-])
+@pytest.mark.parametrize(
+    ("n", "layers"),
+    [
+        (32, {0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31}),
+        (28, {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27}),
+    ],
+)
 def test_use_more_bits_matches_spec_examples(n, layers):
     assert {i for i in range(n) if use_more_bits(i, n)} == layers
 
@@ -45,8 +53,12 @@ def test_smollm2_q4_k_m_type_counts_match_llama_cpp():
 
 def test_llama3_8b_like_q4_k_m_worked_example():
     model = ModelInfo("llama", 32, 32, 8)
-    choices = {c.name: c.new_type for c in
-               choose_types(llama_like(32, 4096, 14336, tied=False), "Q4_K_M", model, QuantizeOptions(), False)}
+    choices = {
+        c.name: c.new_type
+        for c in choose_types(
+            llama_like(32, 4096, 14336, tied=False), "Q4_K_M", model, QuantizeOptions(), False
+        )
+    }
     more = {0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31}
     assert choices["output.weight"] == "Q6_K"
     assert choices["token_embd.weight"] == "Q4_K"
@@ -59,7 +71,10 @@ def test_llama3_8b_like_q4_k_m_worked_example():
 
 
 def test_output_order_is_layer_then_bytewise_name():
-    names = [c.name for c in choose_types(llama_like(12, 256, 512, tied=True), "Q8_0", SMOL, QuantizeOptions(), False)]
+    names = [
+        c.name
+        for c in choose_types(llama_like(12, 256, 512, tied=True), "Q8_0", SMOL, QuantizeOptions(), False)
+    ]
     assert names[:2] == ["output_norm.weight", "token_embd.weight"]
     assert names.index("blk.2.attn_k.weight") < names.index("blk.10.attn_k.weight")
     assert names[2:11] == sorted(names[2:11])
@@ -67,8 +82,12 @@ def test_output_order_is_layer_then_bytewise_name():
 
 def test_overrides_precedence_and_pure():
     ts = llama_like(4, 512, 1024, tied=False)
-    opts = QuantizeOptions(pure=True, output_tensor_type="Q8_0", token_embedding_type="F16",
-                           tensor_types=(("attn_v", "Q8_0"), ("blk\\.0\\.", "Q2_K")))
+    opts = QuantizeOptions(
+        pure=True,
+        output_tensor_type="Q8_0",
+        token_embedding_type="F16",
+        tensor_types=(("attn_v", "Q8_0"), ("blk\\.0\\.", "Q2_K")),
+    )
     got = {c.name: c for c in choose_types(ts, "Q4_K_M", ModelInfo("llama", 4, 8, 2), opts, False)}
     assert got["output.weight"].new_type == "Q8_0"
     assert got["token_embd.weight"].new_type == "F16"
@@ -79,14 +98,22 @@ def test_overrides_precedence_and_pure():
 
 def test_q4_0_with_imatrix_upgrades_first_eighth_of_ffn_down():
     ts = llama_like(16, 512, 1024, tied=False)
-    got = {c.name: c.new_type for c in choose_types(ts, "Q4_0", ModelInfo("llama", 16, 8, 8), QuantizeOptions(), True)}
+    got = {
+        c.name: c.new_type
+        for c in choose_types(ts, "Q4_0", ModelInfo("llama", 16, 8, 8), QuantizeOptions(), True)
+    }
     assert [got[f"blk.{i}.ffn_down.weight"] for i in range(3)] == ["Q4_1", "Q4_1", "Q4_0"]
     assert got["output.weight"] == "Q6_K"
 
 
 def test_fallback_to_f16_when_row_length_fits_no_block():
-    got = choose_types([("blk.0.ffn_down.weight", (100, 64), "F32")], "Q4_K_M", ModelInfo("llama", 1, 1, 1),
-                       QuantizeOptions(), False)
+    got = choose_types(
+        [("blk.0.ffn_down.weight", (100, 64), "F32")],
+        "Q4_K_M",
+        ModelInfo("llama", 1, 1, 1),
+        QuantizeOptions(),
+        False,
+    )
     assert got[0].new_type == "F16"
     assert got[0].fallback_from == "Q6_K"
 

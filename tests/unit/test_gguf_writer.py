@@ -18,9 +18,9 @@ import pytest
 from gguf.constants import GGMLQuantizationType as Q
 from gguf.constants import GGUFValueType as V
 
+from edgequant.core.atomic import atomic_output_guard, atomic_write_bytes, check_writable
 from edgequant.errors import ConfigError, OutputError, ShapeError
 from edgequant.gguf.reader import KV, Array, GGUFFile
-from edgequant.core.atomic import atomic_output_guard, atomic_write_bytes, check_writable
 from edgequant.gguf.writer import GGUFStreamWriter
 
 RNG = np.random.default_rng(0)

@@ -24,13 +24,23 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="quantize the packaged SmolLM2-135M to several ftypes and print a table",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="quantize the packaged SmolLM2-135M to several ftypes and print a table",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", metavar="GGUF", help="another GGUF model instead of the packaged SmolLM2-135M")
-    p.add_argument("--ftypes", default=DEFAULT_FTYPES, help=f"comma-separated ftypes (default {DEFAULT_FTYPES})")
+    p.add_argument(
+        "--ftypes", default=DEFAULT_FTYPES, help=f"comma-separated ftypes (default {DEFAULT_FTYPES})"
+    )
     p.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
-    p.add_argument("--workdir", metavar="DIR", help="keep the F32 and quantized files here (default: a temporary "
-                                                     "directory removed at the end)")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="keep the F32 and quantized files here (default: a temporary directory removed at the end)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -56,17 +66,33 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with tensor_progress("expand to F32") as advance:
             dequantize_model(src, f32, "f32", on_tensor=advance)
-        log(f"model: {src}\nexpanded to F32: {f32} ({os.path.getsize(f32) / 2**20:.1f} MiB, "
-            f"{time.perf_counter() - t0:.1f} s); quantizing with {threads} thread(s)")
+        log(
+            f"model: {src}\nexpanded to F32: {f32} ({os.path.getsize(f32) / 2**20:.1f} MiB, "
+            f"{time.perf_counter() - t0:.1f} s); quantizing with {threads} thread(s)"
+        )
         rows = []
         for ftype in ftypes:
             dst = os.path.join(workdir, f"model-{ftype}.gguf")
             with tensor_progress(f"quantize {ftype}") as advance:
-                rep = quantize_model(f32, dst, ftype, threads=threads, measure_error=True,
-                                     on_tensor=lambda i, n, r: advance(i, n, f"{r.name} → {r.new_type}"))
-            rows.append({"ftype": ftype, "bytes": rep.bytes_out, "bits_per_weight": round(rep.bits_per_weight, 4),
-                         "seconds": round(rep.seconds, 3), "weight_rmse": rep.weight_rmse(),
-                         "n_fallback": rep.n_fallback, "type_counts": rep.type_counts()})
+                rep = quantize_model(
+                    f32,
+                    dst,
+                    ftype,
+                    threads=threads,
+                    measure_error=True,
+                    on_tensor=lambda i, n, r: advance(i, n, f"{r.name} → {r.new_type}"),
+                )
+            rows.append(
+                {
+                    "ftype": ftype,
+                    "bytes": rep.bytes_out,
+                    "bits_per_weight": round(rep.bits_per_weight, 4),
+                    "seconds": round(rep.seconds, 3),
+                    "weight_rmse": rep.weight_rmse(),
+                    "n_fallback": rep.n_fallback,
+                    "type_counts": rep.type_counts(),
+                }
+            )
             if not args.workdir:
                 os.remove(dst)
     finally:
@@ -80,10 +106,18 @@ def run(args) -> int:
         table.add_column(col, justify="right" if col not in ("ftype", "tensor types") else "left")
     for r in rows:
         types = ", ".join(f"{k} {v}" for k, v in sorted(r["type_counts"].items()))
-        table.add_row(r["ftype"], f"{r['bytes'] / 2**20:.1f} MiB", f"{r['bits_per_weight']:.3f}",
-                      f"{r['seconds']:.2f}", f"{r['weight_rmse']:.3e}", types)
+        table.add_row(
+            r["ftype"],
+            f"{r['bytes'] / 2**20:.1f} MiB",
+            f"{r['bits_per_weight']:.3f}",
+            f"{r['seconds']:.2f}",
+            f"{r['weight_rmse']:.3e}",
+            types,
+        )
     console.print(table)
-    console.print("weight RMSE: root mean square of (dequantized - F32) over every re-encoded weight. "
-                  "Row lengths of 576 are not multiples of 256, so K-quant ftypes fall back to Q5_0/Q8_0/... "
-                  "for most tensors of this model, exactly as llama.cpp does.")
+    console.print(
+        "weight RMSE: root mean square of (dequantized - F32) over every re-encoded weight. "
+        "Row lengths of 576 are not multiples of 256, so K-quant ftypes fall back to Q5_0/Q8_0/... "
+        "for most tensors of this model, exactly as llama.cpp does."
+    )
     return 0

@@ -13,13 +13,19 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("dequantize", help="decode every tensor of a GGUF file to F32/F16 (GGUF or safetensors)",
-                       description="Decode every tensor of a GGUF file to F32 or F16 and write a GGUF or a "
-                                   "safetensors file (chosen by the output's extension).",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "dequantize",
+        help="decode every tensor of a GGUF file to F32/F16 (GGUF or safetensors)",
+        description="Decode every tensor of a GGUF file to F32 or F16 and write a GGUF or a "
+        "safetensors file (chosen by the output's extension).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="IN.gguf")
     p.add_argument("dst", metavar="OUT.gguf|OUT.safetensors")
-    p.add_argument("--outtype", default="f32", choices=["f32", "f16"], help="float type of the output (default f32)")
+    p.add_argument(
+        "--outtype", default="f32", choices=["f32", "f16"], help="float type of the output (default f32)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(func=run)
 

@@ -13,10 +13,14 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="show a GGUF file's metadata, tensors, types and bits per weight",
-                       description="Show a GGUF file's metadata, tensors, types, bits per weight and the "
-                                   "tensors that fell back to another type.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "inspect",
+        help="show a GGUF file's metadata, tensors, types and bits per weight",
+        description="Show a GGUF file's metadata, tensors, types, bits per weight and the "
+        "tensors that fell back to another type.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--no-tensors", action="store_true", help="leave out the per-tensor table")
@@ -33,12 +37,18 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(s, indent=1, default=str))
         return 0
-    console.print(f"[bold]{s['file']}[/bold]: GGUF v{s['version']}, {mib(s['file_bytes'])}, "
-                  f"{s['architecture']} '{s['name']}', ftype {s['ftype']}")
-    console.print(f"{s['n_tensors']} tensors, {s['n_params']:,} parameters, {s['bits_per_weight']:.3f} bits/weight; "
-                  "types: " + ", ".join(f"{k} {v}" for k, v in sorted(s["type_counts"].items())))
+    console.print(
+        f"[bold]{s['file']}[/bold]: GGUF v{s['version']}, {mib(s['file_bytes'])}, "
+        f"{s['architecture']} '{s['name']}', ftype {s['ftype']}"
+    )
+    console.print(
+        f"{s['n_tensors']} tensors, {s['n_params']:,} parameters, {s['bits_per_weight']:.3f} bits/weight; "
+        "types: " + ", ".join(f"{k} {v}" for k, v in sorted(s["type_counts"].items()))
+    )
     if s["n_fallback"]:
-        console.print(f"[yellow]{s['n_fallback']} tensors fell back[/yellow] (row length not a multiple of 256)")
+        console.print(
+            f"[yellow]{s['n_fallback']} tensors fell back[/yellow] (row length not a multiple of 256)"
+        )
     meta = Table(title=f"metadata ({s['n_kv']} keys)")
     meta.add_column("key")
     meta.add_column("value", overflow="fold")
@@ -52,7 +62,13 @@ def run(args) -> int:
         for col in ("tensor", "shape", "type", "bpw", "size", "note"):
             table.add_column(col)
         for t in s["tensors"]:
-            table.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bits_per_weight']:.3f}",
-                          mib(t["bytes"]), "fallback" if t["fallback"] else "")
+            table.add_row(
+                t["name"],
+                "x".join(map(str, t["shape"])),
+                t["type"],
+                f"{t['bits_per_weight']:.3f}",
+                mib(t["bytes"]),
+                "fallback" if t["fallback"] else "",
+            )
         console.print(table)
     return 0

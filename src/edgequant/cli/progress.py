@@ -14,9 +14,16 @@ _stderr = Console(stderr=True)
 @contextmanager
 def tensor_progress(title: str, disable: bool = False):
     """Yield ``advance(i, n, label)``: call it after item i of n is done; the bar appears on first call."""
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[label]}"), TimeElapsedColumn(), console=_stderr,
-                        disable=disable or not sys.stderr.isatty(), transient=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=_stderr,
+        disable=disable or not sys.stderr.isatty(),
+        transient=True,
+    )
     task = None
 
     def advance(i: int, n: int, label: str) -> None:

@@ -28,23 +28,46 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a GGUF file to an ftype (llama-quantize equivalent)",
-                       description=HELP.format(ftypes=", ".join(FTYPES)), epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a GGUF file to an ftype (llama-quantize equivalent)",
+        description=HELP.format(ftypes=", ".join(FTYPES)),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("args", nargs="+", metavar="IN.gguf [OUT.gguf] FTYPE [NTHREADS]")
-    p.add_argument("--imatrix", metavar="FILE", help="importance matrix (GGUF or legacy .dat) from llama-imatrix")
-    p.add_argument("--include-weights", action="append", default=[], metavar="NAME",
-                   help="use the imatrix only for tensors whose name contains NAME (repeatable)")
-    p.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
-                   help="do not use the imatrix for tensors whose name contains NAME (repeatable)")
+    p.add_argument(
+        "--imatrix", metavar="FILE", help="importance matrix (GGUF or legacy .dat) from llama-imatrix"
+    )
+    p.add_argument(
+        "--include-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use the imatrix only for tensors whose name contains NAME (repeatable)",
+    )
+    p.add_argument(
+        "--exclude-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not use the imatrix for tensors whose name contains NAME (repeatable)",
+    )
     p.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight (no fallback)")
     p.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight (no fallback)")
-    p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
-                   help="type for tensors whose name matches REGEX (first matching option wins; repeatable)")
+    p.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="REGEX=TYPE",
+        help="type for tensors whose name matches REGEX (first matching option wins; repeatable)",
+    )
     p.add_argument("--tensor-type-file", metavar="FILE", help="file of whitespace-separated REGEX=TYPE items")
     p.add_argument("--pure", action="store_true", help="no mixture rules: every tensor gets the default type")
     p.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight in its input type")
-    p.add_argument("--allow-requantize", action="store_true", help="allow quantized input tensors (loses quality)")
+    p.add_argument(
+        "--allow-requantize", action="store_true", help="allow quantized input tensors (loses quality)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the per-tensor plan; write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
@@ -100,10 +123,10 @@ def run(args) -> int:
     opts = QuantizeOptions(
         pure=args.pure,
         leave_output_tensor=args.leave_output_tensor,
-        output_tensor_type=args.output_tensor_type and parse_tensor_type(args.output_tensor_type,
-                                                                         "--output-tensor-type"),
-        token_embedding_type=args.token_embedding_type and parse_tensor_type(args.token_embedding_type,
-                                                                             "--token-embedding-type"),
+        output_tensor_type=args.output_tensor_type
+        and parse_tensor_type(args.output_tensor_type, "--output-tensor-type"),
+        token_embedding_type=args.token_embedding_type
+        and parse_tensor_type(args.token_embedding_type, "--token-embedding-type"),
         tensor_types=_tensor_types(args.tensor_type, args.tensor_type_file),
     )
     imatrix = None
@@ -124,9 +147,16 @@ def run(args) -> int:
             print_plan(plan)
         return 0
     with tensor_progress(f"quantize → {os.path.basename(dst)}") as advance:
-        report = quantize_model(src, dst, ftype, imatrix=imatrix, options=opts, threads=threads,
-                                allow_requantize=args.allow_requantize,
-                                on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"))
+        report = quantize_model(
+            src,
+            dst,
+            ftype,
+            imatrix=imatrix,
+            options=opts,
+            threads=threads,
+            allow_requantize=args.allow_requantize,
+            on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"),
+        )
     if args.json:
         print(json.dumps(report_dict(report), indent=1))
     else:

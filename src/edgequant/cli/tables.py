@@ -17,9 +17,11 @@ def mib(n: int) -> str:
 
 def print_quantize_summary(report) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
-    console.print(f"[bold]{report.dst}[/bold]: {report.ftype} (ftype {report.ftype_id}), "
-                  f"{mib(report.bytes_out)}, {report.bits_per_weight:.3f} bits/weight, "
-                  f"{report.seconds:.2f} s")
+    console.print(
+        f"[bold]{report.dst}[/bold]: {report.ftype} (ftype {report.ftype_id}), "
+        f"{mib(report.bytes_out)}, {report.bits_per_weight:.3f} bits/weight, "
+        f"{report.seconds:.2f} s"
+    )
     console.print(f"tensor types: {counts}")
     if report.n_fallback:
         fb = {}
@@ -27,8 +29,10 @@ def print_quantize_summary(report) -> None:
             if t.fallback_from:
                 fb[(t.fallback_from, t.new_type)] = fb.get((t.fallback_from, t.new_type), 0) + 1
         text = ", ".join(f"{n} x {a}→{b}" for (a, b), n in sorted(fb.items()))
-        console.print(f"[yellow]{report.n_fallback} tensors fell back[/yellow] (row length not a multiple of "
-                      f"the type's block): {text}")
+        console.print(
+            f"[yellow]{report.n_fallback} tensors fell back[/yellow] (row length not a multiple of "
+            f"the type's block): {text}"
+        )
 
 
 def print_plan(plan: list[dict]) -> None:
@@ -39,7 +43,14 @@ def print_plan(plan: list[dict]) -> None:
     for i, p in enumerate(plan):
         total_in += p["nbytes_in"]
         total_out += p["nbytes_out"]
-        table.add_row(str(i), p["name"], "x".join(map(str, p["shape"])), p["old_type"], p["new_type"],
-                      p["fallback_from"] or "", mib(p["nbytes_out"]))
+        table.add_row(
+            str(i),
+            p["name"],
+            "x".join(map(str, p["shape"])),
+            p["old_type"],
+            p["new_type"],
+            p["fallback_from"] or "",
+            mib(p["nbytes_out"]),
+        )
     console.print(table)
     console.print(f"tensor data: {mib(total_in)} → {mib(total_out)}")

@@ -156,7 +156,7 @@ class AtomicFile:
         try:
             view = memoryview(data).cast("B")
             for i in range(0, len(view), _CHUNK):
-                self._fh.write(view[i: i + _CHUNK])
+                self._fh.write(view[i : i + _CHUNK])
         except OSError as e:
             raise OutputError(f"writing {self.path} failed: {e.strerror or e}") from None
 

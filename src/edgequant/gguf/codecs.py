@@ -151,7 +151,9 @@ def quantize(
     """
     codec = get_codec(qtype)
     if codec.quantize_rows is None:
-        raise UnsupportedTypeError(f"{codec.name} has no quantizer in ggml_quantize_chunk (activation-only type)")
+        raise UnsupportedTypeError(
+            f"{codec.name} has no quantizer in ggml_quantize_chunk (activation-only type)"
+        )
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[None, :]
@@ -159,9 +161,7 @@ def quantize(
         raise ShapeError(f"quantize expects a 2-D array (rows, n_per_row), got shape {x.shape}")
     rows, n = x.shape
     if n % codec.block_size:
-        raise ShapeError(
-            f"{codec.name} needs a row length that is a multiple of {codec.block_size}, got {n}"
-        )
+        raise ShapeError(f"{codec.name} needs a row length that is a multiple of {codec.block_size}, got {n}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if check_finite:
         check_finite_rows(x)
@@ -181,7 +181,9 @@ def _imatrix_vector(imatrix: np.ndarray | None, n: int) -> np.ndarray:
     if qw.size != n:
         raise ShapeError(f"imatrix has {qw.size} values but the rows have {n} columns; they must match")
     if not np.isfinite(qw).all():
-        raise NonFiniteError(f"imatrix holds a non-finite value at column {int(np.flatnonzero(~np.isfinite(qw))[0])}")
+        raise NonFiniteError(
+            f"imatrix holds a non-finite value at column {int(np.flatnonzero(~np.isfinite(qw))[0])}"
+        )
     return qw
 
 
@@ -207,12 +209,16 @@ def warn_nonfinite_scales(out: np.ndarray, codec: Codec) -> None:
         )
 
 
-def dequantize(data: np.ndarray, qtype: str, shape: tuple[int, ...], *, threads: int | None = None) -> np.ndarray:
+def dequantize(
+    data: np.ndarray, qtype: str, shape: tuple[int, ...], *, threads: int | None = None
+) -> np.ndarray:
     """Decode ggml blocks to float32 of ``shape`` (last dimension = n_per_row), bit-exact with ggml's to_float."""
     codec = get_codec(qtype)
     shape = tuple(int(s) for s in shape)
     if not shape or shape[-1] % codec.block_size:
-        raise ShapeError(f"{codec.name}: shape {shape} has a last dimension that is not a multiple of {codec.block_size}")
+        raise ShapeError(
+            f"{codec.name}: shape {shape} has a last dimension that is not a multiple of {codec.block_size}"
+        )
     n = shape[-1]
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
     raw = np.asarray(data)

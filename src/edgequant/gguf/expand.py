@@ -26,13 +26,20 @@ def _target(t, outtype: str) -> str:
 
 
 def _decode(reader: GGUFFile, t, target: str) -> np.ndarray:
-    x = dequantize(reader.tensor_data(t), t.type_name, t.np_shape) if t.type_name != "F32" else \
-        np.asarray(reader.tensor_data(t).view(np.float32)).reshape(t.np_shape)
+    x = (
+        dequantize(reader.tensor_data(t), t.type_name, t.np_shape)
+        if t.type_name != "F32"
+        else np.asarray(reader.tensor_data(t).view(np.float32)).reshape(t.np_shape)
+    )
     return x.astype(np.float16) if target == "F16" else x
 
 
-def dequantize_model(src: str | os.PathLike, dst: str | os.PathLike, outtype: str = "f32",
-                     on_tensor: Callable[[int, int, str], None] | None = None) -> dict:
+def dequantize_model(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    outtype: str = "f32",
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> dict:
     """Write ``dst`` (``.gguf`` or ``.safetensors``) with every tensor decoded; returns a small report."""
     src, dst = os.fspath(src), os.fspath(dst)
     outtype = outtype.lower()
@@ -70,6 +77,10 @@ def dequantize_model(src: str | os.PathLike, dst: str | os.PathLike, outtype: st
                     r.release(t)
                     if on_tensor:
                         on_tensor(i, len(tensors), t.name)
-    return {"src": src, "dst": dst, "outtype": outtype, "n_tensors": len(tensors), "bytes": os.path.getsize(dst)}
-
-
+    return {
+        "src": src,
+        "dst": dst,
+        "outtype": outtype,
+        "n_tensors": len(tensors),
+        "bytes": os.path.getsize(dst),
+    }

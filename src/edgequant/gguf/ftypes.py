@@ -43,32 +43,102 @@ _FTYPES = {
     "BF16": (32, "BF16"),
 }
 FTYPES = MappingProxyType(_FTYPES)
-FTYPE_ALIASES = MappingProxyType({"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "ALL_F32": "F32",
-                                  "MOSTLY_F16": "F16"})
+FTYPE_ALIASES = MappingProxyType(
+    {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "ALL_F32": "F32", "MOSTLY_F16": "F16"}
+)
 # llama.cpp ftypes edgequant does not encode (their IQ1/IQ2/IQ3/TQ grids are not implemented).
-UNSUPPORTED_FTYPES = MappingProxyType({
-    "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ3_XS": 22, "IQ3_XXS": 23, "IQ1_S": 24, "IQ3_S": 26,
-    "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ1_M": 31, "TQ1_0": 36, "TQ2_0": 37, "MXFP4_MOE": 38,
-    "NVFP4": 39, "Q1_0": 40, "Q2_0": 41,
-})
+UNSUPPORTED_FTYPES = MappingProxyType(
+    {
+        "IQ2_XXS": 19,
+        "IQ2_XS": 20,
+        "Q2_K_S": 21,
+        "IQ3_XS": 22,
+        "IQ3_XXS": 23,
+        "IQ1_S": 24,
+        "IQ3_S": 26,
+        "IQ3_M": 27,
+        "IQ2_S": 28,
+        "IQ2_M": 29,
+        "IQ1_M": 31,
+        "TQ1_0": 36,
+        "TQ2_0": 37,
+        "MXFP4_MOE": 38,
+        "NVFP4": 39,
+        "Q1_0": 40,
+        "Q2_0": 41,
+    }
+)
 FTYPE_NAMES_BY_ID = MappingProxyType({v[0]: k for k, v in _FTYPES.items()})
 
 # Block size of each tensor type that can be chosen (for the fallback rules); non-quantized = 1.
-_BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
-          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_NL": 32, "IQ4_XS": 256}
-_FALLBACK = {"IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1",
-             "Q6_K": "Q8_0"}
+_BLOCK = {
+    "F32": 1,
+    "F16": 1,
+    "BF16": 1,
+    "Q4_0": 32,
+    "Q4_1": 32,
+    "Q5_0": 32,
+    "Q5_1": 32,
+    "Q8_0": 32,
+    "Q2_K": 256,
+    "Q3_K": 256,
+    "Q4_K": 256,
+    "Q5_K": 256,
+    "Q6_K": 256,
+    "IQ4_NL": 32,
+    "IQ4_XS": 256,
+}
+_FALLBACK = {
+    "IQ4_XS": "IQ4_NL",
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+}
 _FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 
 # Substrings that make a tensor ineligible for quantization (tensor_allows_quantization).
 _NEVER_QUANTIZE = (
-    "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
-    "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight", "indexer.q_proj.weight",
-    "attn_rel_b.weight", ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos",
-    ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd",
-) + tuple(f"time_mix_{s}.weight" for s in (
-    "first", "w0", "w1", "w2", "v0", "v1", "v2", "a0", "a1", "a2", "g1", "g2", "decay_w1", "decay_w2",
-    "lerp_fused"))
+    "ffn_gate_inp.weight",
+    "ffn_gate_tid2eid.weight",
+    "altup",
+    "laurel",
+    "per_layer_model_proj",
+    "ssm_conv1d",
+    "shortconv.conv.weight",
+    "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    "attn_rel_b.weight",
+    ".position_embd",
+    "sam.pos_embd",
+    "sam.neck.",
+    "sam.net_",
+    ".rel_pos",
+    ".patch_embd",
+    ".patch_merger",
+    "a.rvq.codebook",
+    "mm.a.code_embd",
+) + tuple(
+    f"time_mix_{s}.weight"
+    for s in (
+        "first",
+        "w0",
+        "w1",
+        "w2",
+        "v0",
+        "v1",
+        "v2",
+        "a0",
+        "a1",
+        "a2",
+        "g1",
+        "g2",
+        "decay_w1",
+        "decay_w2",
+        "lerp_fused",
+    )
+)
 # Per-arch tensors llama.cpp never quantizes (positional embeddings, token types).
 _ARCH_EXCLUDED = ("position_embd.weight", "token_types.weight")
 
@@ -92,7 +162,8 @@ def parse_ftype(name: str | int) -> tuple[str, int]:
     if key in UNSUPPORTED_FTYPES:
         raise UnsupportedTypeError(
             f"ftype {key} needs IQ1/IQ2/IQ3/TQ grid codecs that edgequant does not implement; "
-            f"supported: {supported_ftypes()}")
+            f"supported: {supported_ftypes()}"
+        )
     raise UnsupportedTypeError(f"unknown ftype '{name}'; supported: {supported_ftypes()}")
 
 
@@ -185,10 +256,17 @@ def _category(name: str) -> str:
         return "OUTPUT"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return "TOKEN_EMBD"
-    for sub, cat in (("attn_qkv.weight", "ATTN_QKV"), ("attn_kv_b.weight", "ATTN_KV_B"),
-                     ("attn_v.weight", "ATTN_V"), ("attn_k.weight", "ATTN_K"), ("attn_q.weight", "ATTN_Q"),
-                     ("attn_output.weight", "ATTN_OUTPUT"), ("ffn_up", "FFN_UP"), ("ffn_gate", "FFN_GATE"),
-                     ("ffn_down", "FFN_DOWN")):
+    for sub, cat in (
+        ("attn_qkv.weight", "ATTN_QKV"),
+        ("attn_kv_b.weight", "ATTN_KV_B"),
+        ("attn_v.weight", "ATTN_V"),
+        ("attn_k.weight", "ATTN_K"),
+        ("attn_q.weight", "ATTN_Q"),
+        ("attn_output.weight", "ATTN_OUTPUT"),
+        ("ffn_up", "FFN_UP"),
+        ("ffn_gate", "FFN_GATE"),
+        ("ffn_down", "FFN_DOWN"),
+    ):
         if sub in name:
             return cat
     return "OTHER"
@@ -217,8 +295,9 @@ def _layer_info(counter: int, n: int, name: str, model: ModelInfo) -> tuple[int,
     return layer, n
 
 
-def _mixture(name: str, ne0: int, new: str, ftype: str, model: ModelInfo, opts: QuantizeOptions,
-             c: _Counters) -> str:
+def _mixture(
+    name: str, ne0: int, new: str, ftype: str, model: ModelInfo, opts: QuantizeOptions, c: _Counters
+) -> str:
     """``llama_tensor_get_type_impl`` restricted to the ftypes of FTYPES (IQ-low branches cannot fire)."""
     cat = _category(name)
     if cat == "OUTPUT" or (cat == "TOKEN_EMBD" and c.has_tied):
@@ -310,14 +389,21 @@ def _fallback(new: str, ne0: int) -> tuple[str, str | None]:
 def _explicit(name: str, ne: tuple[int, ...], qtype: str, option: str) -> str:
     """An explicitly requested type gets no fallback in llama.cpp (which then aborts); say so up front."""
     if ne[0] % _BLOCK[qtype]:
-        raise ConfigError(f"{option} {qtype.lower()}: tensor '{name}' has rows of {ne[0]} values, not a multiple of "
-                          f"the {_BLOCK[qtype]}-value blocks of {qtype}; choose a type with 32-value blocks "
-                          "(q8_0, q5_0, q4_0...) or f16")
+        raise ConfigError(
+            f"{option} {qtype.lower()}: tensor '{name}' has rows of {ne[0]} values, not a multiple of "
+            f"the {_BLOCK[qtype]}-value blocks of {qtype}; choose a type with 32-value blocks "
+            "(q8_0, q5_0, q4_0...) or f16"
+        )
     return qtype
 
 
-def choose_types(tensors: list[tuple[str, tuple[int, ...], str]], ftype: str, model: ModelInfo,
-                 opts: QuantizeOptions, has_imatrix: bool) -> list[TensorChoice]:
+def choose_types(
+    tensors: list[tuple[str, tuple[int, ...], str]],
+    ftype: str,
+    model: ModelInfo,
+    opts: QuantizeOptions,
+    has_imatrix: bool,
+) -> list[TensorChoice]:
     """Target type of every tensor, in llama.cpp's output order.
 
     ``tensors``: (name, ne shape with ne[0] = row length, current type name), any order.
@@ -328,7 +414,10 @@ def choose_types(tensors: list[tuple[str, tuple[int, ...], str]], ftype: str, mo
     names = {t[0] for t in ordered}
     c = _Counters(
         n_attention_wv=sum(_category(n) in ("ATTN_V", "ATTN_QKV", "ATTN_KV_B") for n, _, _ in ordered),
-        n_layer=model.n_layer, has_tied="output.weight" not in names, has_imatrix=has_imatrix)
+        n_layer=model.n_layer,
+        has_tied="output.weight" not in names,
+        has_imatrix=has_imatrix,
+    )
     patterns = [(re.compile(p), t) for p, t in opts.tensor_types]
     out = []
     for name, ne, cur in ordered:
@@ -336,14 +425,29 @@ def choose_types(tensors: list[tuple[str, tuple[int, ...], str]], ftype: str, mo
             out.append(TensorChoice(name, cur, False))
             continue
         cat = _category(name)
-        if opts.token_embedding_type and cat == "TOKEN_EMBD" and not (
-                name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in patterns)):
-            out.append(TensorChoice(name, _explicit(name, ne, opts.token_embedding_type, "--token-embedding-type"),
-                                    True, manual=True))
+        if (
+            opts.token_embedding_type
+            and cat == "TOKEN_EMBD"
+            and not (name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in patterns))
+        ):
+            out.append(
+                TensorChoice(
+                    name,
+                    _explicit(name, ne, opts.token_embedding_type, "--token-embedding-type"),
+                    True,
+                    manual=True,
+                )
+            )
             continue
         if opts.output_tensor_type and cat == "OUTPUT":
-            out.append(TensorChoice(name, _explicit(name, ne, opts.output_tensor_type, "--output-tensor-type"),
-                                    True, manual=True))
+            out.append(
+                TensorChoice(
+                    name,
+                    _explicit(name, ne, opts.output_tensor_type, "--output-tensor-type"),
+                    True,
+                    manual=True,
+                )
+            )
             continue
         new = default
         if new in _FLOAT_TYPES:

@@ -87,7 +87,9 @@ def _load_gguf(path: str) -> Imatrix:
         kvs = {k: v.value for k, v in r.kvs.items()}
         for key in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"):
             if key not in kvs:
-                raise FormatError(f"{path}: GGUF imatrix lacks the key '{key}' (llama-quantize rejects it too)")
+                raise FormatError(
+                    f"{path}: GGUF imatrix lacks the key '{key}' (llama-quantize rejects it too)"
+                )
         sums, counts = {}, {}
         for t in r.tensors:
             for suffix, bucket in ((".in_sum2", sums), (".counts", counts)):
@@ -95,7 +97,8 @@ def _load_gguf(path: str) -> Imatrix:
                     if t.type_name != "F32":
                         raise FormatError(f"{path}: imatrix tensor '{t.name}' must be F32, is {t.type_name}")
                     bucket[t.name[: -len(suffix)]] = np.array(r.tensor_data(t).view(np.float32)).reshape(
-                        t.np_shape if len(t.np_shape) > 1 else (1, -1))
+                        t.np_shape if len(t.np_shape) > 1 else (1, -1)
+                    )
         entries = {}
         for name in sorted(sums):
             if name not in counts:
@@ -107,8 +110,9 @@ def _load_gguf(path: str) -> Imatrix:
         if missing:
             raise FormatError(f"{path}: imatrix entry '{missing[0]}' has counts but no in_sum2 tensor")
         ds = kvs["imatrix.datasets"]
-        return Imatrix(path, entries, list(ds) if isinstance(ds, list) else [ds],
-                       int(kvs["imatrix.chunk_count"]), "gguf")
+        return Imatrix(
+            path, entries, list(ds) if isinstance(ds, list) else [ds], int(kvs["imatrix.chunk_count"]), "gguf"
+        )
 
 
 def _load_dat(path: str) -> Imatrix:
@@ -127,13 +131,15 @@ def _load_dat(path: str) -> Imatrix:
 
     n = take("<i", "the entry count")
     if n < 0 or n * 12 > len(buf):
-        raise FormatError(f"{path}: not a GGUF or legacy imatrix file (entry count {n} does not fit the file)")
+        raise FormatError(
+            f"{path}: not a GGUF or legacy imatrix file (entry count {n} does not fit the file)"
+        )
     entries: dict[str, np.ndarray] = {}
     for i in range(n):
         name_len = take("<i", f"entry #{i}")
         if name_len <= 0 or pos + name_len > len(buf):
             raise FormatError(f"{path}: entry #{i} has an invalid name length {name_len}")
-        name = buf[pos: pos + name_len].decode("utf-8", errors="replace")
+        name = buf[pos : pos + name_len].decode("utf-8", errors="replace")
         pos += name_len
         ncall, nval = take("<ii", f"entry '{name}'")
         if nval <= 0 or pos + 4 * nval > len(buf):
@@ -148,7 +154,7 @@ def _load_dat(path: str) -> Imatrix:
         chunk_count = take("<i", "the trailer")
         dlen = take("<i", "the trailer")
         if 0 <= dlen <= len(buf) - pos:
-            datasets = [buf[pos: pos + dlen].decode("utf-8", errors="replace")]
+            datasets = [buf[pos : pos + dlen].decode("utf-8", errors="replace")]
     return Imatrix(path, entries, datasets, chunk_count, "dat")
 
 
@@ -174,7 +180,9 @@ def save_imatrix_dat(path: str, stats: dict[str, ImatrixEntry], chunk_size: int,
     atomic_write_bytes(path, b"".join(parts))
 
 
-def save_imatrix_gguf(path: str, stats: dict[str, ImatrixEntry], chunk_size: int, datasets: list[str]) -> None:
+def save_imatrix_gguf(
+    path: str, stats: dict[str, ImatrixEntry], chunk_size: int, datasets: list[str]
+) -> None:
     """Write the GGUF form (KVs and ``.in_sum2`` / ``.counts`` tensors in sorted name order)."""
     from gguf.constants import GGMLQuantizationType, GGUFValueType
 
@@ -193,7 +201,9 @@ def save_imatrix_gguf(path: str, stats: dict[str, ImatrixEntry], chunk_size: int
             s = np.ascontiguousarray(e.sum2, np.float32)
             c = np.ascontiguousarray(e.counts.reshape(-1, 1), np.float32)
             for suffix, a in ((".in_sum2", s), (".counts", c)):
-                w.add_tensor_info(k + suffix, (a.shape[1], a.shape[0]), int(GGMLQuantizationType.F32), a.nbytes)
+                w.add_tensor_info(
+                    k + suffix, (a.shape[1], a.shape[0]), int(GGMLQuantizationType.F32), a.nbytes
+                )
                 arrays.append((k + suffix, a))
         w.write_header()
         for name, a in arrays:

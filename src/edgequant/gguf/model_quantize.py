@@ -94,8 +94,9 @@ def model_info(kv: dict, path: str) -> ModelInfo:
     n_layer = first("block_count")
     n_head = first("attention.head_count", 0)
     n_head_kv = first("attention.head_count_kv", n_head)
-    is_70b = (n_layer == 80 and ((arch == "llama" and n_head != n_head_kv) or arch in ("qwen2", "olmo", "deci"))) \
-        or (arch == "jais2" and n_layer == 68)
+    is_70b = (
+        n_layer == 80 and ((arch == "llama" and n_head != n_head_kv) or arch in ("qwen2", "olmo", "deci"))
+    ) or (arch == "jais2" and n_layer == 68)
     return ModelInfo(arch, n_layer, n_head, n_head_kv, first("expert_count", 0), is_70b)
 
 
@@ -161,9 +162,18 @@ def quantize_model(
                     w.write_tensor_data(t.name, raw)
                     nbytes_out = t.nbytes
                 reader.release(t)  # keep resident memory near one tensor, not the file size
-                rep = TensorReport(t.name, t.shape_ne, t.type_name, c.new_type if requant else t.type_name,
-                                   c.fallback_from, t.nbytes, nbytes_out, time.perf_counter() - t0,
-                                   qw is not None, rmse)
+                rep = TensorReport(
+                    t.name,
+                    t.shape_ne,
+                    t.type_name,
+                    c.new_type if requant else t.type_name,
+                    c.fallback_from,
+                    t.nbytes,
+                    nbytes_out,
+                    time.perf_counter() - t0,
+                    qw is not None,
+                    rmse,
+                )
                 report.tensors.append(rep)
                 report.n_params += t.n_elements
                 if on_tensor:
@@ -173,27 +183,42 @@ def quantize_model(
     return report
 
 
-def _plan(reader: GGUFFile, src: str, ftype: str, info: ModelInfo, imatrix: Imatrix | None,
-          opts: QuantizeOptions, allow_requantize: bool) -> list:
+def _plan(
+    reader: GGUFFile,
+    src: str,
+    ftype: str,
+    info: ModelInfo,
+    imatrix: Imatrix | None,
+    opts: QuantizeOptions,
+    allow_requantize: bool,
+) -> list:
     """(tensor info, TensorChoice, re-encode?, imatrix vector or None) per tensor, in output order."""
     by_name = {t.name: t for t in reader.tensors}
     qmap = imatrix.entries if imatrix is not None else {}
-    choices = choose_types([(t.name, t.shape_ne, t.type_name) for t in reader.tensors], ftype, info, opts,
-                           has_imatrix=bool(qmap))
+    choices = choose_types(
+        [(t.name, t.shape_ne, t.type_name) for t in reader.tensors], ftype, info, opts, has_imatrix=bool(qmap)
+    )
     plan = []
     for c in choices:
         t = by_name[c.name]
         requant = c.quantize and c.new_type != t.type_name
         if requant and t.type_name not in _FLOAT_TYPES and not allow_requantize:
-            raise ConfigError(f"{src}: tensor '{t.name}' is {t.type_name}; requantizing from it is disabled "
-                              "(it loses quality); pass --allow-requantize to do it anyway")
+            raise ConfigError(
+                f"{src}: tensor '{t.name}' is {t.type_name}; requantizing from it is disabled "
+                "(it loses quality); pass --allow-requantize to do it anyway"
+            )
         qw = _imatrix_for(qmap, t) if requant else None
         plan.append((t, c, requant, qw))
     return plan
 
 
-def plan_model(src: str | os.PathLike, ftype: str | int, *, imatrix: Imatrix | None = None,
-               options: QuantizeOptions | None = None) -> list[dict]:
+def plan_model(
+    src: str | os.PathLike,
+    ftype: str | int,
+    *,
+    imatrix: Imatrix | None = None,
+    options: QuantizeOptions | None = None,
+) -> list[dict]:
     """What ``quantize_model`` would do to every tensor (``--dry-run``), without encoding anything."""
     src = os.fspath(src)
     ftype_name, _ = parse_ftype(ftype)
@@ -204,25 +229,51 @@ def plan_model(src: str | os.PathLike, ftype: str | int, *, imatrix: Imatrix | N
         for t, c, requant, qw in plan:
             new = get_codec(c.new_type) if requant else None
             rows = t.n_elements // t.shape_ne[0]
-            out.append({"name": t.name, "shape": list(t.shape_ne), "old_type": t.type_name,
-                        "new_type": c.new_type if requant else t.type_name, "fallback_from": c.fallback_from,
-                        "nbytes_in": t.nbytes,
-                        "nbytes_out": new.row_bytes(t.shape_ne[0]) * rows if new else t.nbytes,
-                        "imatrix": qw is not None, "manual": c.manual})
+            out.append(
+                {
+                    "name": t.name,
+                    "shape": list(t.shape_ne),
+                    "old_type": t.type_name,
+                    "new_type": c.new_type if requant else t.type_name,
+                    "fallback_from": c.fallback_from,
+                    "nbytes_in": t.nbytes,
+                    "nbytes_out": new.row_bytes(t.shape_ne[0]) * rows if new else t.nbytes,
+                    "imatrix": qw is not None,
+                    "manual": c.manual,
+                }
+            )
         return out
 
 
 def report_dict(report: QuantizeReport) -> dict:
     """JSON-ready form of a QuantizeReport (``--json``)."""
     return {
-        "src": report.src, "dst": report.dst, "ftype": report.ftype, "ftype_id": report.ftype_id,
-        "seconds": round(report.seconds, 4), "bytes_out": report.bytes_out, "n_params": report.n_params,
-        "bits_per_weight": round(report.bits_per_weight, 4), "n_fallback": report.n_fallback,
-        "type_counts": report.type_counts(), "weight_rmse": report.weight_rmse(),
-        "tensors": [{"name": t.name, "shape": list(t.shape), "old_type": t.old_type, "new_type": t.new_type,
-                     "fallback_from": t.fallback_from, "nbytes_in": t.nbytes_in, "nbytes_out": t.nbytes_out,
-                     "seconds": round(t.seconds, 5), "imatrix": t.used_imatrix, "rmse": t.rmse}
-                    for t in report.tensors],
+        "src": report.src,
+        "dst": report.dst,
+        "ftype": report.ftype,
+        "ftype_id": report.ftype_id,
+        "seconds": round(report.seconds, 4),
+        "bytes_out": report.bytes_out,
+        "n_params": report.n_params,
+        "bits_per_weight": round(report.bits_per_weight, 4),
+        "n_fallback": report.n_fallback,
+        "type_counts": report.type_counts(),
+        "weight_rmse": report.weight_rmse(),
+        "tensors": [
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "old_type": t.old_type,
+                "new_type": t.new_type,
+                "fallback_from": t.fallback_from,
+                "nbytes_in": t.nbytes_in,
+                "nbytes_out": t.nbytes_out,
+                "seconds": round(t.seconds, 5),
+                "imatrix": t.used_imatrix,
+                "rmse": t.rmse,
+            }
+            for t in report.tensors
+        ],
     }
 
 
@@ -235,8 +286,10 @@ def _imatrix_for(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
     if qw.size != want:
         if "token_embd" in t.name:
             return None  # llama.cpp ignores a mis-sized token_embd entry
-        raise ShapeError(f"imatrix entry for '{t.name}' has {qw.size} values, the tensor needs {want} "
-                         f"(ne[0]={ne[0]}); is the imatrix for another model?")
+        raise ShapeError(
+            f"imatrix entry for '{t.name}' has {qw.size} values, the tensor needs {want} "
+            f"(ne[0]={ne[0]}); is the imatrix for another model?"
+        )
     return qw
 
 
@@ -260,9 +313,18 @@ def _encode(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int
         out = quantize(x, new_type, qw, threads=threads, check_finite=False)
     else:
         per = x.shape[0] // n_mat
-        out = np.concatenate([
-            quantize(x[e * per:(e + 1) * per], new_type, qw[e * ne[0]:(e + 1) * ne[0]], threads=threads,
-                     check_finite=False) for e in range(n_mat)])
+        out = np.concatenate(
+            [
+                quantize(
+                    x[e * per : (e + 1) * per],
+                    new_type,
+                    qw[e * ne[0] : (e + 1) * ne[0]],
+                    threads=threads,
+                    check_finite=False,
+                )
+                for e in range(n_mat)
+            ]
+        )
     codec = get_codec(new_type)
     if codec.fp16_scale_fields:
         bad = nonfinite_scale_rows(out, codec)
@@ -270,17 +332,22 @@ def _encode(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int
             raise NonFiniteError(
                 f"tensor '{t.name}': {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 scale of "
                 f"{new_type} (|w| too large); llama.cpp rejects such data too. Use --tensor-type "
-                f"'{t.name}=f16' (or q8_0) for this tensor")
+                f"'{t.name}=f16' (or q8_0) for this tensor"
+            )
     return out
 
 
 def _add_imatrix_kvs(w: GGUFStreamWriter, imatrix: Imatrix) -> None:
     """The provenance keys llama-quantize records (strings capped at 127 bytes, like its override buffer)."""
-    w.add_kv("quantize.imatrix.file", GGUFValueType.STRING, imatrix.path.encode()[:127].decode(errors="ignore"))
+    w.add_kv(
+        "quantize.imatrix.file", GGUFValueType.STRING, imatrix.path.encode()[:127].decode(errors="ignore")
+    )
     if imatrix.datasets:
-        w.add_kv("quantize.imatrix.dataset", GGUFValueType.STRING,
-                 imatrix.datasets[0].encode()[:127].decode(errors="ignore"))
+        w.add_kv(
+            "quantize.imatrix.dataset",
+            GGUFValueType.STRING,
+            imatrix.datasets[0].encode()[:127].decode(errors="ignore"),
+        )
     w.add_kv("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(imatrix.entries))
     if imatrix.chunk_count > 0:
         w.add_kv("quantize.imatrix.chunks_count", GGUFValueType.UINT32, imatrix.chunk_count)
-

@@ -11,7 +11,6 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from edgequant.gguf.codecs import Codec, register_codec
 from edgequant.kernels import floats, iq4, kquants, legacy
 
-
 # gguf-py 0.19 still lists Q8_1 as (32, 40); ggml's block_q8_1 is fp16 d, fp16 s, 32 x int8 = 36 bytes.
 _GEOMETRY_FIXES = {"Q8_1": (32, 36)}
 

@@ -41,15 +41,29 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
         default = FTYPES[ftype][1] if ftype else None
         tensors, counts, n_params, n_bytes, n_fallback = [], {}, 0, 0, 0
         for t in r.tensors:
-            fb = bool(default in _K_BLOCK_TYPES and t.shape_ne[0] % 256 and t.type_name in _FALLBACK_TARGETS
-                      and len(t.shape_ne) > 1 and t.name.endswith("weight") and "_norm" not in t.name)
+            fb = bool(
+                default in _K_BLOCK_TYPES
+                and t.shape_ne[0] % 256
+                and t.type_name in _FALLBACK_TARGETS
+                and len(t.shape_ne) > 1
+                and t.name.endswith("weight")
+                and "_norm" not in t.name
+            )
             n_fallback += fb
             counts[t.type_name] = counts.get(t.type_name, 0) + 1
             n_params += t.n_elements
             n_bytes += t.nbytes
-            tensors.append({"name": t.name, "shape": list(t.shape_ne), "type": t.type_name,
-                            "bytes": t.nbytes, "bits_per_weight": round(8 * t.nbytes / max(1, t.n_elements), 4),
-                            "offset": t.offset, "fallback": fb})
+            tensors.append(
+                {
+                    "name": t.name,
+                    "shape": list(t.shape_ne),
+                    "type": t.type_name,
+                    "bytes": t.nbytes,
+                    "bits_per_weight": round(8 * t.nbytes / max(1, t.n_elements), 4),
+                    "offset": t.offset,
+                    "fallback": fb,
+                }
+            )
         return {
             "file": path,
             "file_bytes": os.path.getsize(path),

@@ -30,9 +30,9 @@ from edgequant.kernels.primitives import (
     put_fp16,
     roundf_away,
 )
-from edgequant.kernels.simd import block_absmax as _absmax
 from edgequant.kernels.simd import ABS_MASK as _ABS
 from edgequant.kernels.simd import INF_BITS as _INF
+from edgequant.kernels.simd import block_absmax as _absmax
 from edgequant.kernels.simd import inline, opaque
 from edgequant.kernels.simd import nint32 as _nint
 

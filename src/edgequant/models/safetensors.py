@@ -12,11 +12,17 @@ import struct
 
 import numpy as np
 
-from edgequant.errors import ShapeError
 from edgequant.core.atomic import AtomicFile
+from edgequant.errors import ShapeError
 
-_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
-           np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+}
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8}
 
 
@@ -51,8 +57,10 @@ class SafetensorsStreamWriter:
     def write(self, name: str, array: np.ndarray) -> None:
         spec_name, dtype, shape, n = self._specs[self._next]
         if name != spec_name or array.nbytes != n or _DTYPES.get(array.dtype) != dtype:
-            raise ShapeError(f"{self.path}: tensor '{name}' ({array.dtype}, {array.nbytes} bytes) does not match "
-                             f"the declared '{spec_name}' ({dtype}, {n} bytes)")
+            raise ShapeError(
+                f"{self.path}: tensor '{name}' ({array.dtype}, {array.nbytes} bytes) does not match "
+                f"the declared '{spec_name}' ({dtype}, {n} bytes)"
+            )
         self._file.write(np.ascontiguousarray(array).tobytes())
         self._next += 1
 

@@ -25,8 +25,13 @@ class GGUFComparison:
 
     @property
     def all_equal(self) -> bool:
-        return (not self.mismatched and not self.kv_diffs and self.tensor_order_equal and self.kv_order_equal
-                and self.tensors_identical == self.tensors_total)
+        return (
+            not self.mismatched
+            and not self.kv_diffs
+            and self.tensor_order_equal
+            and self.kv_order_equal
+            and self.tensors_identical == self.tensors_total
+        )
 
 
 def sha256_file(path: str) -> str:
@@ -48,8 +53,10 @@ def compare_gguf(ours: str | os.PathLike, theirs: str | os.PathLike) -> GGUFComp
             if ka is None or kb is None:
                 c.kv_diffs.append(f"{key}: only in {'theirs' if ka is None else 'ours'}")
             elif ka != kb:
-                c.kv_diffs.append(f"{key}: ours {_short(ka.value)} ({ka.vtype.name}) vs "
-                                  f"theirs {_short(kb.value)} ({kb.vtype.name})")
+                c.kv_diffs.append(
+                    f"{key}: ours {_short(ka.value)} ({ka.vtype.name}) vs "
+                    f"theirs {_short(kb.value)} ({kb.vtype.name})"
+                )
             else:
                 c.kv_equal += 1
         c.tensors_total = len(b.tensors)
@@ -61,13 +68,16 @@ def compare_gguf(ours: str | os.PathLike, theirs: str | os.PathLike) -> GGUFComp
                 c.mismatched.append(f"{tb.name}: missing in ours")
                 continue
             if (ta.type_name, ta.shape_ne) != (tb.type_name, tb.shape_ne):
-                c.mismatched.append(f"{tb.name}: ours {ta.type_name} {ta.shape_ne} vs theirs {tb.type_name} "
-                                    f"{tb.shape_ne}")
+                c.mismatched.append(
+                    f"{tb.name}: ours {ta.type_name} {ta.shape_ne} vs theirs {tb.type_name} {tb.shape_ne}"
+                )
             elif not np.array_equal(a.tensor_data(ta), b.tensor_data(tb)):
                 c.mismatched.append(f"{tb.name}: {ta.type_name} bytes differ")
             else:
                 c.tensors_identical += 1
-    c.files_identical = os.path.getsize(ours) == os.path.getsize(theirs) and sha256_file(ours) == sha256_file(theirs)
+    c.files_identical = os.path.getsize(ours) == os.path.getsize(theirs) and sha256_file(ours) == sha256_file(
+        theirs
+    )
     return c
 
 
