@@ -1,7 +1,7 @@
 """Atomic outputs: a file appears at its path complete, or not at all.
 
 Data goes to ``.<name>.tmp-<pid>-<random>`` in the target's directory (so the final ``os.replace`` is an
-atomic rename on the same file system), is flushed and fsynced, then renamed. On any exception,
+atomic rename on the same file system), is flushed, then renamed. On any exception,
 KeyboardInterrupt, SIGTERM or SIGHUP the temporary file is removed and an existing target is untouched.
 """
 
@@ -180,22 +180,17 @@ class AtomicFile:
             self._guard.__exit__(None, None, None)
 
     def _commit(self) -> None:
+        # No fsync: the rename already guarantees that no reader ever sees a partial file at ``path``
+        # after an error, Ctrl-C or kill. Forcing the data to disk as well (power-loss durability) cost
+        # 1.06 s on the 540 MB SmolLM2 F32 copy here (1.14 s -> 2.20 s), and llama-quantize does not do it.
         fh, self._fh = self._fh, None
         try:
-            fh.flush()
-            os.fsync(fh.fileno())
             fh.close()
             os.replace(self._tmp, self.path)
         except OSError as e:
             fh.close()
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self._tmp = None
-        with contextlib.suppress(OSError):  # make the rename durable; not possible everywhere
-            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
 
     def _discard(self) -> None:
         fh, self._fh = self._fh, None

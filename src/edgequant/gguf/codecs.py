@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 
 from edgequant.errors import ConfigError, NonFiniteError, ShapeError, UnsupportedTypeError
+from edgequant.kernels.floats import first_nonfinite, rows_with_overflowed_scales
 
 Kernel = Callable[..., None]
 
@@ -127,10 +128,10 @@ def _run_chunks(fn: Callable[[int, int], None], rows: int, threads: int) -> None
 
 def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
     """Raise NonFiniteError naming the first row holding NaN/Inf."""
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=-1))[0]
-        col = int(np.flatnonzero(~np.isfinite(x[bad]))[0])
-        raise NonFiniteError(f"{what}: row {bad} holds a non-finite value ({x[bad, col]}) at column {col}")
+    i = first_nonfinite(x)
+    if i >= 0:
+        row, col = divmod(int(i), x.shape[-1])
+        raise NonFiniteError(f"{what}: row {row} holds a non-finite value ({x.reshape(-1)[i]}) at column {col}")
 
 
 def quantize(
@@ -189,12 +190,8 @@ def _imatrix_vector(imatrix: np.ndarray | None, n: int) -> np.ndarray:
 
 def nonfinite_scale_rows(out: np.ndarray, codec: Codec) -> np.ndarray:
     """Indices of rows whose fp16 scale fields decode to inf/NaN (what ``ggml_validate_row_data`` rejects)."""
-    blocks = out.reshape(out.shape[0], -1, codec.type_size)
-    bad = np.zeros(out.shape[0], bool)
-    for off in codec.fp16_scale_fields:
-        h = blocks[:, :, off].astype(np.uint16) | (blocks[:, :, off + 1].astype(np.uint16) << 8)
-        bad |= ((h & 0x7C00) == 0x7C00).any(axis=1)
-    return np.flatnonzero(bad)
+    fields = np.array(codec.fp16_scale_fields, np.int64)
+    return rows_with_overflowed_scales(np.ascontiguousarray(out), codec.type_size, fields)
 
 
 def warn_nonfinite_scales(out: np.ndarray, codec: Codec) -> None:

@@ -74,3 +74,26 @@ def dequantize_bf16(data, out):
 
 
 _ = F  # float32 alias kept for symmetry with the other kernel modules
+
+
+@jit
+def first_nonfinite(x):
+    """Flat index of the first NaN/Inf in a C-contiguous float32 array, or -1 (one pass, no temporaries)."""
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        if not np.isfinite(flat[i]):
+            return i
+    return -1
+
+
+@jit
+def rows_with_overflowed_scales(out, type_size, fields):
+    """Rows of ggml blocks whose fp16 scale fields (byte offsets in a block) hold inf/NaN (exponent all ones)."""
+    rows, row_bytes = out.shape
+    bad = np.zeros(rows, np.bool_)
+    for r in range(rows):
+        for b in range(0, row_bytes, type_size):
+            for f in fields:
+                if (out[r, b + f + 1] & 0x7C) == 0x7C:
+                    bad[r] = True
+    return np.flatnonzero(bad)
