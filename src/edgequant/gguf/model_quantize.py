@@ -24,6 +24,7 @@ from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, pars
 from edgequant.gguf.imatrix import Imatrix
 from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
+from edgequant.kernels.floats import first_nonfinite
 
 GGML_QNT_VERSION = 2
 _FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -294,13 +295,15 @@ def _imatrix_for(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
 
 
 def _as_rows_f32(raw: np.ndarray, t) -> np.ndarray:
+    """The tensor as float32 rows: a zero-copy view of the map for F32, decoded otherwise; NaN/Inf refused."""
     rows = t.n_elements // t.shape_ne[0]
     if t.type_name == "F32":
-        x = np.array(raw.view(np.float32).reshape(rows, t.shape_ne[0]))
+        x = raw.view(np.float32).reshape(rows, t.shape_ne[0])  # read-only view; the kernels only read it
     else:
         x = dequantize(raw, t.type_name, (rows, t.shape_ne[0]))
-    if not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+    i = first_nonfinite(x)
+    if i >= 0:
+        row = i // t.shape_ne[0]
         raise NonFiniteError(f"tensor '{t.name}': row {row} holds NaN or Inf; fix the source weights")
     return x
 
