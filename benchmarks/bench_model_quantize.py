@@ -33,7 +33,7 @@ from edgequant.testing import ggml_peer
 from edgequant.testing.compare import compare_gguf
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 tool, src, dst, ftype, threads = sys.argv[1:6]
 t0 = time.perf_counter()
 if tool == "edgequant":
@@ -44,8 +44,10 @@ else:
     from edgequant.testing import ggml_peer
     rc = ggml_peer.llama_quantize_file(src, dst, parse_ftype(ftype)[1], nthread=int(threads))["rc"]
     assert rc == 0
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM is this process image's own high-water mark; ru_maxrss would carry over the parent's RSS from before
+# exec (the parent here holds the whole speed benchmark) and show the same number for every child.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss": hwm * 1024}))
 """
 
 
@@ -238,17 +240,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-gib", type=float, default=3.0)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="rerun only the memory part; keep the speed table")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if not ggml_peer.available():
         sys.exit("llama-cpp-python is required (bash scripts/setup.sh --test)")
     ftypes = ["Q8_0", "Q4_K_M", "Q4_0"] if args.quick else list(FTYPES)
     with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
-        res = {
-            "machine": machine_info(),
-            "repeats": args.repeats,
-            "speed": speed(wd, ftypes, [1, 2], args.repeats),
-        }
+        if args.memory_only:  # keep the committed speed table, redo the memory runs
+            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "model_quantize.json")) as f:
+                res = json.load(f)
+            res["memory_machine"] = machine_info()
+        else:
+            res = {
+                "machine": machine_info(),
+                "repeats": args.repeats,
+                "speed": speed(wd, ftypes, [1, 2], args.repeats),
+            }
         if not args.no_memory:
             res["memory"] = memory(wd, 1.0 if args.quick else args.mem_gib, ["Q8_0", "Q4_K_M"], 2)
     write_results("model_quantize", res, to_markdown(res))
