@@ -421,6 +421,3 @@ class GGUFFile:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.kvs)} keys, {len(self.tensors)} tensors"
         return f"GGUFFile({self.path!r}, v{getattr(self, 'version', '?')}, {state})"
-
-
-GGUFReader = GGUFFile  # alias used elsewhere in the code base
