@@ -54,9 +54,12 @@ class SafetensorsStreamWriter:
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         return self
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        spec_name, dtype, shape, n = self._specs[self._next]
-        if name != spec_name or array.nbytes != n or _DTYPES.get(array.dtype) != dtype:
+    def write(self, name: str, array: np.ndarray, dtype_name: str | None = None) -> None:
+        """Write the next tensor. ``dtype_name`` names the stored type when NumPy has none for it
+        (``"BF16"``: pass the raw 16-bit patterns as a uint16 array)."""
+        spec_name, dtype, _, n = self._specs[self._next]
+        got = dtype_name or _DTYPES.get(array.dtype)
+        if name != spec_name or array.nbytes != n or got != dtype:
             raise ShapeError(
                 f"{self.path}: tensor '{name}' ({array.dtype}, {array.nbytes} bytes) does not match "
                 f"the declared '{spec_name}' ({dtype}, {n} bytes)"

@@ -1,0 +1,91 @@
+"""Load a causal LM into PyTorch from a GGUF file or a Hugging Face folder: ``load_causal_lm``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from edgequant.errors import ConfigError, FormatError
+
+
+def _transformers_config(cfg: dict):
+    """A transformers config object from a config.json dict (rope_theta moved to rope_parameters for v5)."""
+    from transformers import AutoConfig
+
+    cfg = dict(cfg)
+    model_type = cfg.pop("model_type")
+    theta = cfg.pop("rope_theta", None)
+    scaling = cfg.pop("rope_scaling", None)
+    rope = {"rope_type": "default", "rope_theta": theta if theta is not None else 10000.0}
+    if scaling:
+        rope.update(scaling)
+    cfg.pop("torch_dtype", None)
+    return AutoConfig.for_model(model_type, rope_parameters=rope, **cfg)
+
+
+def _load_gguf(path: str, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgequant.gguf.reader import GGUFFile
+    from edgequant.models.gguf_model import gguf_kv, hf_config_dict, iter_hf_tensors
+    from edgequant.models.gguf_tokenizer import build_fast_tokenizer
+
+    with GGUFFile(path) as reader:
+        spec, cfg = hf_config_dict(reader)
+        config = _transformers_config(cfg)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        state = {name: torch.from_numpy(x).to(dtype) for name, x in iter_hf_tensors(reader, spec, cfg)}
+        tokenizer = build_fast_tokenizer(gguf_kv(reader), path)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state) - ({"lm_head.weight"} if cfg["tie_word_embeddings"] else set()))
+    if missing:
+        raise FormatError(f"{path}: tensors missing for the Hugging Face model: {', '.join(missing[:5])}")
+    model.load_state_dict(state, strict=False, assign=True)
+    # Non-persistent buffers (rope inv_freq) stayed on the meta device: rebuild that module on the CPU.
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=model.config)
+    if cfg["tie_word_embeddings"]:
+        model.tie_weights()
+    model.eval()
+    return model, tokenizer
+
+
+def _load_hf(path: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgequant.models.hf_checkpoint import HFCheckpoint
+
+    HFCheckpoint(path).check_loadable()  # refuses pickles, truncated or mis-shaped shards with a clear error
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_causal_lm(path: str | os.PathLike, dtype=None):
+    """``(model, tokenizer)`` for a GGUF file or a Hugging Face model folder, ready for inference (eval mode).
+
+    GGUF: any tensor type edgequant decodes; weights are dequantized in memory (ggml's exact values, rope
+    permutation undone), the transformers model is built from the GGUF metadata and the tokenizer is a
+    ``PreTrainedTokenizerFast`` rebuilt from the GGUF vocabulary; nothing is written to disk.
+    HF folder: ``config.json`` + safetensors weights (never a pickle) + tokenizer files.
+    ``dtype`` defaults to ``torch.float32``.
+    """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _load_hf(path, dtype)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such file or directory; give a .gguf file or a Hugging Face folder")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        hint = ""
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as fh:
+                hint = " (a config.json? give its folder)" if "architectures" in json.load(fh) else ""
+        raise FormatError(f"{path}: not a GGUF file{hint}; give a .gguf file or a Hugging Face model folder")
+    return _load_gguf(path, dtype)
