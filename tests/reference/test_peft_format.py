@@ -1,0 +1,125 @@
+"""edgequant's LoRA vs peft 0.21.2 on a tiny Llama built in code: adapter files both ways, forward, merge."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from edgequant.nn.lora import apply_lora, lora_modules
+from edgequant.nn.lora_config import LoraConfig
+from edgequant.nn.lora_merge import merge_lora
+from edgequant.nn.peft_format import load_peft_adapter, save_peft_adapter
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.reference
+
+
+def _llama(seed=0):
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+IDS = torch.tensor([[1, 5, 9, 33, 2, 70, 11, 4], [3, 3, 8, 90, 41, 0, 6, 12]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def test_peft_loads_what_edgequant_saves(tmp_path):
+    model = _llama()
+    cfg = LoraConfig(
+        r=4,
+        alpha=8,
+        dropout=0.1,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3},
+    )
+    apply_lora(model, cfg)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+    ours = _logits(model.eval())
+    save_peft_adapter(model, tmp_path, cfg)
+    theirs = peft.PeftModel.from_pretrained(_llama(), str(tmp_path)).eval()
+    assert theirs.peft_config["default"].r == 4
+    assert theirs.base_model.model.model.layers[1].mlp.down_proj.r["default"] == 2
+    assert theirs.base_model.model.model.layers[1].self_attn.q_proj.scaling["default"] == 0.75
+    torch.testing.assert_close(_logits(theirs), ours, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"target_modules": ["q_proj", "k_proj", "o_proj"]},
+        {"target_modules": r".*\.mlp\.(up|gate)_proj", "use_rslora": True},
+        {"target_modules": "all-linear", "rank_pattern": {"o_proj": 2}, "alpha_pattern": {"v_proj": 16}},
+    ],
+)
+def test_edgequant_loads_what_peft_saves(tmp_path, options):
+    peft_cfg = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM", **options)
+    torch.manual_seed(7)
+    peft_model = peft.get_peft_model(_llama(), peft_cfg).eval()
+    theirs = _logits(peft_model)
+    peft_model.save_pretrained(str(tmp_path))
+    model = _llama()
+    load_peft_adapter(model, tmp_path)
+    names = {
+        n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")
+    }
+    assert set(lora_modules(model)) == names
+    torch.testing.assert_close(_logits(model), theirs, rtol=0, atol=0)
+    # and the same file is written back: peft reads our copy to the same logits
+    out = os.path.join(tmp_path, "again")
+    save_peft_adapter(model, out, _config_of(tmp_path))
+    torch.testing.assert_close(
+        _logits(peft.PeftModel.from_pretrained(_llama(), out).eval()), theirs, rtol=0, atol=0
+    )
+
+
+def _config_of(directory):
+    from edgequant.nn.peft_format import read_peft_config
+
+    return read_peft_config(directory)
+
+
+def test_merge_matches_peft_merge_and_unload():
+    torch.manual_seed(3)
+    peft_model = peft.get_peft_model(
+        _llama(),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], init_lora_weights=False),
+    )
+    state = {
+        k.removeprefix("base_model.model."): v.clone()
+        for k, v in peft_model.state_dict().items()
+        if "lora_" in k
+    }
+    merged_theirs = peft_model.merge_and_unload().state_dict()
+    model = _llama()
+    apply_lora(model, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, m in lora_modules(model).items():
+            m.lora_A.weight.copy_(state[f"{name}.lora_A.default.weight"])
+            m.lora_B.weight.copy_(state[f"{name}.lora_B.default.weight"])
+    merge_lora(model)
+    merged_ours = model.state_dict()
+    assert merged_ours.keys() == merged_theirs.keys()
+    for key in merged_ours:
+        # PEFT adds the delta to the weight in place; we compute W + delta once: identical in float32
+        torch.testing.assert_close(merged_ours[key], merged_theirs[key], rtol=0, atol=0, msg=key)
