@@ -1,0 +1,119 @@
+"""QAT configuration: frozen dataclasses that validate on creation and round-trip through JSON.
+
+``QuantSpec`` describes one fake quantizer (what a weight or an activation goes through in the forward pass);
+``QATConfig`` says which modules get which quantizers. Methods (``QuantSpec.method``):
+
+* ``"ste"``      min-max fake quantization with the straight-through estimator (scale from the data, not learned)
+* ``"lsq"``      learned step size (Esser et al. 2020)
+* ``"lsq+"``     learned step and offset (Bhalgat et al. 2020), asymmetric, meant for activations
+* ``"tanh"``     differentiable soft quantizer, tanh inside each step (DSQ-style), hard at eval
+* ``"sigmoid"``  learned-rounding sigmoid surrogate: soft rounding ⌊u⌋ + σ(p(u − ⌊u⌋ − ½)) with learned p
+* ``"gumbel"``   Gumbel-softmax soft rounding between ⌊u⌋ and ⌈u⌉, temperature τ(t) = τ₀·exp(−λt)
+* ``"ggml"``     exactly ggml's Q4_0 / Q4_1 / Q8_0 grid (``format``), scale by ggml's rule or learned (``learn_scale``)
+* ``"codec"``    any edgequant.gguf codec (K-quants...) in the forward pass, gradient passed straight through
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from edgequant.errors import ConfigError
+
+METHODS = ("ste", "lsq", "lsq+", "tanh", "sigmoid", "gumbel", "ggml", "codec")
+GRANULARITIES = ("tensor", "channel", "group")
+GGML_GRID_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One fake quantizer.
+
+    bits: 2..8 (ignored by ``ggml``/``codec``, whose format fixes it). symmetric: signed grid [−2^(b−1), 2^(b−1)−1]
+    around 0; otherwise an unsigned grid [0, 2^b − 1] with an offset. granularity: one scale per tensor, per output
+    channel (dim 0; for activations the last dim) or per ``group_size`` consecutive elements along the last dim.
+    """
+
+    bits: int = 4
+    method: str = "lsq"
+    symmetric: bool = True
+    granularity: str = "group"
+    group_size: int = 32
+    format: str | None = None  # ggml type for method "ggml" / "codec"
+    learn_scale: bool = False  # method "ggml": learn the (fp16) block scale instead of ggml's max rule
+    tau0: float = 1.0  # gumbel: initial temperature
+    tau_decay: float = 1e-3  # gumbel: λ in τ(t) = τ₀·exp(−λt), t in optimizer steps
+    softness: float = 5.0  # tanh: k (sharpness); sigmoid: initial p
+    ema: float = 0.9  # ste on activations: EMA momentum of the observed range
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"QuantSpec.method={self.method!r} is unknown; choose one of {METHODS}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"QuantSpec.granularity={self.granularity!r}; choose one of {GRANULARITIES}")
+        if self.method not in ("ggml", "codec") and not 2 <= self.bits <= 8:
+            raise ConfigError(f"QuantSpec.bits={self.bits}: QAT supports 2 to 8 bits")
+        if self.granularity == "group" and self.group_size < 1:
+            raise ConfigError(f"QuantSpec.group_size={self.group_size} must be >= 1")
+        if self.method == "ggml" and self.format not in GGML_GRID_FORMATS:
+            raise ConfigError(
+                f"QuantSpec(method='ggml') needs format in {GGML_GRID_FORMATS}, got {self.format!r}; "
+                "for K-quants and other types use method='codec'"
+            )
+        if self.method == "codec":
+            from edgequant.gguf import get_codec  # raises UnsupportedTypeError naming the valid types
+
+            if self.format is None:
+                raise ConfigError("QuantSpec(method='codec') needs format, e.g. format='Q4_K'")
+            get_codec(self.format)
+        if self.method in ("tanh", "sigmoid") and self.softness <= 0:
+            raise ConfigError(f"QuantSpec.softness={self.softness} must be > 0")
+        if self.method == "gumbel" and (self.tau0 <= 0 or self.tau_decay < 0):
+            raise ConfigError(f"gumbel needs tau0 > 0 and tau_decay >= 0, got {self.tau0}, {self.tau_decay}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"QuantSpec.ema={self.ema} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Which modules are quantized and how.
+
+    weight: spec for the weights of every ``nn.Linear`` / ``nn.Conv2d`` (None: weights stay float).
+    activation: spec for the inputs of those modules (None: activations stay float).
+    skip: module-name substrings left untouched (default: the LM head, which llama ties to the embedding).
+    edge_modules: name substrings of modules quantized only in the ``"all"`` scope (progressive scope's last stage).
+    """
+
+    weight: QuantSpec | None = field(default_factory=QuantSpec)
+    activation: QuantSpec | None = None
+    skip: tuple[str, ...] = ("lm_head",)
+    edge_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.weight is None and self.activation is None:
+            raise ConfigError("QATConfig quantizes nothing: set weight and/or activation")
+        for name in ("weight", "activation"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, QuantSpec):
+                raise ConfigError(f"QATConfig.{name} must be a QuantSpec or None, got {type(v).__name__}")
+        if self.activation is not None and self.activation.method in ("ggml", "codec"):
+            raise ConfigError("activation quantizers cannot use the ggml/codec weight formats")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["version"] = CONFIG_VERSION
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> QATConfig:
+        d = json.loads(text)
+        if d.pop("version", None) != CONFIG_VERSION:
+            raise ConfigError(f"QATConfig JSON has no or an unknown version (expected {CONFIG_VERSION})")
+        names = {f.name for f in fields(QuantSpec)}
+        for key in ("weight", "activation"):
+            if d.get(key) is not None:
+                d[key] = QuantSpec(**{k: v for k, v in d[key].items() if k in names})
+        d["skip"] = tuple(d.get("skip", ()))
+        d["edge_modules"] = tuple(d.get("edge_modules", ()))
+        return cls(**d)
