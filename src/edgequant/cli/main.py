@@ -19,11 +19,15 @@ EPILOG = """examples:
   edgequant quantize --imatrix imatrix.gguf --tensor-type 'attn_v=q8_0' in.gguf out.gguf Q4_K_M
   edgequant inspect model-q4_k_m.gguf --json
   edgequant dequantize model-q4_k_m.gguf model-f32.gguf --outtype f32
+  edgequant convert ./SmolLM2-135M smollm2-q4_k_m.gguf --outtype Q4_K_M
+  edgequant export-hf SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2-hf
+  edgequant imatrix model-f32.gguf -f calibration.txt -o imatrix.gguf
+  edgequant perplexity model-q4_k_m.gguf --base model-f32.gguf --json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgequant.cli import demo, dequantize, inspect, quantize
+    from edgequant.cli import convert, demo, dequantize, export_hf, imatrix, inspect, perplexity, quantize
 
     parser = argparse.ArgumentParser(
         prog="edgequant",
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgequant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, quantize, inspect, dequantize):
+    for module in (demo, quantize, inspect, dequantize, convert, export_hf, imatrix, perplexity):
         module.register(sub)
     return parser
 
