@@ -1,8 +1,9 @@
-"""PTQ against QAT on a real dataset: scikit-learn's digits (1,797 8×8 images, 10 classes), a small CNN with BN.
+"""PTQ against QAT on a real dataset: scikit-learn's digits (1,797 8×8 images, 10 classes), small CNN + BN.
 
 Model: conv(1→16,3×3)+BN+ReLU → conv(16→32)+BN+ReLU → maxpool 2 → fc(512→64)+ReLU → fc(64→10). Split: 1,197
-train / 600 test (stratified, seed 0). Every conv/linear is quantized, first and last included: weights symmetric
-per output channel, inputs unsigned per tensor (they are ≥ 0: pixels, ReLU outputs). BN is not folded.
+train / 600 test (stratified, seed 0). Every conv/linear is quantized, first and last included: weights
+symmetric per output channel, inputs unsigned per tensor (they are ≥ 0: pixels, ReLU outputs). BN is not
+folded.
 
 * float: Adam lr 1e-2, 40 epochs, batch 64, cosine.
 * PTQ: min-max weights per channel, activation ranges = min/max over the training set (``method="ste"``
@@ -32,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, machine_info, write_results  # noqa: E402
+from _common import RESULTS, machine_info, write_results
 
-from edgequant.qat import (  # noqa: E402
+from edgequant.qat import (
     DecayingWeight,
     QATConfig,
     QuantSpec,
@@ -209,8 +210,9 @@ def main() -> int:
     md = [
         "# QAT vs PTQ on scikit-learn digits (small CNN with BN)",
         "",
-        f"Test accuracy (%) on 600 held-out images, mean over {seeds} seed(s) (± sd over seeds); drop = float − "
-        "quantized in percentage points. Book claim: PTQ drop 1–3 (INT8), 3–10 (INT4); QAT < 1 (INT8), 1–3 (INT4).",
+        f"Test accuracy (%) on 600 held-out images, mean over {seeds} seed(s) (± sd over seeds); "
+        "drop = float − quantized in percentage points. Book claim: PTQ drop 1–3 (INT8), 3–10 (INT4); "
+        "QAT < 1 (INT8), 1–3 (INT4).",
         "",
         "| config | float | PTQ | PTQ drop | book PTQ drop | QAT | QAT drop | book QAT drop |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -218,8 +220,8 @@ def main() -> int:
     for r in rows:
         c = claims[r["config"]]
         md.append(
-            f"| {r['config']} | {r['float']:.2f} | {r['ptq']:.2f} ± {r['ptq_sd']:.2f} | {r['ptq_drop']:.2f} | {c[0]} "
-            f"| {r['qat']:.2f} ± {r['qat_sd']:.2f} | {r['qat_drop']:.2f} | {c[1]} |"
+            f"| {r['config']} | {r['float']:.2f} | {r['ptq']:.2f} ± {r['ptq_sd']:.2f} | {r['ptq_drop']:.2f} "
+            f"| {c[0]} | {r['qat']:.2f} ± {r['qat_sd']:.2f} | {r['qat_drop']:.2f} | {c[1]} |"
         )
     md += ["", f"Wall time {time.perf_counter() - t0:.0f} s (cached cells not re-run), torch threads 1.", ""]
     md.append("Loss curves: `qat_digits_loss.png` (QAT training loss per epoch, seed 0).")

@@ -1,8 +1,9 @@
 """Batch-norm re-estimation after QAT (the spec: run 10–50 representative batches).
 
-The running statistics a BN layer learned during training were collected while the weights were still moving;
-``reestimate_bn`` resets them and recomputes them with the final (quantized) model as an exact cumulative average
-(``momentum=None``) over the given batches, all other layers in eval mode (activation quantizers frozen).
+The running statistics a BN layer learned during training were collected while the weights were still
+moving; ``reestimate_bn`` resets them and recomputes them with the final (quantized) model as an exact
+cumulative average (``momentum=None``) over the given batches, all other layers in eval mode (activation
+quantizers frozen).
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 ``QuantSpec`` describes one fake quantizer (what a weight or an activation goes through in the forward pass);
 ``QATConfig`` says which modules get which quantizers. Methods (``QuantSpec.method``):
 
-* ``"ste"``      min-max fake quantization with the straight-through estimator (scale from the data, not learned)
+* ``"ste"``      min-max fake quantization with the straight-through estimator (scale from the data, not
+  learned)
 * ``"lsq"``      learned step size (Esser et al. 2020)
 * ``"lsq+"``     learned step and offset (Bhalgat et al. 2020), asymmetric, meant for activations
 * ``"tanh"``     differentiable soft quantizer, tanh inside each step (DSQ-style), hard at eval
 * ``"sigmoid"``  learned-rounding sigmoid surrogate: soft rounding ⌊u⌋ + σ(p(u − ⌊u⌋ − ½)) with learned p
 * ``"gumbel"``   Gumbel-softmax soft rounding between ⌊u⌋ and ⌈u⌉, temperature τ(t) = τ₀·exp(−λt)
-* ``"ggml"``     exactly ggml's Q4_0 / Q4_1 / Q8_0 grid (``format``), scale by ggml's rule or learned (``learn_scale``)
+* ``"ggml"``     exactly ggml's Q4_0 / Q4_1 / Q8_0 grid (``format``), scale by ggml's rule or learned
+  (``learn_scale``)
 * ``"codec"``    any edgequant.gguf codec (K-quants...) in the forward pass, gradient passed straight through
 """
 
@@ -30,9 +32,10 @@ CONFIG_VERSION = 1
 class QuantSpec:
     """One fake quantizer.
 
-    bits: 2..8 (ignored by ``ggml``/``codec``, whose format fixes it). symmetric: signed grid [−2^(b−1), 2^(b−1)−1]
-    around 0; otherwise an unsigned grid [0, 2^b − 1] with an offset. granularity: one scale per tensor, per output
-    channel (dim 0; for activations the last dim) or per ``group_size`` consecutive elements along the last dim.
+    bits: 2..8 (ignored by ``ggml``/``codec``, whose format fixes it). symmetric: signed grid
+    [−2^(b−1), 2^(b−1)−1] around 0; otherwise an unsigned grid [0, 2^b − 1] with an offset.
+    granularity: one scale per tensor, per output channel (dim 0; for activations the last dim) or per
+    ``group_size`` consecutive elements along the last dim.
     """
 
     bits: int = 4
@@ -82,7 +85,8 @@ class QATConfig:
     weight: spec for the weights of every ``nn.Linear`` / ``nn.Conv2d`` (None: weights stay float).
     activation: spec for the inputs of those modules (None: activations stay float).
     skip: module-name substrings left untouched (default: the LM head, which llama ties to the embedding).
-    edge_modules: name substrings of modules quantized only in the ``"all"`` scope (progressive scope's last stage).
+    edge_modules: name substrings of modules quantized only in the ``"all"`` scope (progressive scope's last
+    stage).
     """
 
     weight: QuantSpec | None = field(default_factory=QuantSpec)

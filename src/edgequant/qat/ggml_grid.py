@@ -1,22 +1,24 @@
 """Fake quantizers whose output is exactly what a GGUF file will hold (weights only).
 
-``GGMLGridQuantizer`` (method ``"ggml"``, format Q4_0 / Q4_1 / Q8_0; blocks of 32 along each row, a row being the
-last dim of the flattened ``[out, in]`` weight = GGUF's ne[0]):
+``GGMLGridQuantizer`` (method ``"ggml"``, format Q4_0 / Q4_1 / Q8_0; blocks of 32 along each row, a row
+being the last dim of the flattened ``[out, in]`` weight = GGUF's ne[0]):
 
-* ``learn_scale=False``: ggml's own reference quantizer re-done in torch float32, op for op (every product and sum
-  rounded to f32, ``1/d`` as a reciprocal, truncating casts), so the fake weights equal
-  ``edgequant.gguf.dequantize(edgequant.gguf.quantize(w))`` bit for bit, and exporting is just running the real
-  codec on the trained float weights (the same bytes ``llama-quantize`` would write). Rules (ggml-quants.md §4):
-  Q4_0: m = the signed element of largest |x| (first on ties), d = m/−8, q = min(15, trunc(x·(1/d) + 8.5)),
-  y = (q−8)·fp16(d). Q4_1: d = (max−min)/15, q = min(15, trunc((x−min)·(1/d) + 0.5)), y = q·fp16(d) + fp16(min).
+* ``learn_scale=False``: ggml's own reference quantizer re-done in torch float32, op for op (every product
+  and sum rounded to f32, ``1/d`` as a reciprocal, truncating casts), so the fake weights equal
+  ``edgequant.gguf.dequantize(edgequant.gguf.quantize(w))`` bit for bit, and exporting is just running the
+  real codec on the trained float weights (the same bytes ``llama-quantize`` would write). Rules
+  (ggml-quants.md §4): Q4_0: m = the signed element of largest |x| (first on ties), d = m/−8,
+  q = min(15, trunc(x·(1/d) + 8.5)), y = (q−8)·fp16(d). Q4_1: d = (max−min)/15,
+  q = min(15, trunc((x−min)·(1/d) + 0.5)), y = q·fp16(d) + fp16(min).
   Q8_0: d = max|x|/127, q = roundf(x·(1/d)) (half away from 0), y = q·fp16(d). Gradient: straight through.
-* ``learn_scale=True``: the block scale d (and Q4_1's offset m) are LSQ parameters, initialized by ggml's rule and
-  rounded to fp16 in the forward (STE through the rounding); codes q = round(clamp(x/d16, q_min, q_max)) (Q4_1:
-  of (x − m16)/d16). The fake weight is q·d16 (+ m16), the same f32 operation ggml's dequantizer does on the stored
-  fp16 fields and codes, so export packs (d16, m16, q) into blocks directly and dequantizes to the same bits.
+* ``learn_scale=True``: the block scale d (and Q4_1's offset m) are LSQ parameters, initialized by ggml's
+  rule and rounded to fp16 in the forward (STE through the rounding); codes q = round(clamp(x/d16, q_min,
+  q_max)) (Q4_1: of (x − m16)/d16). The fake weight is q·d16 (+ m16), the same f32 operation ggml's
+  dequantizer does on the stored fp16 fields and codes, so export packs (d16, m16, q) into blocks directly
+  and dequantizes to the same bits.
 
-``CodecQuantizer`` (method ``"codec"``, any edgequant.gguf codec, K-quants included): the forward runs the real
-codec (quantize then dequantize, numpy/numba on CPU), the backward passes the gradient straight through.
+``CodecQuantizer`` (method ``"codec"``, any edgequant.gguf codec, K-quants included): the forward runs the
+real codec (quantize then dequantize, numpy/numba on CPU), the backward passes the gradient straight through.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def _roundf(v: torch.Tensor) -> torch.Tensor:
     return t + torch.sign(v) * ((v - t).abs() >= 0.5).to(v.dtype)
 
 
-def ggml_reference_fake(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def ggml_reference_fake(
+    x: torch.Tensor, fmt: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ggml's reference quantizer on f32 blocks ``[..., 32]`` → (y, codes, d16, m16) as f32 tensors."""
     if fmt == "Q4_0":
         amax, idx = x.abs().max(dim=-1, keepdim=True)  # max returns the first index on ties, as ggml's scan
@@ -137,7 +141,7 @@ class GGMLGridQuantizer(FakeQuantizer):
 
     @torch.no_grad()
     def export_bytes(self, weight: torch.Tensor) -> np.ndarray:
-        """GGUF tensor bytes (rows, row_bytes) whose ggml dequantization equals ``self(weight)`` bit for bit."""
+        """GGUF tensor bytes (rows, row_bytes) whose ggml dequantization equals ``self(weight)`` bitwise."""
         from edgequant.gguf import quantize
 
         if not bool(self.initialized):
@@ -151,7 +155,7 @@ class GGMLGridQuantizer(FakeQuantizer):
 
 
 def pack_blocks(fmt: str, q: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
-    """Pack codes ``q`` [rows, nb, 32] (signed grid values) and fp16-exact scales [rows, nb, 1] into ggml blocks.
+    """Pack codes ``q`` [rows, nb, 32] (signed grid values) and fp16-exact scales [rows, nb, 1] into blocks.
 
     Q4_0: fp16 d, then 16 bytes, byte j = (q_j+8) | (q_{j+16}+8) << 4. Q4_1: fp16 d, fp16 m, nibbles of q_j.
     Q8_0: fp16 d, 32 int8 codes. Little-endian fp16 fields (ggml-quants.md §4.1, 4.2, 4.5).
@@ -164,7 +168,7 @@ def pack_blocks(fmt: str, q: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np
     c = (q + 8 if fmt == "Q4_0" else q).astype(np.uint8)
     nibbles = c[..., :16] | (c[..., 16:] << 4)
     parts = [d] + ([m16.astype(np.float16).reshape(rows, nb, 1).view(np.uint8)] if fmt == "Q4_1" else [])
-    out = np.concatenate(parts + [nibbles], axis=-1)
+    out = np.concatenate([*parts, nibbles], axis=-1)
     return out.reshape(rows, nb * out.shape[-1])
 
 

@@ -4,9 +4,11 @@ Weights are viewed as 3-D ``[a, b, c]`` with one scale per ``[a, b]`` entry (sca
 
 * tensor:  ``[1, 1, numel]``
 * channel: ``[out, 1, numel/out]``                     (dim 0 is the output channel)
-* group:   ``[out, in/g, g]`` over the flattened ``[out, in]`` matrix (rows split in runs of g along the last dim)
+* group:   ``[out, in/g, g]`` over the flattened ``[out, in]`` matrix (rows split in runs of g along the
+  last dim)
 
-Activations: tensor → scale of shape ``[]``; channel → one scale per last-dim feature (shape ``[C]``); no groups.
+Activations: tensor → scale of shape ``[]``; channel → one scale per last-dim feature (shape ``[C]``); no
+groups.
 """
 
 from __future__ import annotations

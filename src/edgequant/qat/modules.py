@@ -1,7 +1,7 @@
 """QAT versions of ``nn.Linear`` and ``nn.Conv2d``: the same parameters, fake-quantized in the forward pass.
 
-``QATLinear(linear, weight_spec, act_spec)`` keeps the original ``weight``/``bias`` Parameter objects (an optimizer
-built before ``prepare`` keeps working, tied weights stay tied) and adds ``weight_quantizer`` and
+``QATLinear(linear, weight_spec, act_spec)`` keeps the original ``weight``/``bias`` Parameter objects (an
+optimizer built before ``prepare`` keeps working, tied weights stay tied) and adds ``weight_quantizer`` and
 ``input_quantizer`` (either may be None). ``make_quantizer`` maps a ``QuantSpec.method`` to its class.
 """
 
@@ -36,9 +36,13 @@ class _QATBase(nn.Module):
         self.weight = mod.weight
         self.bias = mod.bias
         self.weight_quantizer = (
-            make_quantizer(weight_spec, "weight", tuple(mod.weight.shape), name + ".weight") if weight_spec else None
+            make_quantizer(weight_spec, "weight", tuple(mod.weight.shape), name + ".weight")
+            if weight_spec
+            else None
         )
-        self.input_quantizer = make_quantizer(act_spec, "activation", (n_in,), name + ".input") if act_spec else None
+        self.input_quantizer = (
+            make_quantizer(act_spec, "activation", (n_in,), name + ".input") if act_spec else None
+        )
         if self.weight_quantizer is not None:  # weight-driven init now, so the learned params are ready
             self.weight_quantizer(self.weight.detach())
 
@@ -59,7 +63,9 @@ class QATLinear(_QATBase):
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
 
 class QATConv2d(_QATBase):
@@ -68,10 +74,19 @@ class QATConv2d(_QATBase):
         if act_spec is not None and act_spec.granularity == "channel":
             from edgequant.errors import ConfigError  # "channel" means the last dim, the width here
 
-            raise ConfigError(f"{name}: per-channel activation quantization of Conv2d inputs is not supported")
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+            raise ConfigError(
+                f"{name}: per-channel activation quantization of Conv2d inputs is not supported"
+            )
+        self.stride, self.padding, self.dilation, self.groups = (
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+        )
         self._setup(conv, weight_spec, act_spec, name, conv.in_channels)
 
     def forward(self, x):
         w = self.quantized_weight()
-        return F.conv2d(self.quantized_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            self.quantized_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )

@@ -1,14 +1,14 @@
 """``prepare(model, QATConfig)`` → train with any loop → ``convert(model)``.
 
-``prepare`` swaps every ``nn.Linear``/``nn.Conv2d`` (except names matching ``config.skip``) for its QAT twin in
-place and returns the model. Weight quantizers are initialized from the weights at once; activation quantizers
-from ``example_inputs`` when given (one no-grad forward), else from the first training batch. Build the optimizer
-after ``prepare`` so it sees the quantizers' learned parameters.
+``prepare`` swaps every ``nn.Linear``/``nn.Conv2d`` (except names matching ``config.skip``) for its QAT twin
+in place and returns the model. Weight quantizers are initialized from the weights at once; activation
+quantizers from ``example_inputs`` when given (one no-grad forward), else from the first training batch.
+Build the optimizer after ``prepare`` so it sees the quantizers' learned parameters.
 
 ``convert`` bakes the fake-quantized weights into plain ``nn.Linear``/``nn.Conv2d`` modules (the values the
-deployed model holds); a module that quantized its input keeps that quantizer, frozen in eval mode, as a forward
-pre-hook. To write a GGUF file, export the *prepared* model (``edgequant.qat.export``): the quantizers know the
-block scales and codes.
+deployed model holds); a module that quantized its input keeps that quantizer, frozen in eval mode, as a
+forward pre-hook. To write a GGUF file, export the *prepared* model (``edgequant.qat.export``): the
+quantizers know the block scales and codes.
 
 Scopes (progressive scope): ``"weights"`` enables weight quantizers, ``"activations"`` adds input quantizers,
 ``"all"`` also enables the modules named in ``config.edge_modules`` (e.g. the first and last layer).
@@ -91,14 +91,14 @@ def set_scope(model: nn.Module, scope: str) -> None:
 
 def _freeze_input_hook(quantizer: FakeQuantizer):
     def hook(module, args):
-        return (quantizer(args[0]),) + tuple(args[1:])
+        return (quantizer(args[0]), *tuple(args[1:]))
 
     return hook
 
 
 @torch.no_grad()
 def convert(model: nn.Module) -> nn.Module:
-    """Replace QAT modules by plain modules holding the fake-quantized weights (in place; returns the model)."""
+    """Replace QAT modules by plain modules holding the fake-quantized weights (in place; returns model)."""
     for name, mod in list(qat_modules(model)):
         w = mod.quantized_weight().detach().clone()
         if isinstance(mod, QATLinear):

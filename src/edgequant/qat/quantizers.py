@@ -1,12 +1,13 @@
 """Fake quantizers for weights and activations: the base class, min-max STE, LSQ and LSQ+.
 
-Every quantizer is an ``nn.Module`` whose ``forward(x)`` returns the fake-quantized ``x`` (same shape and dtype).
-``role`` is ``"weight"`` (one scale per slice of ``granularity.weight_view``) or ``"activation"`` (one scale per
-tensor or per last-dim feature). Learned parameters are created at construction with their final shape, so an
-optimizer built right after ``prepare`` sees them; their values are initialized from the first tensor seen (the
-weight itself, or the first calibration batch) and again after ``set_bits``.
+Every quantizer is an ``nn.Module`` whose ``forward(x)`` returns the fake-quantized ``x`` (same shape and
+dtype). ``role`` is ``"weight"`` (one scale per slice of ``granularity.weight_view``) or ``"activation"``
+(one scale per tensor or per last-dim feature). Learned parameters are created at construction with their
+final shape, so an optimizer built right after ``prepare`` sees them; their values are initialized from the
+first tensor seen (the weight itself, or the first calibration batch) and again after ``set_bits``.
 
-Grids: symmetric b bits → integers [−Q_N, Q_P] = [−2^(b−1), 2^(b−1)−1]; asymmetric → [0, 2^b−1] plus an offset.
+Grids: symmetric b bits → integers [−Q_N, Q_P] = [−2^(b−1), 2^(b−1)−1]; asymmetric → [0, 2^b−1] plus an
+offset.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class FakeQuantizer(nn.Module):
     # ----- geometry
     def _scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.role == "weight":
-            return tuple(weight_view(torch.empty(shape, device="meta"), *self._gran()).shape[:2]) + (1,)
+            return (*tuple(weight_view(torch.empty(shape, device="meta"), *self._gran()).shape[:2]), 1)
         return activation_scale_shape(torch.empty(shape, device="meta"), self.spec.granularity)
 
     def _gran(self) -> tuple[str, int, str]:
@@ -64,7 +65,7 @@ class FakeQuantizer(nn.Module):
 
     # ----- behaviour
     def set_bits(self, bits: int) -> None:
-        """Change the bit width (progressive schedules); learned ranges are re-initialized from the next input."""
+        """Change the bit width (progressive schedules); learned ranges re-initialize from the next input."""
         if bits != self.bits:
             self.bits = bits
             self.initialized.zero_()
@@ -92,9 +93,10 @@ class FakeQuantizer(nn.Module):
 class MinMaxQuantizer(FakeQuantizer):
     """Min-max fake quantization with the STE (method ``"ste"``).
 
-    Weights: the scale comes from the current values each step (sym: max|w|/Q_P; asym: (max−min)/(2^b−1) with a
-    rounded zero point, the range widened to contain 0). Activations: an EMA of the observed min/max (``spec.ema``),
-    updated in training mode and used as is in eval mode. The scale is data, not a parameter: no gradient flows to it.
+    Weights: the scale comes from the current values each step (sym: max|w|/Q_P; asym: (max−min)/(2^b−1)
+    with a rounded zero point, the range widened to contain 0). Activations: an EMA of the observed min/max
+    (``spec.ema``), updated in training mode and used as is in eval mode. The scale is data, not a
+    parameter: no gradient flows to it.
     """
 
     def __init__(self, spec, role, shape, name=""):
@@ -134,14 +136,14 @@ class LSQQuantizer(FakeQuantizer):
     * ∂v̂/∂v = 1 inside [−Q_N·s, Q_P·s], 0 outside;
     * ∂v̂/∂s = −v/s + round(v/s) inside, −Q_N below, Q_P above; then multiplied by g = 1/√(N·Q_P).
 
-    Step initialization: s = 2·mean|v|/√Q_P per scale (the paper's and the spec's rule). N is the number of elements
-    sharing one step (for a per-tensor weight step: the layer's weight count, as in the paper).
+    Step initialization: s = 2·mean|v|/√Q_P per scale (the paper's and the spec's rule). N is the number of
+    elements sharing one step (for a per-tensor weight step: the layer's weight count, as in the paper).
 
-    Why not the spec's formulas: the spec (book §8.3.3) writes ∂v̂/∂s = −v/s + ⌊v/s⌋ (floor; the paper has round,
-    and floor gives a gradient that is never positive inside the range, so s can only grow from the inside
-    elements), and scales the step gradient by √n/‖g_w‖₂, which changes with every batch's gradient norm and is not
-    what the paper uses. We follow the paper: round, and the constant g = 1/√(N·Q_P) (tested in
-    tests/unit/qat/test_lsq.py against the closed form).
+    Why not the spec's formulas: the spec (book §8.3.3) writes ∂v̂/∂s = −v/s + ⌊v/s⌋ (floor; the paper has
+    round, and floor gives a gradient that is never positive inside the range, so s can only grow from the
+    inside elements), and scales the step gradient by √n/‖g_w‖₂, which changes with every batch's gradient
+    norm and is not what the paper uses. We follow the paper: round, and the constant g = 1/√(N·Q_P) (tested
+    in tests/unit/qat/test_lsq.py against the closed form).
     """
 
     def __init__(self, spec, role, shape, name=""):
@@ -166,8 +168,8 @@ class LSQPlusQuantizer(LSQQuantizer):
 
     Forward ``v̂ = round(clamp((v−β)/s, q_min, q_max))·s + β``. Gradients: ∂v̂/∂v = 1 inside; ∂v̂/∂s as LSQ on
     u = (v−β)/s; ∂v̂/∂β = 0 inside and 1 outside (the clamp fixes the code, β shifts the value). Both s and β
-    gradients are scaled by g = 1/√(N·q_max). Initialization (min-max, the paper's simpler option): s = (max−min)/
-    (q_max−q_min), β = min − q_min·s, so the observed range maps onto the grid.
+    gradients are scaled by g = 1/√(N·q_max). Initialization (min-max, the paper's simpler option): s =
+    (max−min)/ (q_max−q_min), β = min − q_min·s, so the observed range maps onto the grid.
     """
 
     def __init__(self, spec, role, shape, name=""):

@@ -1,9 +1,9 @@
 """Quantization-aware range regularizer (spec: R = λ·Σ_i range(w_i)²): keeps weight ranges narrow so a grid of
 few levels covers them finely.
 
-``range_regularizer(model, lam)`` sums, over every QAT module's weight, (max − min)² of each slice that shares one
-scale (the weight quantizer's view: per tensor, channel or group; ggml formats: blocks of 32), times λ. Its gradient
-reaches only each slice's max (+2λ·range) and min (−2λ·range).
+``range_regularizer(model, lam)`` sums, over every QAT module's weight, (max − min)² of each slice that
+shares one scale (the weight quantizer's view: per tensor, channel or group; ggml formats: blocks of 32),
+times λ. Its gradient reaches only each slice's max (+2λ·range) and min (−2λ·range).
 """
 
 from __future__ import annotations

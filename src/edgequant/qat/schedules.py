@@ -1,14 +1,16 @@
 """Training schedules for QAT: learning rate, bit width, scope, loss weights, Gumbel temperature.
 
-All are pure functions of the optimizer step ``t`` (0-based), so a resumed run picks up exactly where it stopped.
+All are pure functions of the optimizer step ``t`` (0-based), so a resumed run picks up exactly where it
+stopped.
 
 * ``cosine_lr_lambda(total, warmup, min_ratio)``: multiplier for ``torch.optim.lr_scheduler.LambdaLR``; linear
   warm-up, then cosine from 1 to ``min_ratio``. ``qat_learning_rate(pretrain_lr, fraction=0.1)``: the spec's
   "lr_qat = lr_pretrain × 0.1" (a fraction of the pre-training rate, cosine rather than step decay).
-* ``ProgressiveBits(((0, 8), (s1, 4), (s2, 3)))``: weight bit width by step; changing it re-initializes learned
-  steps from the current weights (``FakeQuantizer.set_bits``).
+* ``ProgressiveBits(((0, 8), (s1, 4), (s2, 3)))``: weight bit width by step; changing it re-initializes
+  learned steps from the current weights (``FakeQuantizer.set_bits``).
 * ``ProgressiveScope(((0, "weights"), (s1, "activations"), (s2, "all")))``.
-* ``DecayingWeight(start, end, total, kind)``: e.g. the distillation weight α(t), decaying (cosine/linear/exp).
+* ``DecayingWeight(start, end, total, kind)``: e.g. the distillation weight α(t), decaying
+  (cosine/linear/exp).
 * ``set_gumbel_step(model, t)``: τ(t) = τ₀·exp(−λt) on every Gumbel quantizer.
 """
 
@@ -31,9 +33,13 @@ def qat_learning_rate(pretrain_lr: float, fraction: float = 0.1) -> float:
     return pretrain_lr * fraction
 
 
-def cosine_lr_lambda(total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> Callable[[int], float]:
-    if total_steps < 1 or warmup_steps < 0 or warmup_steps >= total_steps and total_steps > 1:
-        raise ConfigError(f"cosine schedule needs total_steps >= 1 > warmup fraction (got {total_steps}, {warmup_steps})")
+def cosine_lr_lambda(
+    total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
+) -> Callable[[int], float]:
+    if total_steps < 1 or warmup_steps < 0 or (warmup_steps >= total_steps and total_steps > 1):
+        raise ConfigError(
+            f"cosine schedule needs total_steps >= 1 > warmup fraction (got {total_steps}, {warmup_steps})"
+        )
 
     def f(t: int) -> float:
         if t < warmup_steps:

@@ -3,14 +3,15 @@ exactly LSQ's hard quantizer in eval mode; they differ only in training mode.
 
 Notation: u = clamp(v/s, q_min, q_max), i = ⌊u⌋ (kept ≤ q_max − 1), f = u − i ∈ [0, 1].
 
-* ``TanhQuantizer`` (method ``"tanh"``), DSQ-style (Gong et al. 2019): φ(u) = i + ½ + ½·tanh(k(f − ½))/tanh(k/2),
-  v̂ = φ·s. Continuous, passes through every grid point, tends to round() as k → ∞. The spec's formula
-  ``s·tanh(k·x/s)·(q_max−q_min)/2`` is one saturating curve without steps (it never approaches a quantizer), so we
-  use the per-step tanh that the soft-quantization papers use.
+* ``TanhQuantizer`` (method ``"tanh"``), DSQ-style (Gong et al. 2019):
+  φ(u) = i + ½ + ½·tanh(k(f − ½))/tanh(k/2), v̂ = φ·s. Continuous, passes through every grid point, tends to
+  round() as k → ∞. The spec's formula ``s·tanh(k·x/s)·(q_max−q_min)/2`` is one saturating curve
+  without steps (it never approaches a quantizer), so we use the per-step tanh of soft-quantization papers.
 * ``SigmoidRoundQuantizer`` (method ``"sigmoid"``): forward is the hard round; backward uses the derivative of
-  the surrogate r(u) = ⌊u⌋ + σ(p(f − ½)), i.e. ∂/∂u = p·σ'(p(f−½)), and p (init ``spec.softness``) is learned through
-  ∂r/∂p = (f − ½)·σ'(p(f−½)). The spec writes the surrogate σ(p(f−½)) itself as "∂round/∂x"; that is monotone in f,
-  which no derivative of a staircase is, so we read it as the soft rounding function and use its derivative.
+  the surrogate r(u) = ⌊u⌋ + σ(p(f − ½)), i.e. ∂/∂u = p·σ'(p(f−½)), and p (init ``spec.softness``) is
+  learned through ∂r/∂p = (f − ½)·σ'(p(f−½)). The spec writes the surrogate σ(p(f−½)) itself as "∂round/∂x";
+  that is monotone in f, which no derivative of a staircase is, so we read it as the soft rounding function
+  and use its derivative.
 * ``GumbelQuantizer`` (method ``"gumbel"``): each element picks ⌊u⌋ or ⌊u⌋+1 with a Gumbel-softmax relaxation,
   log-probabilities log(1−f), log f (stochastic rounding: unbiased), temperature τ(t) = τ₀·exp(−λt) set by
   ``set_step(t)``; v̂ = s·Σ_k softmax((log π_k + g_k)/τ)_k · level_k.
@@ -105,4 +106,3 @@ class GumbelQuantizer(LSQQuantizer):
         logp = torch.stack([torch.log((1 - f).clamp_min(eps)), torch.log(f.clamp_min(eps))], dim=-1)
         w = torch.softmax((logp + self.gumbel_noise(logp.shape, logp)) / self.tau, dim=-1)
         return (i + w[..., 1]) * s
-

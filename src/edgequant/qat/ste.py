@@ -2,9 +2,10 @@
 
 * ``round_ste(x)``: forward ``round(x)`` (half to even), backward identity.
 * ``grad_scale(x, g)``: forward ``x``, backward ``g · grad`` (LSQ's step-gradient scaling).
-* ``fake_quant_ste(x, scale, zero, qmin, qmax)``: forward ``(clamp(round(x/scale) + zero, qmin, qmax) − zero)·scale``;
-  backward ``grad · 1[qmin ≤ x/scale + zero ≤ qmax]`` for x (passed inside the range, cut outside, as the spec's
-  ∂L/∂x = ∂L/∂x_q · 1_{x∈[α,β]}); scale and zero get no gradient (they come from the data, see ``MinMaxQuantizer``).
+* ``fake_quant_ste(x, scale, zero, qmin, qmax)``: forward ``(clamp(round(x/scale) + zero, qmin, qmax) −
+  zero)·scale``; backward ``grad · 1[qmin ≤ x/scale + zero ≤ qmax]`` for x (passed inside the range, cut
+  outside, as the spec's ∂L/∂x = ∂L/∂x_q · 1_{x∈[α,β]}); scale and zero get no gradient (they come from the
+  data, see ``MinMaxQuantizer``).
 """
 
 from __future__ import annotations

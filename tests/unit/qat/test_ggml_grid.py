@@ -93,5 +93,5 @@ def test_codec_quantizer_runs_the_real_codec(fmt):
 
 
 def test_bad_row_length_names_the_module():
-    with pytest.raises(ShapeError, match="layers.3.fc.*multiple of the block size 256"):
+    with pytest.raises(ShapeError, match=r"layers\.3\.fc.*multiple of the block size 256"):
         make_quantizer(QuantSpec(method="codec", format="Q4_K"), "weight", (8, 576), "layers.3.fc")

@@ -30,7 +30,8 @@ def test_prepare_swaps_modules_keeps_parameters_and_trains():
     w0 = m[0].weight
     x = torch.rand(16, 64)
     prepare(m, _cfg(), example_inputs=x)
-    assert isinstance(m[0], QATLinear) and m[0].weight is w0
+    assert isinstance(m[0], QATLinear)
+    assert m[0].weight is w0
     assert all(bool(q.initialized) for _, q in quantizers(m))
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     y = torch.randint(0, 10, (16,))
@@ -54,7 +55,8 @@ def test_convert_bakes_the_fake_weights_and_keeps_eval_outputs():
         before = m(x)
         wq = m[2].quantized_weight().clone()
     convert(m)
-    assert type(m[2]) is nn.Linear and torch.equal(m[2].weight, wq)
+    assert type(m[2]) is nn.Linear
+    assert torch.equal(m[2].weight, wq)
     assert torch.equal(m(x), before)
 
 
@@ -72,11 +74,15 @@ def test_conv_and_scope_and_edge_modules():
     )
     assert isinstance(m[0], QATConv2d)
     set_scope(m, "weights")
-    assert m[0].weight_quantizer.enabled and not m[0].input_quantizer.enabled and not m[3].weight_quantizer.enabled
+    assert m[0].weight_quantizer.enabled
+    assert not m[0].input_quantizer.enabled
+    assert not m[3].weight_quantizer.enabled
     set_scope(m, "activations")
-    assert m[0].input_quantizer.enabled and not m[3].input_quantizer.enabled
+    assert m[0].input_quantizer.enabled
+    assert not m[3].input_quantizer.enabled
     set_scope(m, "all")
-    assert m[3].weight_quantizer.enabled and m[3].input_quantizer.enabled
+    assert m[3].weight_quantizer.enabled
+    assert m[3].input_quantizer.enabled
     with pytest.raises(ConfigError, match="scope"):
         set_scope(m, "everything")
     x = torch.rand(2, 1, 8, 8)
@@ -94,7 +100,9 @@ def test_set_bits_changes_the_grid():
     w = m[0].quantized_weight().detach()
     steps = m[0].weight_quantizer.step.detach()
     codes = (w.reshape(32, 2, 32) / steps).round()
-    assert codes.min() >= -2 and codes.max() <= 1 and len(torch.unique(codes)) <= 4
+    assert codes.min() >= -2
+    assert codes.max() <= 1
+    assert len(torch.unique(codes)) <= 4
 
 
 def test_config_json_round_trip_and_errors():
@@ -102,7 +110,7 @@ def test_config_json_round_trip_and_errors():
     assert QATConfig.from_json(c.to_json()) == c
     with pytest.raises(ConfigError, match="quantizes nothing"):
         QATConfig(weight=None, activation=None)
-    with pytest.raises(ConfigError, match="no nn.Linear"):
+    with pytest.raises(ConfigError, match=r"no nn\.Linear"):
         prepare(_mlp(), QATConfig(skip=("",)))
-    with pytest.raises(ShapeError, match="0.weight.*group_size 48"):
+    with pytest.raises(ShapeError, match=r"0\.weight.*group_size 48"):
         prepare(_mlp(), QATConfig(weight=QuantSpec(group_size=48), skip=()))

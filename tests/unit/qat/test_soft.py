@@ -36,7 +36,9 @@ def test_tanh_soft_quantizer_forward_and_gradcheck():
     ref = (i + 0.5 + 0.5 * torch.tanh(4.0 * (f - 0.5)) / math.tanh(2.0)) * 0.5
     torch.testing.assert_close(y, ref)
     # passes through the grid points, and approaches round() as k grows
-    assert torch.allclose(q(torch.tensor([0.5, -1.0], dtype=torch.float64)), torch.tensor([0.5, -1.0], dtype=torch.float64))
+    assert torch.allclose(
+        q(torch.tensor([0.5, -1.0], dtype=torch.float64)), torch.tensor([0.5, -1.0], dtype=torch.float64)
+    )
     x = X.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: q(v), (x,))
     # the step's gradient: finite differences of the same soft function (g = 1 ⇒ compare after undoing it)
@@ -82,7 +84,8 @@ def test_sigmoid_quantizer_learns_sharpness_and_is_hard_in_eval():
     y = q(X)
     torch.testing.assert_close(y.detach(), torch.clamp(torch.round(X / 0.5), -4, 3) * 0.5)
     y.pow(2).sum().backward()
-    assert q.sharpness.grad is not None and q.sharpness.grad.item() != 0.0
+    assert q.sharpness.grad is not None
+    assert q.sharpness.grad.item() != 0.0
 
 
 def test_gumbel_temperature_schedule():

@@ -51,7 +51,9 @@ def test_minmax_weight_group_forward(symmetric):
 
 
 def test_minmax_activation_ema_and_eval_uses_running_range():
-    q = make_quantizer(QuantSpec(bits=8, method="ste", symmetric=False, granularity="tensor", ema=0.5), "activation", (3,))
+    q = make_quantizer(
+        QuantSpec(bits=8, method="ste", symmetric=False, granularity="tensor", ema=0.5), "activation", (3,)
+    )
     q.train()
     q(torch.tensor([[0.0, 1.0, 2.0]]))
     q(torch.tensor([[0.0, 1.0, 4.0]]))
@@ -62,7 +64,9 @@ def test_minmax_activation_ema_and_eval_uses_running_range():
 
 
 def _lsq(bits=3, gran="tensor", shape=(4,), role="weight", symmetric=True):
-    return make_quantizer(QuantSpec(bits=bits, method="lsq", granularity=gran, symmetric=symmetric), role, shape)
+    return make_quantizer(
+        QuantSpec(bits=bits, method="lsq", granularity=gran, symmetric=symmetric), role, shape
+    )
 
 
 def test_lsq_init_book_exercise():
@@ -74,7 +78,8 @@ def test_lsq_init_book_exercise():
 
 
 def test_lsq_gradients_match_the_paper_closed_form():
-    # Book exercise 6 again, with its upstream gradient [0.1, −0.2, 0.3, −0.1] and a step that clips one element.
+    # Book exercise 6 again, with its upstream gradient [0.1, −0.2, 0.3, −0.1] and a step that clips one
+    # element.
     w = torch.tensor([1.2, -0.8, 2.1, -1.5], requires_grad=True)
     q = _lsq()
     q(w.detach())  # init
@@ -88,7 +93,9 @@ def test_lsq_gradients_match_the_paper_closed_form():
     ref_y = torch.clamp(torch.round(u), qn, qp) * s
     torch.testing.assert_close(y.detach(), ref_y)
     inside = (u >= qn) & (u <= qp)
-    dyds = torch.where(inside, -u + torch.round(u), torch.where(u < qn, torch.tensor(qn * 1.0), torch.tensor(qp * 1.0)))
+    dyds = torch.where(
+        inside, -u + torch.round(u), torch.where(u < qn, torch.tensor(qn * 1.0), torch.tensor(qp * 1.0))
+    )
     g = 1 / math.sqrt(4 * qp)  # N = 4 weights share the step
     assert q.step.grad.item() == pytest.approx(float((up * dyds).sum()) * g, rel=1e-6)
     torch.testing.assert_close(w.grad, up * inside)
@@ -103,7 +110,9 @@ def test_lsq_group_step_shape_and_grad_scale():
     q = _lsq(bits=4, gran="group", shape=(8, 64))
     q(w.detach())
     assert tuple(q.step.shape) == (8, 2, 1)
-    torch.testing.assert_close(q.step, 2 * w.detach().reshape(8, 2, 32).abs().mean(-1, keepdim=True) / math.sqrt(7))
+    torch.testing.assert_close(
+        q.step, 2 * w.detach().reshape(8, 2, 32).abs().mean(-1, keepdim=True) / math.sqrt(7)
+    )
     q(w).sum().backward()
     u = w.detach().reshape(8, 2, 32) / q.step.detach()
     d = torch.where((u >= -8) & (u <= 7), torch.round(u) - u, torch.clamp(u, -8, 7).round())
@@ -122,10 +131,13 @@ def test_lsq_set_bits_reinitializes_step():
 
 def test_lsq_plus_gradients_closed_form():
     x = torch.tensor([[0.3, 1.7, 2.2, 5.0, -1.0]], requires_grad=True)
-    q = make_quantizer(QuantSpec(bits=2, method="lsq+", symmetric=False, granularity="tensor"), "activation", (5,))
+    q = make_quantizer(
+        QuantSpec(bits=2, method="lsq+", symmetric=False, granularity="tensor"), "activation", (5,)
+    )
     q(x.detach())
     # init: s = (max − min)/3 = 2, β = min = −1
-    assert q.step.item() == pytest.approx(2.0) and q.offset.item() == pytest.approx(-1.0)
+    assert q.step.item() == pytest.approx(2.0)
+    assert q.offset.item() == pytest.approx(-1.0)
     with torch.no_grad():
         q.step.fill_(1.0)
         q.offset.fill_(0.5)
