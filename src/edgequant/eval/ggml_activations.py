@@ -1,0 +1,96 @@
+"""Round matmul inputs as llama.cpp's CPU backend does, so a GGUF runs in PyTorch with llama.cpp's numerics.
+
+ggml's CPU matmul does not multiply a quantized weight by float activations: it first converts each
+activation row to the weight type's ``vec_dot_type`` and takes integer dot products (``ggml-cpu.c``
+``type_traits_cpu``). That rounding is part of what a quantized file costs at run time (on SmolLM2 it moves
+perplexity by 0.2-0.7 %), so edgequant's torch backend reproduces it for GGUF inputs:
+
+==================================================  =================================================
+weight type                                         activations become
+==================================================  =================================================
+Q4_0, Q5_0, Q8_0, IQ4_NL                            Q8_0: per 32 values ``d = amax/127`` stored fp16,
+                                                    ``q = round_half_even(x * 127/amax)``, x' = q*d
+Q4_1, Q5_1                                          Q8_1: the same values as Q8_0 (its extra sum
+                                                    term does not change x')
+Q2_K .. Q6_K, IQ4_XS                                Q8_K: per 256 values ``m`` = signed max-|x|,
+                                                    ``iscale = -127/m``, ``q = min(127, nearest_int(
+                                                    iscale*x))``, x' = q / iscale (f32)
+F16 / BF16                                          x rounded to fp16 / bf16
+F32                                                 unchanged
+==================================================  =================================================
+
+The product is then taken in float32 with the dequantized weights, which equals ggml's integer dot
+product up to float32 summation order. Not reproduced: the F16 KV cache and attention arithmetic of
+llama.cpp (a smaller effect). ``install`` returns hook handles; remove them to restore plain float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from edgequant.eval.imatrix_collect import gguf_weight_name
+
+_Q8_0 = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "Q4_1", "Q5_1")
+_Q8_K = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
+
+
+def round_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """x -> dequantize(quantize_q8_0(x)) along the last dim (a multiple of 32), float32."""
+    shape = x.shape
+    b = x.float().reshape(-1, 32)
+    amax = b.abs().amax(1, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))  # true division
+    d = (amax / 127.0).half().float()
+    return (torch.round(b * inv) * d).reshape(shape)
+
+
+def round_q8_k(x: torch.Tensor) -> torch.Tensor:
+    """x -> dequantize(quantize_q8_K(x)) along the last dim (a multiple of 256), float32."""
+    shape = x.shape
+    b = x.float().reshape(-1, 256)
+    idx = b.abs().argmax(1, keepdim=True)  # first max-|x| element, as ggml's strict '>' scan
+    m = b.gather(1, idx)
+    # ``scalar / tensor`` is reciprocal-times-scalar in torch (1 ulp off); divide tensors instead
+    iscale = torch.where(m != 0, torch.full_like(m, -127.0) / m, torch.zeros_like(m))
+    q = torch.clamp(torch.round(b * iscale), max=127.0)
+    d = torch.where(m != 0, torch.ones_like(m) / iscale, torch.zeros_like(m))
+    return (q * d).reshape(shape)
+
+
+def rounding_for(type_name: str, n_in: int):
+    """The input rounding function for a weight of ``type_name`` with rows of ``n_in`` (None: none)."""
+    if type_name in _Q8_0 and n_in % 32 == 0:
+        return round_q8_0
+    if type_name in _Q8_K and n_in % 256 == 0:
+        return round_q8_k
+    if type_name == "F16":
+        return lambda x: x.half().float()
+    if type_name == "BF16":
+        return lambda x: x.bfloat16().float()
+    return None
+
+
+def gguf_weight_types(path: str | os.PathLike) -> dict[str, str]:
+    """{tensor name: type name} of a GGUF file."""
+    from edgequant.gguf.reader import GGUFFile
+
+    with GGUFFile(os.fspath(path)) as r:
+        return {t.name: t.type_name for t in r.tensors}
+
+
+def install(model, gguf_path: str | os.PathLike) -> list:
+    """Add forward pre-hooks rounding the inputs of every linear as llama.cpp would for ``gguf_path``."""
+    types = gguf_weight_types(gguf_path)
+    handles = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        g = gguf_weight_name(name)
+        if g == "output.weight" and g not in types:
+            g = "token_embd.weight"  # tied output head
+        fn = rounding_for(types.get(g, "F32"), mod.in_features) if g else None
+        if fn is not None:
+            handles.append(mod.register_forward_pre_hook(lambda _m, inp, fn=fn: (fn(inp[0]), *inp[1:])))
+    return handles
