@@ -87,15 +87,29 @@ class QATConfig:
     skip: module-name substrings left untouched (default: the LM head, which llama ties to the embedding).
     edge_modules: name substrings of modules quantized only in the ``"all"`` scope (progressive scope's last
     stage).
+    overrides: ``((name_substring, QuantSpec), ...)``: the first match gives that module's weight spec (mixed
+    formats, e.g. ``(("down_proj", QuantSpec(method="codec", format="Q4_K")),)``).
     """
 
     weight: QuantSpec | None = field(default_factory=QuantSpec)
     activation: QuantSpec | None = None
     skip: tuple[str, ...] = ("lm_head",)
     edge_modules: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, QuantSpec], ...] = ()
+
+    def weight_spec_for(self, module_name: str) -> QuantSpec | None:
+        for pattern, spec in self.overrides:
+            if pattern in module_name:
+                return spec
+        return self.weight
 
     def __post_init__(self) -> None:
-        if self.weight is None and self.activation is None:
+        for item in self.overrides:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], QuantSpec)):
+                raise ConfigError(
+                    f"QATConfig.overrides entries must be (name_substring, QuantSpec), got {item!r}"
+                )
+        if self.weight is None and self.activation is None and not self.overrides:
             raise ConfigError("QATConfig quantizes nothing: set weight and/or activation")
         for name in ("weight", "activation"):
             v = getattr(self, name)
@@ -120,4 +134,8 @@ class QATConfig:
                 d[key] = QuantSpec(**{k: v for k, v in d[key].items() if k in names})
         d["skip"] = tuple(d.get("skip", ()))
         d["edge_modules"] = tuple(d.get("edge_modules", ()))
+        d["overrides"] = tuple(
+            (pat, QuantSpec(**{k: v for k, v in s.items() if k in names}))
+            for pat, s in d.get("overrides", ())
+        )
         return cls(**d)

@@ -42,7 +42,7 @@ def prepare(model: nn.Module, config: QATConfig, example_inputs=None) -> nn.Modu
     for name, mod in targets:
         cls = QATLinear if isinstance(mod, nn.Linear) else QATConv2d
         with torch.no_grad():
-            new = cls(mod, config.weight, config.activation, name)
+            new = cls(mod, config.weight_spec_for(name), config.activation, name)
         new.train(mod.training)
         _set_submodule(model, name, new)
     model.qat_config = config
