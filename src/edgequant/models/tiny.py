@@ -69,6 +69,8 @@ def _train_spm(folder: str, vocab_size: int) -> int:
         model_type="bpe",
         byte_fallback=True,
         character_coverage=1.0,
+        normalization_rule_name="identity",  # as Llama's tokenizer.model: llama.cpp does not normalize
+        remove_extra_whitespaces=False,
         bos_id=1,
         eos_id=2,
         unk_id=0,
