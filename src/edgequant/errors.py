@@ -33,3 +33,8 @@ class NonFiniteError(EdgequantError, ValueError):
 
 class OutputError(EdgequantError, OSError):
     """The output path cannot be written."""
+
+
+class VerificationError(EdgequantError):
+    """A written model does not reproduce its source's outputs within tolerance (e.g. llama.cpp's logits of a
+    converted GGUF against the Hugging Face model); the output is not kept."""

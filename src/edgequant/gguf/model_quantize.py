@@ -140,7 +140,7 @@ def quantize_model(
             w.add_kv("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
             w.add_kv("general.file_type", GGUFValueType.UINT32, ftype_id)
             if imatrix is not None:
-                _add_imatrix_kvs(w, imatrix)
+                add_imatrix_kvs(w, imatrix)
             for t, c, requant, _ in plan:
                 new = get_codec(c.new_type) if requant else None
                 nbytes = new.row_bytes(t.shape_ne[0]) * (t.n_elements // t.shape_ne[0]) if new else t.nbytes
@@ -151,8 +151,8 @@ def quantize_model(
                 raw = reader.tensor_data(t)
                 rmse = None
                 if requant:
-                    x = _as_rows_f32(raw, t)
-                    out = _encode(x, c.new_type, qw, t, threads)
+                    x = tensor_rows_f32(raw, t)
+                    out = encode_tensor(x, c.new_type, qw, t, threads)
                     if measure_error:
                         back = dequantize(out, c.new_type, x.shape, threads=threads)
                         rmse = float(np.sqrt(np.mean((back.astype(np.float64) - x) ** 2)))
@@ -208,7 +208,7 @@ def _plan(
                 f"{src}: tensor '{t.name}' is {t.type_name}; requantizing from it is disabled "
                 "(it loses quality); pass --allow-requantize to do it anyway"
             )
-        qw = _imatrix_for(qmap, t) if requant else None
+        qw = imatrix_for_tensor(qmap, t) if requant else None
         plan.append((t, c, requant, qw))
     return plan
 
@@ -278,7 +278,7 @@ def report_dict(report: QuantizeReport) -> dict:
     }
 
 
-def _imatrix_for(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
+def imatrix_for_tensor(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
     qw = qmap.get(t.name)
     if qw is None:
         return None
@@ -294,7 +294,7 @@ def _imatrix_for(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
     return qw
 
 
-def _as_rows_f32(raw: np.ndarray, t) -> np.ndarray:
+def tensor_rows_f32(raw: np.ndarray, t) -> np.ndarray:
     """The tensor as float32 rows: a zero-copy view of the map for F32, decoded otherwise; NaN/Inf refused."""
     rows = t.n_elements // t.shape_ne[0]
     if t.type_name == "F32":
@@ -308,7 +308,7 @@ def _as_rows_f32(raw: np.ndarray, t) -> np.ndarray:
     return x
 
 
-def _encode(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
+def encode_tensor(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
     """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice."""
     ne = t.shape_ne
     n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
@@ -340,7 +340,7 @@ def _encode(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int
     return out
 
 
-def _add_imatrix_kvs(w: GGUFStreamWriter, imatrix: Imatrix) -> None:
+def add_imatrix_kvs(w: GGUFStreamWriter, imatrix: Imatrix) -> None:
     """The provenance keys llama-quantize records (strings capped at 127 bytes, like its override buffer)."""
     w.add_kv(
         "quantize.imatrix.file", GGUFValueType.STRING, imatrix.path.encode()[:127].decode(errors="ignore")

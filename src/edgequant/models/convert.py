@@ -30,7 +30,7 @@ import numpy as np
 from edgequant.gguf.codecs import get_codec
 from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
 from edgequant.gguf.imatrix import Imatrix, load_imatrix
-from edgequant.gguf.model_quantize import _add_imatrix_kvs, _as_rows_f32, _encode, _imatrix_for
+from edgequant.gguf.model_quantize import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 from edgequant.models.architectures import arch_from_config, permute_qk
 from edgequant.models.convert_plan import expected_shapes, gguf_metadata, map_names
@@ -104,7 +104,7 @@ def convert_hf_to_gguf(
                 for k in kvs:
                     w.add_kv(k.name, k.vtype, k.value, k.array_type)
                 if imatrix is not None:
-                    _add_imatrix_kvs(w, imatrix)
+                    add_imatrix_kvs(w, imatrix)
                 for c in choices:
                     ne = tuple(reversed(ckpt.shape(names[c.name])))
                     codec = get_codec(c.new_type)
@@ -156,11 +156,11 @@ def _encode_tensor(ckpt, hf_name, choice, hp, spec, qmap, threads) -> np.ndarray
     ne = tuple(reversed(x.shape))
     t = SimpleNamespace(name=choice.name, shape_ne=ne, n_elements=x.size, type_name="F32")
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, ne[0])
-    rows = _as_rows_f32(rows.view(np.uint8), t)  # NaN/Inf -> NonFiniteError naming tensor and row
+    rows = tensor_rows_f32(rows.view(np.uint8), t)  # NaN/Inf -> NonFiniteError naming tensor and row
     if choice.new_type == "F32":
         return rows
-    qw = _imatrix_for(qmap, t) if choice.quantize else None
-    return _encode(rows, choice.new_type, qw, t, threads)
+    qw = imatrix_for_tensor(qmap, t) if choice.quantize else None
+    return encode_tensor(rows, choice.new_type, qw, t, threads)
 
 
 __all__ = ["ConvertResult", "convert_hf_to_gguf"]

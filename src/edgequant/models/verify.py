@@ -27,7 +27,7 @@ import importlib.util
 
 import numpy as np
 
-from edgequant.errors import EdgequantError
+from edgequant.errors import VerificationError  # re-exported: callers catch it from here or errors
 
 CHECK_PROMPTS = (
     "The quick brown fox jumps over the lazy dog. 1234567890",
@@ -38,10 +38,6 @@ TOLERANCES = {"F32": 0.01, "F16": 0.03, "BF16": 0.03}
 QUANTIZED_TOLERANCE = 0.12
 MIN_TOP1 = 0.85
 STRICT_TOP1 = ("F32", "F16", "BF16")
-
-
-class VerificationError(EdgequantError):
-    """The converted GGUF does not reproduce the Hugging Face model's logits within the ftype's tolerance."""
 
 
 def llama_cpp_logits(gguf_path: str, prompts=CHECK_PROMPTS) -> tuple[list[list[int]], list[np.ndarray]]:
