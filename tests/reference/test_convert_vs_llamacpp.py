@@ -170,3 +170,33 @@ def test_smollm2_round_trip_gguf_hf_gguf(smollm2_f32, smollm2_hf, tmp_path):
     p0, p1 = _ppl(smollm2_f32, ids), _ppl(back, ids)
     print(f"\nSmolLM2 F32 round trip: perplexity {p0:.6f} -> {p1:.6f} over {len(ids)} tokens")  # noqa: T201 (figures for the report, with -s)
     assert p0 == p1
+
+
+def test_convert_with_an_imatrix_equals_llama_quantize_with_it(tmp_path):
+    """``convert --imatrix``: the importance matrix reaches every tensor as llama-quantize applies it."""
+    from edgequant.gguf.imatrix import ImatrixEntry, save_imatrix_gguf
+    from edgequant.testing.compare import compare_gguf
+    from edgequant.testing.ggml_peer import llama_quantize_file
+
+    d = write_tiny_hf(str(tmp_path / "m"), "llama", "bpe")
+    f32 = str(tmp_path / "f32.gguf")
+    convert_hf_to_gguf(d, f32, "F32", verify=False)
+    rng = np.random.default_rng(7)
+    stats = {}
+    with GGUFFile(f32) as r:
+        for t in r.tensors:
+            if len(t.shape_ne) == 2 and t.name != "token_embd.weight":
+                # Uneven column importances, so a lost or misrouted imatrix changes the chosen scales.
+                sum2 = rng.gamma(0.5, 2.0, size=(1, t.shape_ne[0])).astype(np.float32) * 64
+                stats[t.name] = ImatrixEntry(sum2, np.array([64], dtype=np.int64))
+    imat = str(tmp_path / "imatrix.gguf")
+    save_imatrix_gguf(imat, stats, chunk_size=64, datasets=["random"])
+    for ftype, fid in (("Q4_K_M", 15), ("IQ4_XS", 30)):
+        ours, theirs = str(tmp_path / f"ours-{ftype}.gguf"), str(tmp_path / f"theirs-{ftype}.gguf")
+        convert_hf_to_gguf(d, ours, ftype, imatrix=imat, verify=False)
+        assert llama_quantize_file(f32, theirs, fid, imatrix=imat)["rc"] == 0
+        cmp = compare_gguf(ours, theirs)
+        assert cmp.all_equal, (ftype, cmp.mismatched[:3], cmp.kv_diffs[:3])
+        without = str(tmp_path / f"plain-{ftype}.gguf")
+        convert_hf_to_gguf(d, without, ftype, verify=False)
+        assert compare_gguf(without, theirs).mismatched  # the imatrix changed tensor bytes, not only metadata
