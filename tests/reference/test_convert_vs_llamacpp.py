@@ -200,3 +200,24 @@ def test_convert_with_an_imatrix_equals_llama_quantize_with_it(tmp_path):
         without = str(tmp_path / f"plain-{ftype}.gguf")
         convert_hf_to_gguf(d, without, ftype, verify=False)
         assert compare_gguf(without, theirs).mismatched  # the imatrix changed tensor bytes, not only metadata
+
+
+def test_sentencepiece_gguf_exports_a_tokenizer_that_tokenizes_like_llamacpp(tmp_path):
+    """GGUF with a SentencePiece ("llama") vocabulary -> HF folder: transformers' tokenizer from the exported
+    tokenizer.json gives llama.cpp's token ids, and the weights come back to the original model's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = write_tiny_hf(str(tmp_path / "mistral-spm"), "mistral", "spm")
+    gg = str(tmp_path / "spm-f32.gguf")
+    convert_hf_to_gguf(d, gg, "F32", verify=False)
+    out = str(tmp_path / "exported")
+    export_hf(gg, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    for text in TEXTS:
+        assert tok(text, add_special_tokens=False)["input_ids"] == _llama_tokens(gg, text), text
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id  # add_bos carried over
+    a = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    for name, t in a.items():
+        assert torch.equal(t, b[name]), name  # F32 in, F32 out: the inverse rope permutation is exact
