@@ -221,3 +221,17 @@ def test_sentencepiece_gguf_exports_a_tokenizer_that_tokenizes_like_llamacpp(tmp
     b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
     for name, t in a.items():
         assert torch.equal(t, b[name]), name  # F32 in, F32 out: the inverse rope permutation is exact
+
+
+def test_smollm2_tokenizer_has_llamacpps_check_hash(smollm2_hf):
+    """The exported SmolLM2 tokenizer hashes (llama.cpp's chkhsh over CHKTXT) to llama.cpp's own "smollm"
+    entry: CHKTXT is llama.cpp's text, and the pre-tokenizer is found by hash, not by the structural
+    fallback."""
+    from hashlib import sha256
+
+    from transformers import AutoTokenizer
+
+    from edgequant.models.hf_vocab import CHKHSH, CHKTXT
+
+    tok = AutoTokenizer.from_pretrained(smollm2_hf)
+    assert CHKHSH.get(sha256(str(tok.encode(CHKTXT)).encode()).hexdigest()) == "smollm"
