@@ -97,16 +97,3 @@ def dequantize_blockwise(q, absmax, code, blocksize, out):
     n = q.shape[0]
     for i in range(n):
         out[i] = code[q[i]] * absmax[i // blocksize]
-
-
-@jit
-def int8_matmul_i32(a, b, out):
-    """out[m, n] = sum_k a[m, k] * b[n, k] in exact int32 (a, b int8; a row-major (M, K), b (N, K))."""
-    m_rows, k_dim = a.shape
-    n_rows = b.shape[0]
-    for i in range(m_rows):
-        for j in range(n_rows):
-            acc = np.int32(0)
-            for k in range(k_dim):
-                acc += np.int32(a[i, k]) * np.int32(b[j, k])
-            out[i, j] = acc

@@ -1,0 +1,233 @@
+"""Linear8bitLt: LLM.int8 (Dettmers et al. 2022) with bitsandbytes' weights, state_dict and numerics.
+
+Weight (``has_fp16_weights=False``): ``W16 = W.half()``; ``SCB[o] = max_k |W16[o, k]|`` (float32, one per
+output row); ``CB = round(W16 * (127 / SCB[o]))`` as int8 (round half to even). state_dict: ``weight`` int8
+(out, in), ``bias``, ``SCB`` float32 (out,), ``weight_format`` uint8 0 ("row") -- bnb's layout.
+
+Forward, in eval **and in training** (bnb 0.50.2 on CPU drops the int8 matmul and the outlier split in
+training; edgequant keeps the mixed decomposition in both), x flattened to (M, K):
+
+1. ``A = x.half()``; outliers are ``|A| >= threshold`` (>=, as bnb); ``cols`` = sorted columns holding one.
+   Outlier elements are zeroed, ``SCA[i] = max_k |A[i, k]|`` (float32), ``CA = round(A * (127 / SCA[i]))``
+   int8, then (M > 1) whole outlier columns of CA are zeroed.
+2. ``acc = CA @ CB.T`` exact int32 (numba kernel).
+3. ``y = float32(acc) * (SCA[i] * SCB[o]) * 6.200124e-05`` (bnb's literal, not 1/127**2), ``+ bias`` (bias in
+   x's dtype, added in float32), cast to x's dtype.
+4. If cols: ``y = addmm(y, x[:, cols], Wo.T)`` with the original x and
+   ``Wo = (CB[:, cols] * SCB[:, None] * float32(1/127)).to(x.dtype)`` (int8-dequantized weights).
+
+Backward (weights frozen): ``grad_x = grad_y @ (CB * SCB[:, None] * float32(1/127))``, bias gets
+``grad_y.sum(0)``. With ``has_fp16_weights=True`` the float weight is a trainable parameter, requantized at
+every forward, and gets ``grad_W = grad_y.T @ x`` (straight-through).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgequant.errors import FormatError, NonFiniteError, ShapeError
+from edgequant.kernels.bnb8_matmul import int8_matmul_rows
+from edgequant.kernels.bnb_parallel import run_ranges
+
+DEQ_SCALE = 0.007874015718698502  # float32(1/127), bnb's literal
+MM_SCALE = 6.200124e-05  # bnb's literal (1/127**2 would be 6.2000124e-05)
+
+
+def quantize_rows_int8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
+    """bnb's row-wise weight quantization: (CB int8, SCB float32) from ``w.half()``."""
+    if not bool(torch.isfinite(w).all()):
+        bad = torch.nonzero(~torch.isfinite(w))[0].tolist()
+        raise NonFiniteError(f"{name}: element {tuple(bad)} is not finite; LLM.int8 needs finite weights")
+    w16 = w.detach().to(torch.float16)
+    scb = w16.abs().max(dim=1).values.float()
+    cb = torch.round(w16 * (127.0 / scb.unsqueeze(-1))).to(torch.int8)
+    return cb, scb
+
+
+def int8_matmul(a: torch.Tensor, w: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """Exact int32 ``a @ w.T`` for int8 a (M, K), w (N, K)."""
+    out = torch.empty((a.shape[0], w.shape[0]), dtype=torch.int32)
+    run_ranges(
+        int8_matmul_rows,
+        w.shape[0],
+        threads,
+        a.contiguous().numpy(),
+        w.contiguous().numpy(),
+        out.numpy(),
+        min_chunk=16,
+    )
+    return out
+
+
+def llm_int8_forward(x2, cb, scb, bias, threshold, threads=None):
+    """Steps 1-4 of the module docstring on a 2-D x; returns (y in x's dtype, outlier columns)."""
+    a = x2.to(torch.float16)
+    cols = torch.empty(0, dtype=torch.int64)
+    if threshold > 0.0:
+        outliers = a.abs() >= threshold
+        if bool(outliers.any()):
+            cols = torch.argwhere(outliers.any(dim=0)).view(-1)
+            a = a.masked_fill(outliers, 0)
+    sca = torch.max(a.abs(), dim=1).values.float()
+    ca = torch.round(a * (127.0 / sca.unsqueeze(-1))).to(torch.int8)
+    if a.shape[0] > 1 and cols.numel():
+        ca[:, cols] = 0
+    acc = int8_matmul(ca, cb, threads)
+    y = acc * (sca.unsqueeze(-1) * scb.unsqueeze(0)) * MM_SCALE
+    if bias is not None:
+        y += bias.to(x2.dtype)
+    y = y.to(x2.dtype)
+    if cols.numel():
+        wo = (cb[:, cols] * scb.unsqueeze(-1) * DEQ_SCALE).to(x2.dtype)
+        y = y.addmm(x2[:, cols].contiguous(), wo.t())
+    return y, cols
+
+
+class _LLMInt8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, module):
+        if module.has_fp16_weights:
+            cb, scb = quantize_rows_int8(weight, module.layer_name or "Linear8bitLt.weight")
+        else:
+            cb, scb = module.weight.data, module.SCB
+        y, cols = llm_int8_forward(x2, cb, scb, bias, module.threshold, module.threads)
+        module.outlier_cols = cols
+        ctx.save_for_backward(x2, cb, scb)
+        ctx.has_bias = bias is not None
+        ctx.fp16_weights = module.has_fp16_weights
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, cb, scb = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w = cb * scb.unsqueeze(-1) * DEQ_SCALE
+            grad_x = grad_y @ w.to(grad_y.dtype)
+        if ctx.fp16_weights and ctx.needs_input_grad[1]:
+            grad_w = grad_y.t() @ x2
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+class Linear8bitLt(nn.Module):
+    """LLM.int8 linear layer, bitsandbytes-compatible (see the module docstring)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        has_fp16_weights: bool = False,
+        threshold: float = 6.0,
+        device=None,
+        *,
+        threads: int | None = None,
+        name: str = "",
+    ):
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ShapeError(
+                f"Linear8bitLt {name}: in/out features must be positive, got {in_features}x{out_features}"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.has_fp16_weights = has_fp16_weights
+        self.threshold = float(threshold)
+        self.threads = threads
+        self.layer_name = name
+        self.outlier_cols = torch.empty(0, dtype=torch.int64)
+        ref = nn.Linear(in_features, out_features, bias=bias)
+        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        self.register_buffer("SCB", torch.zeros(out_features), persistent=False)
+        self.set_weight(ref.weight.detach())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Linear8bitLt:
+        layer = cls(
+            linear.in_features, linear.out_features, bias=linear.bias is not None, name=name, **kwargs
+        )
+        layer.set_weight(linear.weight.detach())
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone())
+        return layer
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ShapeError(
+                f"Linear8bitLt {self.layer_name}: weight shape {tuple(weight.shape)} does not fit "
+                f"({self.out_features}, {self.in_features})"
+            )
+        if self.has_fp16_weights:
+            self.weight = nn.Parameter(weight.detach().clone().float())
+            return
+        cb, scb = quantize_rows_int8(weight, f"{self.layer_name or 'Linear8bitLt'}.weight")
+        self.weight = nn.Parameter(cb, requires_grad=False)
+        self.SCB = scb
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 weight: ``CB * SCB[:, None] * float32(1/127)`` (or the float weight itself)."""
+        if self.has_fp16_weights:
+            return self.weight.detach()
+        return self.weight.data * self.SCB.unsqueeze(-1) * DEQ_SCALE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(
+                f"Linear8bitLt {self.layer_name}: input last dim {x.shape[-1]} != "
+                f"in_features {self.in_features}"
+            )
+        x2 = x.reshape(-1, self.in_features)
+        y = _LLMInt8.apply(x2, self.weight, self.bias, self)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, "
+            f"threshold={self.threshold}, has_fp16_weights={self.has_fp16_weights}"
+        )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.has_fp16_weights:
+            destination[prefix + "SCB"] = self.SCB if keep_vars else self.SCB.detach()
+            destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        where = prefix.rstrip(".") or "Linear8bitLt"
+        wkey, skey, fkey = prefix + "weight", prefix + "SCB", prefix + "weight_format"
+        if wkey in state_dict and not self.has_fp16_weights:
+            w = state_dict[wkey]
+            if w.dtype != torch.int8 or skey not in state_dict:
+                raise FormatError(
+                    f"{where}: expected bitsandbytes' Linear8bitLt layout ('{wkey}' int8 + '{skey}'), got "
+                    f"'{wkey}' {w.dtype}{'' if skey in state_dict else ' and no SCB'}; "
+                    f"load float checkpoints "
+                    f"into nn.Linear and use quantize_ / Linear8bitLt.from_linear"
+                )
+            if tuple(w.shape) != (self.out_features, self.in_features) or tuple(state_dict[skey].shape) != (
+                self.out_features,
+            ):
+                raise ShapeError(
+                    f"{where}: checkpoint weight {tuple(w.shape)} / SCB "
+                    f"{tuple(state_dict[skey].shape)} do not fit "
+                    f"({self.out_features}, {self.in_features})"
+                )
+            if fkey in state_dict and int(state_dict[fkey]) != 0:
+                raise FormatError(f"{where}: weight_format {int(state_dict[fkey])} is not 0 ('row')")
+            self.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
+            self.SCB = state_dict[skey].detach().clone().float()
+            state_dict = {k: v for k, v in state_dict.items() if k not in (wkey, skey, fkey)}
+            super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, False, missing_keys, unexpected_keys, error_msgs
+            )
+            if self.bias is not None and prefix + "bias" not in state_dict and strict:
+                missing_keys.append(prefix + "bias")
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

@@ -1,0 +1,85 @@
+"""Checkpoints move between edgequant and transformers+bitsandbytes both ways (tiny Llama built in code).
+
+transformers -> edgequant: ``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))`` then
+``save_pretrained``; edgequant's ``load_quantized`` reads the file into a float skeleton.
+edgequant -> transformers: ``quantize_`` + ``save_quantized`` + config.json with
+``transformers_quantization_config``; ``from_pretrained`` loads it. Logits are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from edgequant.nn import (
+    Int8Config,
+    NF4Config,
+    load_quantized,
+    quantize_,
+    save_quantized,
+    transformers_quantization_config,
+)
+
+pytest.importorskip("bitsandbytes")
+transformers = pytest.importorskip("transformers")
+pytestmark = [pytest.mark.reference, pytest.mark.slow]
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    import torch._dynamo
+
+    old = torch._dynamo.config.disable
+    torch._dynamo.config.disable = True
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    path = tmp_path_factory.mktemp("llama") / "float"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    yield cfg, path
+    torch._dynamo.config.disable = old
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_both_ways(tiny_llama, tmp_path, kind):
+    cfg, float_dir = tiny_llama
+    if kind == "nf4":
+        hf_q = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True
+        )
+        config = NF4Config(bnb_cpu_compatible=True)
+    else:
+        hf_q = transformers.BitsAndBytesConfig(load_in_8bit=True)
+        config = Int8Config()
+    ids = torch.randint(0, 128, (1, 10))
+    theirs = transformers.LlamaForCausalLM.from_pretrained(
+        float_dir, quantization_config=hf_q, device_map="cpu"
+    ).eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = transformers.LlamaForCausalLM(cfg).eval()
+    load_quantized(ours, tmp_path / "hf" / "model.safetensors")
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, theirs(ids).logits)
+
+    mine = transformers.LlamaForCausalLM.from_pretrained(float_dir).eval()
+    quantize_(mine, config)
+    out = tmp_path / "eq"
+    out.mkdir()
+    save_quantized(mine, out / "model.safetensors", config)
+    cfg_json = json.loads((float_dir / "config.json").read_text())
+    cfg_json["quantization_config"] = transformers_quantization_config(config)
+    (out / "config.json").write_text(json.dumps(cfg_json))
+    back = transformers.LlamaForCausalLM.from_pretrained(out, device_map="cpu").eval()
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, mine(ids).logits)
