@@ -49,6 +49,9 @@ class QuantSpec:
     tau_decay: float = 1e-3  # gumbel: λ in τ(t) = τ₀·exp(−λt), t in optimizer steps
     softness: float = 5.0  # tanh: k (sharpness); sigmoid: initial p
     ema: float = 0.9  # ste on activations: EMA momentum of the observed range
+    init: str = (
+        "lsq"  # learned steps: "lsq" (2·mean|v|/√Q_P) or "minmax" (max|v|/Q_P: starts where RTN PTQ is)
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +77,8 @@ class QuantSpec:
             raise ConfigError(f"QuantSpec.softness={self.softness} must be > 0")
         if self.method == "gumbel" and (self.tau0 <= 0 or self.tau_decay < 0):
             raise ConfigError(f"gumbel needs tau0 > 0 and tau_decay >= 0, got {self.tau0}, {self.tau_decay}")
+        if self.init not in ("lsq", "minmax"):
+            raise ConfigError(f"QuantSpec.init={self.init!r}; choose 'lsq' or 'minmax'")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"QuantSpec.ema={self.ema} must be in [0, 1)")
 

@@ -152,6 +152,9 @@ class LSQQuantizer(FakeQuantizer):
 
     def init_from(self, v):
         qp = self.qrange()[1]
+        if self.spec.init == "minmax":  # the round-to-nearest PTQ scale: QAT starts from PTQ
+            self.step.copy_((self.reduce(v.abs(), torch.amax) / qp).clamp_min(_EPS))
+            return
         self.step.copy_((2 * self.reduce(v.abs(), torch.mean) / math.sqrt(qp)).clamp_min(_EPS))
 
     def grad_factor(self, v: torch.Tensor) -> float:
