@@ -124,9 +124,9 @@ def edgequant_config(kind: str):
     import edgequant.nn as eqnn
 
     if kind == "nf4":
-        return eqnn.NF4Config(blocksize=64, double_quant=True)
+        return eqnn.NF4Config(blocksize=64, compress_statistics=True)
     if kind == "fp4":
-        return eqnn.FP4Config(blocksize=64, double_quant=True)
+        return eqnn.FP4Config(blocksize=64, compress_statistics=True)
     return eqnn.Int8Config(threshold=6.0)
 
 

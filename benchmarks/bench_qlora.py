@@ -100,7 +100,7 @@ def nf4(model: nn.Module, double_quant: bool) -> nn.Module:
     import edgequant
     import edgequant.nn as eqnn
 
-    edgequant.quantize_(model, eqnn.NF4Config(blocksize=64, double_quant=double_quant))
+    edgequant.quantize_(model, eqnn.NF4Config(blocksize=64, compress_statistics=double_quant))
     return model
 
 

@@ -12,6 +12,16 @@ from edgequant.nn.lora_config import LoraConfig
 from edgequant.nn.lora_merge import merge_lora
 from edgequant.nn.peft_format import load_peft_adapter, save_peft_adapter
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (OpenMP hand-offs cost more than these matmuls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 

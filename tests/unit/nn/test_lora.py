@@ -22,6 +22,15 @@ from edgequant.nn.lora_checkpoint import enable_gradient_checkpointing
 from edgequant.nn.lora_config import LoraConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (OpenMP hand-offs cost more than these matmuls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Int8RowLinear(nn.Module):
     """Test double of a quantized Linear: int8 rows, a float scale; ``dequantize()`` gives the weight."""
 
@@ -302,3 +311,61 @@ def test_checkpointing_gives_the_same_gradients_and_reruns_blocks():
 def test_checkpointing_needs_blocks():
     with pytest.raises(ConfigError, match=r"no nn\.ModuleList"):
         enable_gradient_checkpointing(nn.Sequential(nn.Linear(2, 2)))
+
+
+# -- edgequant's own quantized layers -----------------------------------------------------------------------
+
+
+def _edgequant_quantized(kind: str, seed: int = 5):
+    from edgequant.nn import FP4Config, Int8Config, NF4Config, quantize_
+
+    config = {"nf4": NF4Config(), "fp4": FP4Config(), "int8": Int8Config()}[kind]
+    model = _net(seed=seed, width=64)
+    report = quantize_(model, config)
+    assert len(report.quantized) == 8
+    return model
+
+
+@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+def test_qlora_on_linear4bit_has_the_gradients_of_the_dequantized_float_model(kind):
+    quant = _edgequant_quantized(kind)
+    floatm = _net(seed=5, width=64)
+    with torch.no_grad():
+        for name, module in quant.named_modules():
+            if hasattr(module, "dequantize") and not isinstance(module, nn.Linear):
+                floatm.get_submodule(name).weight.copy_(module.dequantize())
+    for m in (quant, floatm):
+        torch.manual_seed(11)
+        apply_lora(m, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "down"]))
+        _randomize_b(m)
+        m.train()
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for m in (quant, floatm):
+        m(ids).square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_lora_trains_on_a_frozen_quantized_base(kind):
+    model = _edgequant_quantized(kind)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, LoraConfig(r=4, alpha=8, target_modules="all-linear"))
+    model.train()
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-2)
+    ids = torch.randint(0, 32, (4, 9), generator=torch.Generator().manual_seed(3))
+    losses = []
+    for _ in range(15):
+        loss = nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 32), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    after = model.state_dict()
+    for key, value in frozen.items():  # the quantized base (packed weights, states, biases) did not move
+        new_key = next(k for k in after if k.replace(".base_layer", "") == key)
+        assert torch.equal(after[new_key], value), key

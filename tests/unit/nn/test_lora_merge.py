@@ -15,6 +15,15 @@ from edgequant.nn.lora_config import LoraConfig
 from edgequant.nn.lora_merge import merge_lora, merged_state_dict, save_merged_safetensors
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (OpenMP hand-offs cost more than these matmuls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Int8RowLinear(nn.Module):
     """Test double of a quantized Linear (int8 rows + scale) exposing ``dequantize()``."""
 

@@ -16,6 +16,15 @@ from edgequant.nn.lora_config import LoraConfig
 from edgequant.nn.peft_format import load_peft_adapter, read_peft_config, save_peft_adapter
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (OpenMP hand-offs cost more than these matmuls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Attn(nn.Module):
     def __init__(self, width):
         super().__init__()
