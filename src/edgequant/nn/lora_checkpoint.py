@@ -1,8 +1,9 @@
 """Gradient (activation) checkpointing for LoRA/QLoRA training: keep each block's input, recompute its inside.
 
 ``enable_gradient_checkpointing(model)`` uses the model's own switch when it is a transformers model
-(``gradient_checkpointing_enable(use_reentrant=False)``); for any other model it wraps every module found in
-an ``nn.ModuleList`` (the usual stack of transformer blocks) so that its forward runs under
+(``activation_checkpointing_enable``, formerly ``gradient_checkpointing_enable``, use_reentrant=False);
+for any other model it wraps every module found in an ``nn.ModuleList`` (the usual stack of transformer
+blocks) so that its forward runs under
 ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``. The non-reentrant variant needs no input that
 requires grad, which matters for LoRA: the embeddings are frozen, so the first block's input does not
 require grad.
@@ -23,10 +24,16 @@ from edgequant.errors import ConfigError
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:
     """Turn checkpointing on; returns how many blocks are checkpointed (-1 when transformers handles it)."""
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if callable(enable) and getattr(model, "supports_gradient_checkpointing", False):
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return -1
+    if getattr(model, "supports_gradient_checkpointing", False):
+        # transformers >= 5.x names it activation_checkpointing_enable (the old name warns until v6)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if callable(enable):
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            return -1
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if callable(enable):
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return -1
     count = 0
     for module in model.modules():
         if isinstance(module, nn.ModuleList):

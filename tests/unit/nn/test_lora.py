@@ -369,3 +369,33 @@ def test_lora_trains_on_a_frozen_quantized_base(kind):
     for key, value in frozen.items():  # the quantized base (packed weights, states, biases) did not move
         new_key = next(k for k in after if k.replace(".base_layer", "") == key)
         assert torch.equal(after[new_key], value), key
+
+
+def test_checkpointing_a_transformers_model():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        use_cache=False,
+    )
+    ids = torch.arange(20).reshape(2, 10)
+    grads = []
+    for use_ckpt in (False, True):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(cfg)
+        apply_lora(model, LoraConfig(r=2, alpha=4, target_modules=["q_proj", "up_proj"]))
+        _randomize_b(model)
+        if use_ckpt:
+            assert enable_gradient_checkpointing(model) == -1
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert len(grads[1]) == 8
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=0, atol=0, msg=n)
