@@ -43,6 +43,9 @@ class _QATBase(nn.Module):
         self.input_quantizer = (
             make_quantizer(act_spec, "activation", (n_in,), name + ".input") if act_spec else None
         )
+        for q in (self.weight_quantizer, self.input_quantizer):  # quantizer state: the weight's dtype/device
+            if q is not None:
+                q.to(device=mod.weight.device, dtype=mod.weight.dtype)
         if self.weight_quantizer is not None:  # weight-driven init now, so the learned params are ready
             self.weight_quantizer(self.weight.detach())
 

@@ -22,6 +22,9 @@ from edgequant.qat.granularity import activation_reduce_dims, activation_scale_s
 from edgequant.qat.ste import fake_quant_ste, grad_scale, round_ste
 
 _EPS = 1e-8
+# Called with each quantizer right after its data-driven init (set by distributed.synchronized_init, so ranks
+# agree on an init before the next layer's input depends on it).
+INIT_HOOKS: list = []
 
 
 class FakeQuantizer(nn.Module):
@@ -55,8 +58,12 @@ class FakeQuantizer(nn.Module):
         return fn(v, dim=dims)
 
     def elements_per_scale(self, v: torch.Tensor) -> int:
+        """N in LSQ's gradient scale: elements sharing one scale; for activations per example (the paper's
+        N_F, the layer's feature count), so the scale does not depend on the batch size (data-parallel
+        shards then get the same gradient as the global batch)."""
         n_scales = max(1, math.prod(self.scale_shape))
-        return max(1, v.numel() // n_scales)
+        n = v.numel() if self.role == "weight" or v.dim() < 2 else v.numel() // v.shape[0]
+        return max(1, n // n_scales)
 
     def qrange(self) -> tuple[int, int]:
         if self.spec.symmetric:
@@ -77,6 +84,8 @@ class FakeQuantizer(nn.Module):
         if not bool(self.initialized):
             with torch.no_grad():
                 self.init_from(v.detach())
+                for hook in INIT_HOOKS:
+                    hook(self)
             self.initialized.fill_(1)
         return self.fake(v).reshape(x.shape)
 
