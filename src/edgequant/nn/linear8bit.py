@@ -10,7 +10,7 @@ training; edgequant keeps the mixed decomposition in both), x flattened to (M, K
 1. ``A = x.half()``; outliers are ``|A| >= threshold`` (>=, as bnb); ``cols`` = sorted columns holding one.
    Outlier elements are zeroed, ``SCA[i] = max_k |A[i, k]|`` (float32), ``CA = round(A * (127 / SCA[i]))``
    int8, then (M > 1) whole outlier columns of CA are zeroed.
-2. ``acc = CA @ CB.T`` exact int32 (numba kernel).
+2. ``acc = CA @ CB.T`` exact int32 (see ``int8_matmul``).
 3. ``y = float32(acc) * (SCA[i] * SCB[o]) * 6.200124e-05`` (bnb's literal, not 1/127**2), ``+ bias`` (bias in
    x's dtype, added in float32), cast to x's dtype.
 4. If cols: ``y = addmm(y, x[:, cols], Wo.T)`` with the original x and
@@ -45,18 +45,33 @@ def quantize_rows_int8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Ten
     return cb, scb
 
 
+GEMV_MAX_ROWS = 4
+EXACT_K_CHUNK = 1024  # 1024 * 127 * 127 < 2**24: a float32 dot product of this many int8 pairs is exact
+
+
 def int8_matmul(a: torch.Tensor, w: torch.Tensor, threads: int | None = None) -> torch.Tensor:
-    """Exact int32 ``a @ w.T`` for int8 a (M, K), w (N, K)."""
-    out = torch.empty((a.shape[0], w.shape[0]), dtype=torch.int32)
-    run_ranges(
-        int8_matmul_rows,
-        w.shape[0],
-        threads,
-        a.contiguous().numpy(),
-        w.contiguous().numpy(),
-        out.numpy(),
-        min_chunk=16,
-    )
+    """Exact int32 ``a @ w.T`` for int8 a (M, K), w (N, K).
+
+    Up to GEMV_MAX_ROWS rows: a numba integer kernel. More rows: float32 BLAS on K-chunks of 1024, each
+    chunk exact (partial sums stay below 2**24), the chunks added in int32 -- exact, at BLAS speed.
+    """
+    if a.shape[0] <= GEMV_MAX_ROWS:
+        out = torch.empty((a.shape[0], w.shape[0]), dtype=torch.int32)
+        run_ranges(
+            int8_matmul_rows,
+            w.shape[0],
+            threads,
+            a.contiguous().numpy(),
+            w.contiguous().numpy(),
+            out.numpy(),
+            min_chunk=16,
+        )
+        return out
+    out = None
+    for k0 in range(0, a.shape[1], EXACT_K_CHUNK):
+        part = torch.mm(a[:, k0 : k0 + EXACT_K_CHUNK].float(), w[:, k0 : k0 + EXACT_K_CHUNK].float().T)
+        part = part.to(torch.int32)
+        out = part if out is None else out.add_(part)
     return out
 
 

@@ -79,3 +79,15 @@ def test_state_dict_layout_and_errors():
     lin.weight.data = w
     with pytest.raises(NonFiniteError, match=r"blk\.ffn\.weight: element \(1, 2\)"):
         Linear8bitLt.from_linear(lin, name="blk.ffn")
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_int8_matmul_exact_at_the_extremes(rows):
+    from edgequant.nn.linear8bit import int8_matmul
+
+    a = torch.full((rows, 4096), 127, dtype=torch.int8)
+    a[:, ::3] = -127
+    w = torch.full((40, 4096), 127, dtype=torch.int8)
+    w[::2, 5] = -128
+    ref = (a.long() @ w.long().T).to(torch.int32)
+    assert torch.equal(int8_matmul(a, w), ref)
