@@ -11,7 +11,7 @@ each row; embeddings (tied with the LM head) and norms stay float; activations f
   QAT = LSQ initialized at that same step (``init="minmax"``).
 
 QAT: ``edgequant.qat.lm_training.distill_lm``, KL(float ‖ QAT) on the logits only (task weight 0, α 1 → 0.5
-cosine), AdamW lr 2e-5 for weights and 1e-4 for scales (warm-up 3 steps, cosine), embeddings frozen,
+cosine), AdamW at ``--lr`` (weights) and ``--scale-lr`` (scales) (warm-up 3 steps, cosine), embeddings frozen,
 ``--steps`` steps of ``--batch`` random windows of ``--seq-len`` tokens from the training text (default
 /usr/share/common-licenses/GPL-3). The float teacher's logits per window are cached (fp16) and shared by both
 bit widths. Evaluation on a different text (default /usr/share/common-licenses/Apache-2.0): perplexity
@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--eval-windows", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-5, help="weight learning rate")
+    ap.add_argument("--scale-lr", type=float, default=1e-4, help="quantizer-scale learning rate")
     ap.add_argument("--train-text", default="/usr/share/common-licenses/GPL-3")
     ap.add_argument("--eval-text", default="/usr/share/common-licenses/Apache-2.0")
     ap.add_argument("--cache", default="/tmp/edgequant_qat_smollm2_cache.json")
@@ -91,12 +93,16 @@ def main() -> int:
     teacher = CachedTeacher(model)
     train_ids = torch.tensor(tok(open(args.train_text).read())["input_ids"])
     eval_ids = torch.tensor(tok(open(args.eval_text).read())["input_ids"])
-    settings = {
-        k: getattr(args, k) for k in ("steps", "seq_len", "batch", "eval_windows", "train_text", "eval_text")
-    }
+    eval_keys = ("eval_windows", "eval_text")
+    train_keys = ("steps", "seq_len", "batch", "lr", "scale_lr", "train_text")
+    settings = {k: getattr(args, k) for k in eval_keys + train_keys}
     cache = json.load(open(args.cache)) if os.path.exists(args.cache) else {}
-    if cache.get("settings") != settings:
-        cache = {"settings": settings, "cells": {}}
+    old = cache.get("settings", {})
+    if any(old.get(k) != settings[k] for k in eval_keys):  # every cell is evaluated with these
+        cache = {"cells": {}}
+    elif any(old.get(k) != settings[k] for k in train_keys):  # only the QAT cells are trained with these
+        cache["cells"] = {k: v for k, v in cache["cells"].items() if not k.startswith("qat")}
+    cache["settings"] = settings
     cells = cache["cells"]
     for name in ORDER:
         if name in cells:
@@ -113,6 +119,8 @@ def main() -> int:
                     steps=args.steps,
                     seq_len=args.seq_len,
                     batch_size=args.batch,
+                    lr=args.lr,
+                    scale_lr=args.scale_lr,
                     warmup=min(3, args.steps - 1),
                 )
                 log = distill_lm(m, teacher, train_ids, cfg, on_step=lambda r, n=name: _progress(n, r))
@@ -169,7 +177,8 @@ def _report(cells, settings, n_train, n_eval, wall, quick):
         "# QAT vs PTQ on SmolLM2-135M (weights, groups of 32)",
         "",
         f"Train text `{s['train_text']}` ({n_train} tokens): {s['steps']} steps × {s['batch']} window(s) of "
-        f"{s['seq_len']} tokens, distillation from the float model. Held-out text `{s['eval_text']}` "
+        f"{s['seq_len']} tokens, distillation from the float model (lr {s['lr']:g}, scale lr "
+        f"{s['scale_lr']:g}). Held-out text `{s['eval_text']}` "
         f"({n_eval} tokens): {s['eval_windows']} windows of 256, second half scored. Float = the packaged "
         "Q4_1 GGUF dequantized to float32. 4 bits: ggml Q4_0 grid (PTQ = ggml's rule; QAT = learned fp16 "
         "block scales, exportable bit-exactly). 3 bits: symmetric [−4, 3], step per 32 (PTQ = RTN max/3; "

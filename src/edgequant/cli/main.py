@@ -23,11 +23,22 @@ EPILOG = """examples:
   edgequant export-hf SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2-hf
   edgequant imatrix model-f32.gguf -f calibration.txt -o imatrix.gguf
   edgequant perplexity model-q4_k_m.gguf --base model-f32.gguf --json
+  edgequant qat --steps 50 --log loss.jsonl --out smollm2-qat-q4_0.gguf
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgequant.cli import convert, demo, dequantize, export_hf, imatrix, inspect, perplexity, quantize
+    from edgequant.cli import (
+        convert,
+        demo,
+        dequantize,
+        export_hf,
+        imatrix,
+        inspect,
+        perplexity,
+        qat,
+        quantize,
+    )
 
     parser = argparse.ArgumentParser(
         prog="edgequant",
@@ -37,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgequant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, quantize, inspect, dequantize, convert, export_hf, imatrix, perplexity):
+    for module in (demo, quantize, inspect, dequantize, convert, export_hf, imatrix, perplexity, qat):
         module.register(sub)
     return parser
 

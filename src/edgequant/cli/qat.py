@@ -1,0 +1,175 @@
+"""``edgequant qat``: quantization-aware fine-tuning of a causal LM, distilled from its float self."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXAMPLES = """examples:
+  edgequant qat --steps 50 --log loss.jsonl                 SmolLM2-135M, Q4_0 with learned scales, on GPL-3
+  edgequant qat --format Q4_0 --out smollm2-qat-q4_0.gguf   ...and export a GGUF holding the trained weights
+  edgequant qat model-dir/ --text corpus.txt --format lsq --bits 3 --eval-text heldout.txt --json
+"""
+
+FORMATS = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1", "lsq")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "qat",
+        help="quantization-aware fine-tuning with distillation from the float model",
+        description="Fine-tune a causal LM (GGUF or Hugging Face folder; default: the packaged SmolLM2-135M) "
+        "on a text with its weights fake-quantized, distilling from the float model (KL on logits). "
+        "Q4_0/Q4_1/Q8_0 learn their fp16 block scales on ggml's exact grid; K-quants and Q5_x run the real "
+        "codec in the forward pass; 'lsq' is a learned-step grid of --bits bits (not a GGUF type: exported "
+        "as F32 values). Writes a JSON-lines loss log and, with --out, a GGUF with exactly the trained "
+        "weights.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", nargs="?", default=None, help="GGUF file or HF folder (default: packaged SmolLM2)"
+    )
+    p.add_argument("--text", default="/usr/share/common-licenses/GPL-3", help="training text file")
+    p.add_argument("--eval-text", default=None, help="held-out text: perplexity and KL before/after")
+    p.add_argument("--format", default="Q4_0", choices=FORMATS, help="weight format (default Q4_0)")
+    p.add_argument("--bits", type=int, default=4, help="bits for --format lsq (2..8)")
+    p.add_argument("--group-size", type=int, default=32, help="group size for --format lsq")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument(
+        "--lr", type=float, default=2e-5, help="weight learning rate (a fraction of pre-training's)"
+    )
+    p.add_argument("--scale-lr", type=float, default=1e-4, help="learning rate of the quantizer scales")
+    p.add_argument("--kd-start", type=float, default=1.0, help="distillation weight at step 0")
+    p.add_argument("--kd-end", type=float, default=0.5, help="distillation weight at the last step")
+    p.add_argument("--task-weight", type=float, default=0.0, help="weight of the next-token cross-entropy")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log", default=None, help="JSON-lines loss log (one record per step)")
+    p.add_argument("--out", default=None, metavar="OUT.gguf", help="export the QAT model to GGUF")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(func=run)
+
+
+def _spec(args):
+    from edgequant.qat import QuantSpec
+
+    if args.format == "lsq":
+        return QuantSpec(bits=args.bits, method="lsq", group_size=args.group_size, init="minmax")
+    if args.format in ("Q4_0", "Q4_1", "Q8_0"):
+        return QuantSpec(method="ggml", format=args.format, learn_scale=True)
+    return QuantSpec(method="codec", format=args.format)
+
+
+def run(args) -> int:
+    import copy
+
+    import torch
+
+    from edgequant.cli.progress import tensor_progress
+    from edgequant.core.atomic import check_writable
+    from edgequant.errors import ConfigError
+    from edgequant.models import load_causal_lm
+    from edgequant.qat import QATConfig, prepare
+    from edgequant.qat.lm_training import LMTrainConfig, distill_lm, evaluate_lm
+
+    spec = _spec(args)  # validates the options before the slow parts
+    cfg = LMTrainConfig(
+        steps=args.steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        lr=args.lr,
+        scale_lr=args.scale_lr,
+        warmup=min(5, args.steps - 1),
+        kd_start=args.kd_start,
+        kd_end=args.kd_end,
+        task_weight=args.task_weight,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+    )
+    for path in (args.out, args.log):
+        if path:
+            check_writable(path)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model is None:
+        from edgequant.models.packaged import smollm2_gguf_path
+
+        args.model = smollm2_gguf_path()
+    if not os.path.exists(args.model):
+        raise ConfigError(f"model '{args.model}' does not exist (give a GGUF file or a Hugging Face folder)")
+    texts = {}
+    for key in ("text", "eval_text"):
+        path = getattr(args, key)
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    texts[key] = f.read()
+            except UnicodeDecodeError:
+                raise ConfigError(f"--{key.replace('_', '-')} {path}: not UTF-8 text") from None
+    student, tok = load_causal_lm(args.model)
+    teacher = copy.deepcopy(student).eval()
+    ids = torch.tensor(tok(texts["text"])["input_ids"])
+    eval_ids = torch.tensor(tok(texts["eval_text"])["input_ids"]) if "eval_text" in texts else None
+    report = {
+        "model": args.model,
+        "format": args.format,
+        "steps": args.steps,
+        "train_tokens": int(ids.numel()),
+    }
+    prepare(student, QATConfig(weight=spec))
+    if eval_ids is not None:
+        report["before"] = evaluate_lm(student, eval_ids, min(256, eval_ids.numel()), teacher=teacher)
+        report["float"] = evaluate_lm(teacher, eval_ids, min(256, eval_ids.numel()))
+    log_tmp = args.log + ".partial" if args.log else None
+    log_file = open(log_tmp, "w") if log_tmp else None
+    try:
+        with tensor_progress("qat") as advance:
+
+            def on_step(rec):
+                advance(rec["step"] - 1, args.steps, f"kd {rec['kd']:.4f}")
+                if log_file:
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+
+            log = distill_lm(student, teacher, ids, cfg, on_step=on_step)
+    except BaseException:
+        if log_file:
+            log_file.close()
+            os.unlink(log_tmp)
+        raise
+    if log_file:
+        log_file.close()
+        os.replace(log_tmp, args.log)
+    report["final_kd"] = log[-1]["kd"]
+    report["seconds"] = sum(r["seconds"] for r in log)
+    if eval_ids is not None:
+        report["after"] = evaluate_lm(student, eval_ids, min(256, eval_ids.numel()), teacher=teacher)
+    if args.out:
+        from edgequant.qat.export import export_gguf
+
+        rep = export_gguf(student, tok, args.out)
+        report["export"] = {k: rep[k] for k in ("dst", "types", "bytes", "bitwise_checked", "f32_fake")}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(
+            f"qat {args.format}: {args.steps} steps, final KL {report['final_kd']:.4f}, "
+            f"{report['seconds']:.0f} s"
+        )
+        if eval_ids is not None:
+            b, a, f = report["before"], report["after"], report["float"]
+            print(f"held-out ppl: float {f['ppl']:.3f}, before QAT {b['ppl']:.3f}, after {a['ppl']:.3f}")
+        if args.out:
+            e = report["export"]
+            print(
+                f"{e['dst']}: {e['types']}, {e['bytes'] / 2**20:.1f} MiB, "
+                f"{e['bitwise_checked']} weights checked"
+            )
+    sys.stdout.flush()
+    return 0
