@@ -359,7 +359,15 @@ def main() -> None:
     ap.add_argument(
         "--impls", default="edgequant,bitsandbytes", help="comma-separated: edgequant, bitsandbytes"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on the shared 2-core machine, with other jobs running, "
+        "2 OpenMP threads made a SmolLM2 forward 5x slower than 1)",
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data: dict = {"machine": machine_info(), "threads": torch.get_num_threads()}
     if not args.skip_minilm:

@@ -27,7 +27,7 @@ high-water mark is reset through ``/proc/self/clear_refs`` once the model is loa
 workers run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed float weights go back to the OS instead
 of staying in the heap.
 
-Usage: ``python benchmarks/bench_qlora.py [--steps 40] [--seq 64] [--batch 4] [--skip-memory]
+Usage: ``python benchmarks/bench_qlora.py [--steps 30] [--seq 64] [--batch 2] [--threads 1] [--skip-memory]
 [--skip-train]``. Writes benchmarks/results/qlora.{json,md}.
 """
 
@@ -254,7 +254,7 @@ def run_training(args) -> dict:
     runs = {}
     for mode in ("qlora", "full"):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
-        for opt in ("steps", "seq", "batch", "rank", "lr_lora", "lr_full"):
+        for opt in ("steps", "seq", "batch", "rank", "lr_lora", "lr_full", "threads"):
             cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if r.returncode != 0:
@@ -364,16 +364,24 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr-lora", type=float, default=1e-3)
     ap.add_argument("--lr-full", type=float, default=5e-5)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--worker", choices=("qlora", "full"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on the shared 2-core machine, with other jobs running, "
+        "2 OpenMP threads made a SmolLM2 forward 5x slower than 1)",
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(train_worker(args)))
         return
