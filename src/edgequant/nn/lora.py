@@ -93,7 +93,6 @@ class LoraLinear(nn.Module):
         self.lora_B = nn.Linear(self.r, self.out_features, bias=False, device=device, dtype=dtype)
         # PEFT uses Identity for p == 0: no RNG draw, and an exact fp forward.
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
         self.reset_lora_parameters(init)
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
@@ -120,8 +119,6 @@ class LoraLinear(nn.Module):
             result = FrozenQuantizedLinear.apply(x, base)
         else:
             result = base(x)
-        if self.merged:
-            return result
         lora_x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
         update = self.lora_B(self.lora_A(lora_x)) * self.scaling
         return result + update.to(result.dtype)
