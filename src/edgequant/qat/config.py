@@ -13,6 +13,7 @@
 * ``"ggml"``     exactly ggml's Q4_0 / Q4_1 / Q8_0 grid (``format``), scale by ggml's rule or learned
   (``learn_scale``)
 * ``"codec"``    any edgequant.gguf codec (K-quants...) in the forward pass, gradient passed straight through
+* ``"bnb"``      bitsandbytes NF4/FP4 (``format``, blocks of ``group_size``, ``double_quant``) in the forward
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from edgequant.errors import ConfigError
 
-METHODS = ("ste", "lsq", "lsq+", "tanh", "sigmoid", "gumbel", "ggml", "codec")
+METHODS = ("ste", "lsq", "lsq+", "tanh", "sigmoid", "gumbel", "ggml", "codec", "bnb")
+BNB_FORMATS = ("NF4", "FP4")
 GRANULARITIES = ("tensor", "channel", "group")
 GGML_GRID_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
 CONFIG_VERSION = 1
@@ -49,16 +51,21 @@ class QuantSpec:
     tau_decay: float = 1e-3  # gumbel: λ in τ(t) = τ₀·exp(−λt), t in optimizer steps
     softness: float = 5.0  # tanh: k (sharpness); sigmoid: initial p
     ema: float = 0.9  # ste on activations: EMA momentum of the observed range
-    init: str = (
-        "lsq"  # learned steps: "lsq" (2·mean|v|/√Q_P) or "minmax" (max|v|/Q_P: starts where RTN PTQ is)
-    )
+    double_quant: bool = True  # bnb: quantize the absmax values too (bitsandbytes' compress_statistics)
+    # learned steps' init: "lsq" (2·mean|v|/√Q_P) or "minmax" (max|v|/Q_P: QAT starts where RTN PTQ is)
+    init: str = "lsq"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"QuantSpec.method={self.method!r} is unknown; choose one of {METHODS}")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"QuantSpec.granularity={self.granularity!r}; choose one of {GRANULARITIES}")
-        if self.method not in ("ggml", "codec") and not 2 <= self.bits <= 8:
+        if self.method == "bnb" and (self.format not in BNB_FORMATS or self.group_size not in (64, 128, 256)):
+            raise ConfigError(
+                f"QuantSpec(method='bnb') needs format in {BNB_FORMATS} and group_size 64/128/256 (the "
+                f"bitsandbytes block sizes used by Linear4bit), got {self.format!r}, {self.group_size}"
+            )
+        if self.method not in ("ggml", "codec", "bnb") and not 2 <= self.bits <= 8:
             raise ConfigError(f"QuantSpec.bits={self.bits}: QAT supports 2 to 8 bits")
         if self.granularity == "group" and self.group_size < 1:
             raise ConfigError(f"QuantSpec.group_size={self.group_size} must be >= 1")
@@ -120,7 +127,7 @@ class QATConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, QuantSpec):
                 raise ConfigError(f"QATConfig.{name} must be a QuantSpec or None, got {type(v).__name__}")
-        if self.activation is not None and self.activation.method in ("ggml", "codec"):
+        if self.activation is not None and self.activation.method in ("ggml", "codec", "bnb"):
             raise ConfigError("activation quantizers cannot use the ggml/codec weight formats")
 
     def to_json(self) -> str:

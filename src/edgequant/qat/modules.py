@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from edgequant.qat.bnb_grid import BnbQuantizer
 from edgequant.qat.config import QuantSpec
 from edgequant.qat.ggml_grid import CodecQuantizer, GGMLGridQuantizer
 from edgequant.qat.quantizers import FakeQuantizer, LSQPlusQuantizer, LSQQuantizer, MinMaxQuantizer
@@ -24,6 +25,7 @@ QUANTIZERS: dict[str, type[FakeQuantizer]] = {
     "gumbel": GumbelQuantizer,
     "ggml": GGMLGridQuantizer,
     "codec": CodecQuantizer,
+    "bnb": BnbQuantizer,
 }
 
 
