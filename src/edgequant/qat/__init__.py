@@ -4,11 +4,20 @@ Gumbel-softmax, ggml-exact grids, real codecs), schedules, distillation, distrib
     model = edgequant.qat.prepare(model, QATConfig(weight=QuantSpec(bits=4, method="lsq")))
     ...train with any loop (build the optimizer after prepare)...
     model = edgequant.qat.convert(model)          # plain modules holding the quantized weights
+
+Deployable formats (fake equals real): ``QuantSpec(method="ggml", format="Q4_0"|"Q4_1"|"Q8_0")`` and
+``method="codec"`` (any GGUF type) → ``export_gguf(model, tokenizer, "out.gguf")``; ``method="bnb"`` (NF4/FP4)
+→ ``to_linear4bit(model)``. LLM fine-tuning with distillation: ``distill_lm(student, teacher, tokens,
+LMTrainConfig(...))``. Data-parallel: ``edgequant.qat.distributed``.
 """
 
 from edgequant.qat.batchnorm import reestimate_bn
+from edgequant.qat.bnb_grid import to_linear4bit
 from edgequant.qat.config import QATConfig, QuantSpec
 from edgequant.qat.distill import distillation_loss, kd_kl_loss
+from edgequant.qat.export import export_gguf
+from edgequant.qat.lm_training import LMTrainConfig, distill_lm, evaluate_lm
+from edgequant.qat.mixed_precision import MasterWeights, checkpoint_modules
 from edgequant.qat.prepare import convert, prepare, qat_modules, quantizers, set_bits, set_scope
 from edgequant.qat.regularizer import range_regularizer
 from edgequant.qat.schedules import (
@@ -22,13 +31,19 @@ from edgequant.qat.schedules import (
 
 __all__ = [
     "DecayingWeight",
+    "LMTrainConfig",
+    "MasterWeights",
     "ProgressiveBits",
     "ProgressiveScope",
     "QATConfig",
     "QuantSpec",
+    "checkpoint_modules",
     "convert",
     "cosine_lr_lambda",
+    "distill_lm",
     "distillation_loss",
+    "evaluate_lm",
+    "export_gguf",
     "kd_kl_loss",
     "prepare",
     "qat_learning_rate",
@@ -39,4 +54,5 @@ __all__ = [
     "set_bits",
     "set_gumbel_step",
     "set_scope",
+    "to_linear4bit",
 ]
