@@ -25,6 +25,7 @@ from edgequant.qat.schedules import (
     ProgressiveBits,
     ProgressiveScope,
     cosine_lr_lambda,
+    freeze_modules,
     qat_learning_rate,
     set_gumbel_step,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "distillation_loss",
     "evaluate_lm",
     "export_gguf",
+    "freeze_modules",
     "kd_kl_loss",
     "prepare",
     "qat_learning_rate",

@@ -24,7 +24,7 @@ from torch import nn
 
 from edgequant.errors import ConfigError
 from edgequant.qat.distill import kd_kl_loss
-from edgequant.qat.schedules import DecayingWeight, ProgressiveBits, cosine_lr_lambda
+from edgequant.qat.schedules import DecayingWeight, ProgressiveBits, cosine_lr_lambda, freeze_modules
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ class LMTrainConfig:
 
 
 def _param_groups(model: nn.Module, cfg: LMTrainConfig):
+    if cfg.freeze and any(any(s in n for s in cfg.freeze) for n, _ in model.named_parameters()):
+        freeze_modules(model, cfg.freeze)
     weights, scales = [], []
     for name, p in model.named_parameters():
-        if any(s in name for s in cfg.freeze):
-            p.requires_grad_(False)
         if not p.requires_grad:
             continue
         (scales if "_quantizer." in name else weights).append(p)

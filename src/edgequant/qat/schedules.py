@@ -12,6 +12,7 @@ stopped.
 * ``DecayingWeight(start, end, total, kind)``: e.g. the distillation weight α(t), decaying
   (cosine/linear/exp).
 * ``set_gumbel_step(model, t)``: τ(t) = τ₀·exp(−λt) on every Gumbel quantizer.
+* ``freeze_modules(model, patterns)``: layer freezing by parameter-name substrings.
 """
 
 from __future__ import annotations
@@ -132,3 +133,16 @@ class DecayingWeight:
 
 def set_gumbel_step(model: nn.Module, t: int) -> list[float]:
     return [q.set_step(t) for _, q in quantizers(model) if isinstance(q, GumbelQuantizer)]
+
+
+def freeze_modules(model: nn.Module, patterns: tuple[str, ...], frozen: bool = True) -> list[str]:
+    """Layer freezing: stop (or resume) training the parameters whose names contain any of ``patterns``
+    (e.g. converged early blocks, the embeddings); returns the affected parameter names."""
+    names = []
+    for name, p in model.named_parameters():
+        if any(s in name for s in patterns):
+            p.requires_grad_(not frozen)
+            names.append(name)
+    if not names:
+        raise ConfigError(f"freeze_modules: no parameter name contains any of {patterns}")
+    return names

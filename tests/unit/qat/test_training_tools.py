@@ -15,6 +15,7 @@ from edgequant.qat import (
     QATConfig,
     QuantSpec,
     cosine_lr_lambda,
+    freeze_modules,
     kd_kl_loss,
     prepare,
     qat_learning_rate,
@@ -60,6 +61,17 @@ def test_progressive_bits_and_scope():
         ProgressiveBits(((5, 8),))
     with pytest.raises(ConfigError, match=r"2\.\.8"):
         ProgressiveBits(((0, 1),))
+
+
+def test_freeze_modules():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    assert freeze_modules(m, ("0.",)) == ["0.weight", "0.bias"]
+    assert not m[0].weight.requires_grad
+    assert m[1].weight.requires_grad
+    freeze_modules(m, ("0.",), frozen=False)
+    assert m[0].weight.requires_grad
+    with pytest.raises(ConfigError, match="no parameter"):
+        freeze_modules(m, ("embed",))
 
 
 def test_decaying_weight():
