@@ -157,9 +157,10 @@ def dequantize_4bit(
 ) -> torch.Tensor:
     """``table[code] * absmax[block]`` (float32) reshaped to ``quant_state.shape`` and cast to its dtype.
 
-    ``bnb_cpu_compatible=True`` reproduces bnb 0.50.2's AVX-512 CPU dequantization, which indexes blocks as
-    ``row * (K // blocksize) + col // blocksize`` (K = shape[-1]); that is wrong when blocks straddle rows
-    (see ``bnb_dequant4bit_is_misindexed``). The default follows the definition for every shape.
+    ``bnb_cpu_compatible=True`` returns what bnb 0.50.2 returns on this CPU: on an AVX-512 CPU its native
+    kernel indexes blocks as ``row * (K // blocksize) + col // blocksize`` (K = shape[-1]), which is wrong
+    when blocks straddle rows (see ``bnb_dequant4bit_is_misindexed``); elsewhere bnb is correct. The default
+    follows the definition for every shape and CPU.
     """
     if quant_state is None:
         if absmax is None or out is None:
@@ -174,7 +175,7 @@ def dequantize_4bit(
     pk = packed_bytes(A)
     shape = tuple(quant_state.shape)
     bs = quant_state.blocksize
-    if bnb_cpu_compatible and bnb_dequant4bit_is_misindexed(shape, bs, quant_state.dtype, avx512=True):
+    if bnb_cpu_compatible and bnb_dequant4bit_is_misindexed(shape, bs, quant_state.dtype):
         k_dim = shape[-1]
         e = np.arange(n, dtype=np.int64)
         codes = np.where(e % 2 == 0, pk[e >> 1] >> 4, pk[e >> 1] & 15)

@@ -135,3 +135,18 @@ def test_threads_do_not_change_bytes():
     assert torch.equal(a[0], b[0])
     assert torch.equal(a[1].absmax, b[1].absmax)
     assert np.array_equal(dequantize_4bit(*a, threads=1).numpy(), dequantize_4bit(*b, threads=3).numpy())
+
+
+def test_bnb_cpu_compatible_dequant_reproduces_the_avx512_misindexing(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(100, 48)
+    packed, st = quantize_4bit(x, blocksize=64, quant_type="nf4")
+    definition = dequantize_4bit(packed, st)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    buggy = dequantize_4bit(packed, st, bnb_cpu_compatible=True)
+    # bnb's AVX-512 kernel: block = row * (48 // 64) + col // 64 = 0 for every element
+    codes = definition / st.absmax.repeat_interleave(64)[:4800].reshape(100, 48)
+    assert torch.allclose(buggy, codes * st.absmax[0], rtol=1e-6, atol=0)
+    assert (buggy - definition).abs().max() > 0.5
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert torch.equal(dequantize_4bit(packed, st, bnb_cpu_compatible=True), definition)

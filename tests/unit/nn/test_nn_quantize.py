@@ -111,3 +111,15 @@ def test_dynamic_int8_matches_definition():
     acc = (xq @ layer.weight.float().T).to(torch.int32)
     ref = acc.float() * sx * layer.weight_scale[None, :] + lin.bias
     assert torch.equal(layer(x), ref)
+
+
+def test_nan_weight_names_the_layer():
+    from edgequant.errors import NonFiniteError
+
+    model = Tiny()
+    with torch.no_grad():
+        model.blocks[1]["mlp"].weight[4, 9] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"blocks\.1\.mlp\.weight: element \(4, 9\)"):
+        quantize_(model, NF4Config())
+    with pytest.raises(NonFiniteError, match=r"blocks\.1\.mlp\.weight: element \(4, 9\)"):
+        quantize_(model, Int8Config())
