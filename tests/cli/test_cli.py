@@ -1,4 +1,4 @@
-"""The command line, run as a user runs it: in a subprocess, checking exit codes, output and files left behind."""
+"""The command line, run as a user runs it: in a subprocess, checking exit codes, output and files left."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_dequantize_to_gguf_and_safetensors(tiny, tmp_path):
     st = safetensors_numpy.load_file(str(tmp_path / "back.safetensors"))
     with GGUFFile(q) as rq:
         w = rq.tensor("blk.0.ffn_down.weight")
-        assert st[w.name].dtype == np.float16 and st[w.name].shape == w.np_shape
+        assert st[w.name].dtype == np.float16
+        assert st[w.name].shape == w.np_shape
         assert np.array_equal(st[w.name], rq.tensor_f32(w).astype(np.float16))
         assert st["output_norm.weight"].dtype == np.float32
 
@@ -146,7 +147,22 @@ def test_interrupted_run_leaves_no_partial_output(tmp_path, sig):
     assert proc.poll() is None, "quantization finished before it could be interrupted"
     time.sleep(0.3)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, _err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert not out.exists()
     assert leftovers(tmp_path) == []
+
+
+def test_the_gguf_side_of_the_cli_never_imports_torch():
+    """`edgequant inspect/quantize/--help` run with numpy and numba alone: building the parser (which
+    imports every subcommand module) and importing the packages' lazy APIs must not pull in torch."""
+    code = (
+        "import sys\n"
+        "from edgequant.cli.main import build_parser\n"
+        "build_parser()\n"
+        "import edgequant, edgequant.eval, edgequant.models, edgequant.gguf\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

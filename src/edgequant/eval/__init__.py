@@ -5,19 +5,31 @@ Public API::
     from edgequant.eval import perplexity, make_imatrix
     perplexity("model-Q4_K_M.gguf", base_path="model-F32.gguf", n_ctx=512, n_chunks=4)  # -> dict
     make_imatrix("model-F32.gguf", "imatrix.gguf", "calibration.txt", n_ctx=512)         # -> dict
+
+Names are imported lazily: ``import edgequant.eval`` (and the CLI's argument parser, which reads
+``DEFAULT_TEXT``) must not pay for importing torch.
 """
 
-from edgequant.eval.imatrix_job import make_imatrix
-from edgequant.eval.perplexity import CachedLogits, evaluate_chunks, perplexity
-from edgequant.eval.text import DEFAULT_CALIBRATION_TEXT, DEFAULT_TEXT, Chunking, split_chunks
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_CALIBRATION_TEXT",
-    "DEFAULT_TEXT",
-    "CachedLogits",
-    "Chunking",
-    "evaluate_chunks",
-    "make_imatrix",
-    "perplexity",
-    "split_chunks",
-]
+import importlib
+
+_LAZY = {
+    "make_imatrix": "edgequant.eval.imatrix_job",
+    "CachedLogits": "edgequant.eval.perplexity",
+    "evaluate_chunks": "edgequant.eval.perplexity",
+    "perplexity": "edgequant.eval.perplexity",
+    "DEFAULT_CALIBRATION_TEXT": "edgequant.eval.text",
+    "DEFAULT_TEXT": "edgequant.eval.text",
+    "Chunking": "edgequant.eval.text",
+    "split_chunks": "edgequant.eval.text",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgequant.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
