@@ -96,6 +96,7 @@ class Int8DynamicLinear(nn.Module):
         granularity: str = "per_token",
         percentile: float = 99.9,
         *,
+        weight: torch.Tensor | None = None,
         threads: int | None = None,
         name: str = "",
     ):
@@ -107,17 +108,25 @@ class Int8DynamicLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.granularity, self.percentile = granularity, float(percentile)
         self.threads, self.layer_name = threads, name
-        ref = nn.Linear(in_features, out_features, bias=bias)
-        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
+            ref = nn.Linear(in_features, out_features, bias=bias)
+            weight, init_bias = ref.weight.detach(), ref.bias
+        else:
+            init_bias = torch.zeros(out_features)
+        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
         self.register_buffer("weight_scale", torch.ones(out_features))
-        self.set_weight(ref.weight.detach())
+        self.set_weight(weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Int8DynamicLinear:
         layer = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, name=name, **kwargs
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            name=name,
+            weight=linear.weight.detach(),
+            **kwargs,
         )
-        layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone())
         return layer

@@ -57,7 +57,8 @@ class _Dequant4bitLinear(torch.autograd.Function):
 class Linear4bit(nn.Module):
     """4-bit (NF4/FP4) linear layer, bitsandbytes-compatible. Defaults as bnb: fp4, double quantization on.
 
-    Build from a float layer with ``Linear4bit.from_linear(linear, quant_type="nf4")``.
+    Build from a float layer with ``Linear4bit.from_linear(linear, quant_type="nf4")``, or pass
+    ``weight=`` (out, in) to the constructor; without it the weight is nn.Linear's random initialisation.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Linear4bit(nn.Module):
         blocksize: int = 64,
         device=None,
         *,
+        weight: torch.Tensor | None = None,
         bnb_cpu_compatible: bool = False,
         threads: int | None = None,
         name: str = "",
@@ -97,20 +99,28 @@ class Linear4bit(nn.Module):
         self.bnb_cpu_compatible = bnb_cpu_compatible
         self.threads = threads
         self.layer_name = name
-        ref = nn.Linear(in_features, out_features, bias=bias)
-        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
+            ref = nn.Linear(in_features, out_features, bias=bias)
+            weight, init_bias = ref.weight.detach(), ref.bias
+        else:
+            init_bias = torch.zeros(out_features)
+        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
         self.weight: nn.Parameter
         self.quant_state: QuantState
-        self.set_weight(ref.weight.detach())
+        self.set_weight(weight)
         self._absmax_cache: tuple[int, torch.Tensor] | None = None
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Linear4bit:
         layer = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, name=name, **kwargs
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            name=name,
+            weight=linear.weight.detach(),
+            **kwargs,
         )
-        layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         return layer

@@ -139,6 +139,7 @@ class Linear8bitLt(nn.Module):
         threshold: float = 6.0,
         device=None,
         *,
+        weight: torch.Tensor | None = None,
         threads: int | None = None,
         name: str = "",
     ):
@@ -153,17 +154,25 @@ class Linear8bitLt(nn.Module):
         self.threads = threads
         self.layer_name = name
         self.outlier_cols = torch.empty(0, dtype=torch.int64)
-        ref = nn.Linear(in_features, out_features, bias=bias)
-        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
+            ref = nn.Linear(in_features, out_features, bias=bias)
+            weight, init_bias = ref.weight.detach(), ref.bias
+        else:
+            init_bias = torch.zeros(out_features)
+        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
         self.register_buffer("SCB", torch.zeros(out_features), persistent=False)
-        self.set_weight(ref.weight.detach())
+        self.set_weight(weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Linear8bitLt:
         layer = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, name=name, **kwargs
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            name=name,
+            weight=linear.weight.detach(),
+            **kwargs,
         )
-        layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone())
         return layer

@@ -83,3 +83,15 @@ def test_bad_shapes():
         q(torch.randn(2, 63))
     with pytest.raises(ShapeError):
         q.set_weight(torch.randn(32, 65))
+
+
+@pytest.mark.parametrize(("fin", "bs"), [(100, 64), (96, 64), (64, 128)])
+def test_eval_kernel_for_rows_that_straddle_blocks(fin, bs):
+    torch.manual_seed(fin)
+    lin = torch.nn.Linear(fin, 7)
+    q = Linear4bit.from_linear(lin, quant_type="fp4", blocksize=bs, compress_statistics=False).eval()
+    with torch.no_grad():
+        for rows in (1, 20):
+            x = torch.randn(rows, fin)
+            ref = torch.nn.functional.linear(x, q.dequantize(), q.bias)
+            torch.testing.assert_close(q(x), ref, rtol=1e-5, atol=1e-6)
