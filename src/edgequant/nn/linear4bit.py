@@ -14,6 +14,9 @@ Forward, float32 operation order:
 - Inference (eval, or no input grad) with float32 compute: the fast kernel of ``bnb.matmul`` (not
   bit-identical to the definition: different summation order), then ``+ bias`` in float32.
 - Inference with bfloat16 compute: the definition above.
+
+compute_dtype None: float32 and bfloat16 inputs compute in their own dtype (as bnb); float16 inputs compute in
+float32 (bnb would compute in float16) and the output is cast back to float16.
 """
 
 from __future__ import annotations
