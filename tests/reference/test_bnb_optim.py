@@ -37,3 +37,24 @@ def test_bit_identical_over_steps(ours, theirs, kwargs):
                 assert s1[k].dtype == v.dtype, k
             else:
                 assert s1[k] == v
+
+
+def test_resume_from_a_bitsandbytes_state_dict():
+    torch.manual_seed(0)
+    m1 = torch.nn.Linear(128, 64)
+    m2 = copy.deepcopy(m1)
+    o2 = bnb.optim.AdamW8bit(m2.parameters(), lr=1e-2)
+    x = torch.randn(8, 128)
+    for _ in range(2):
+        o2.zero_grad()
+        m2(x).square().mean().backward()
+        o2.step()
+    m1.load_state_dict(m2.state_dict())
+    o1 = AdamW8bit(m1.parameters(), lr=1e-2)
+    o1.load_state_dict(o2.state_dict())
+    for m, o in ((m1, o1), (m2, o2)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    assert torch.equal(m1.weight, m2.weight)
+    assert torch.equal(m1.bias, m2.bias)

@@ -29,10 +29,11 @@ import torch
 
 from edgequant.bnb.blockwise import _quantize_flat
 from edgequant.bnb.codes import create_dynamic_map
-from edgequant.errors import ConfigError
+from edgequant.errors import ConfigError, FormatError
 from edgequant.kernels import bnb8
 
 STATE_BLOCKSIZE = 256
+_BNB_WRAPPED = "__bnb_optimizer_quant_state__"
 
 
 def _dequant(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -91,6 +92,29 @@ class Adam8bit(torch.optim.Optimizer):
         self.optim_bits = optim_bits
         self.min_8bit_size = min_8bit_size
         self.bnb_cpu_compatible = bnb_cpu_compatible
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load our own or bitsandbytes' optimizer state_dict (bnb nests the tensors under
+        ``__bnb_optimizer_quant_state__``). torch casts floating state to the parameter's dtype on load, which
+        would corrupt the uint8 codes (and, for bf16 parameters, the float32 absmax); the saved tensors are
+        restored as they were."""
+        saved = {}
+        for k, v in state_dict["state"].items():
+            st = dict(v)
+            st.update(st.pop(_BNB_WRAPPED, {}))  # bitsandbytes nests its tensors under this key
+            if "step" not in st or "state1" not in st or "state2" not in st:
+                raise FormatError(
+                    f"{type(self).__name__}.load_state_dict: state of parameter {k} has keys {sorted(st)}; "
+                    f"expected step, state1, state2 (bitsandbytes' Adam layout)"
+                )
+            saved[k] = st
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict({"state": saved, "param_groups": state_dict["param_groups"]})
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params, strict=True):
+            for k, v in saved.get(pid, {}).items():
+                if isinstance(v, torch.Tensor):
+                    self.state[p][k] = v.detach().clone().to(p.device)
 
     def _init_state(self, p: torch.Tensor) -> dict:
         state = self.state[p]

@@ -40,3 +40,48 @@ def test_defaults_and_errors():
         AdamW8bit(p, amsgrad=True)
     with pytest.raises(ConfigError, match="betas"):
         AdamW8bit(p, betas=(0.9, 1.0))
+
+
+def test_state_dict_resume_is_identical():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(128, 64)
+    b = torch.nn.Linear(128, 64)
+    b.load_state_dict(a.state_dict())
+    oa = AdamW8bit(a.parameters(), lr=1e-2)
+    x = torch.randn(16, 128)
+    for _ in range(2):
+        oa.zero_grad()
+        a(x).square().mean().backward()
+        oa.step()
+    b.load_state_dict(a.state_dict())
+    ob = AdamW8bit(b.parameters(), lr=1e-2)
+    ob.load_state_dict(oa.state_dict())
+    for m, o in ((a, oa), (b, ob)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    assert torch.equal(a.weight, b.weight)
+    assert torch.equal(oa.state[a.weight]["state2"], ob.state[b.weight]["state2"])
+
+
+def test_bfloat16_parameters():
+    p = torch.nn.Parameter(torch.randn(64, 128, dtype=torch.bfloat16))
+    opt = AdamW8bit([p], lr=1e-2)
+    p.grad = torch.randn_like(p)
+    before = p.detach().clone()
+    opt.step()
+    assert p.dtype == torch.bfloat16
+    assert not torch.equal(p, before)
+
+
+def test_foreign_state_dict_is_refused():
+    from edgequant.errors import FormatError
+
+    p = torch.nn.Parameter(torch.zeros(10))
+    opt = AdamW8bit([p])
+    bad = {
+        "state": {0: {"exp_avg": torch.zeros(10), "step": torch.tensor(1.0)}},
+        "param_groups": opt.state_dict()["param_groups"],
+    }
+    with pytest.raises(FormatError, match="state of parameter 0"):
+        opt.load_state_dict(bad)
