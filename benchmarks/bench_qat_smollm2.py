@@ -111,9 +111,12 @@ def main() -> int:
     cache["settings"] = settings
     cells = cache["cells"]
     if args.merge and os.path.exists(args.merge):  # cells computed by a parallel run with the same settings
-        other = json.load(open(args.merge))
-        if other.get("settings") == settings:
-            cells.update({k: v for k, v in other["cells"].items() if k not in cells})
+        other = json.load(open(args.merge))  # the same evaluation; QAT cells carry their own train settings
+        if all(other.get("settings", {}).get(k) == settings[k] for k in eval_keys):
+            for k, v in other["cells"].items():
+                if k not in cells:
+                    v.setdefault("train", {t: other["settings"][t] for t in train_keys})
+                    cells[k] = v
     for name in ORDER:
         if name in cells or name not in args.cells.split(","):
             continue
@@ -138,6 +141,8 @@ def main() -> int:
             m, eval_ids, 256, teacher=teacher if name != "float" else None, max_windows=args.eval_windows
         )
         res.update({"seconds": time.perf_counter() - t0, "log": log})
+        if name.startswith("qat"):
+            res["train"] = {k: settings[k] for k in train_keys}
         cells[name] = res
         print(
             f"{name}: ppl {res['ppl']:.3f} kl {res.get('kl', 0):.4f} ({res['seconds']:.0f} s)",
@@ -176,6 +181,9 @@ def _report(cells, settings, n_train, n_eval, wall, quick):
                 "qat_gap_pct": 100 * (q["ppl"] / f - 1),
                 "gap_closed": (p["ppl"] - q["ppl"]) / (p["ppl"] - f) if p["ppl"] != f else float("nan"),
                 "train_seconds": q["seconds"],
+                "qat_train": q.get(
+                    "train", {k: settings[k] for k in ("steps", "seq_len", "batch", "lr", "scale_lr")}
+                ),
             }
         )
     r4, r3 = rows
@@ -187,22 +195,22 @@ def _report(cells, settings, n_train, n_eval, wall, quick):
     md = [
         "# QAT vs PTQ on SmolLM2-135M (weights, groups of 32)",
         "",
-        f"Train text `{s['train_text']}` ({n_train} tokens): {s['steps']} steps × {s['batch']} window(s) of "
-        f"{s['seq_len']} tokens, distillation from the float model (lr {s['lr']:g}, scale lr "
-        f"{s['scale_lr']:g}). Held-out text `{s['eval_text']}` "
+        f"Train text `{s['train_text']}` ({n_train} tokens): QAT steps × window(s) of seq-len tokens per the "
+        "table, distillation from the float model. Held-out text `{s['eval_text']}` "
         f"({n_eval} tokens): {s['eval_windows']} windows of 256, second half scored. Float = the packaged "
         "Q4_1 GGUF dequantized to float32. 4 bits: ggml Q4_0 grid (PTQ = ggml's rule; QAT = learned fp16 "
         "block scales, exportable bit-exactly). 3 bits: symmetric [−4, 3], step per 32 (PTQ = RTN max/3; "
         "QAT = LSQ from that step).",
         "",
-        "| bits | float ppl | PTQ ppl | QAT ppl | PTQ gap | QAT gap | gap closed | PTQ KL | QAT KL |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| bits | float ppl | PTQ ppl | QAT ppl | PTQ gap | QAT gap | gap closed | PTQ KL | QAT KL "
+        "| QAT training |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         md.append(
             f"| {r['bits']} | {r['float_ppl']:.3f} | {r['ptq_ppl']:.3f} | {r['qat_ppl']:.3f} | "
             f"{r['ptq_gap_pct']:+.2f}% | {r['qat_gap_pct']:+.2f}% | {100 * r['gap_closed']:.0f}% | "
-            f"{r['ptq_kl']:.4f} | {r['qat_kl']:.4f} |"
+            f"{r['ptq_kl']:.4f} | {r['qat_kl']:.4f} | {_train_text(r)} |"
         )
     g4, g3 = goals["qat4_within_1pct_of_float"], goals["qat3_closes_half_of_ptq_gap"]
     md += [
@@ -219,6 +227,14 @@ def _report(cells, settings, n_train, n_eval, wall, quick):
     data = {"machine": machine_info(), "settings": settings, "rows": rows, "goals": goals, "cells": cells}
     write_results(name, data, "\n".join(md) + "\n")
     _plot(cells, os.path.join(RESULTS, f"{name}_loss.png"))
+
+
+def _train_text(r) -> str:
+    t = r["qat_train"]
+    return (
+        f"{t['steps']} steps × {t['batch']}×{t['seq_len']} tokens, lr {t['lr']:g}, "
+        f"scale lr {t['scale_lr']:g}, {r['train_seconds']:.0f} s"
+    )
 
 
 def _plot(cells, path):
