@@ -170,6 +170,9 @@ def run_memory(rank: int) -> dict:
     out["optimizer_lora"] = {
         "params": sum(p.numel() for p in lp),
         "rank": rank,
+        "tensors": len(lp),
+        "tensors_below_min_8bit_size": sum(p.numel() < 4096 for p in lp),
+        "params_below_min_8bit_size": sum(p.numel() for p in lp if p.numel() < 4096),
         "torch_adamw": one_step_state_bytes(lp, lambda ps: torch.optim.AdamW(ps, lr=1e-4)),
         "adamw8bit": one_step_state_bytes(lp, lambda ps: adamw8bit(ps, 1e-4)),
     }
@@ -208,6 +211,7 @@ def train_worker(args) -> dict:
     gc.collect()
     setup_s = time.perf_counter() - t0
     hwm_setup = vm_kib("VmHWM")
+    rss_start = vm_kib("VmRSS")  # libraries, model, optimizer, what the allocator kept from loading
     reset_peak()
 
     def held_out_loss() -> float:
@@ -244,6 +248,7 @@ def train_worker(args) -> dict:
         "held_out_after": after,
         "vmhwm_process_kib": max(hwm_setup, vm_kib("VmHWM")),
         "vmhwm_setup_kib": hwm_setup,
+        "rss_train_start_kib": rss_start,
         "vmhwm_train_kib": vm_kib("VmHWM"),
         "train_windows": int(train.shape[0]),
     }
@@ -331,6 +336,14 @@ def markdown(data: dict) -> str:
                 f"| {label} | {o['params']:,} | {o['torch_adamw']:,} | {o['adamw8bit']:,} | "
                 f"{o['torch_adamw'] - o['adamw8bit']:,} ({o['adamw8bit'] / o['torch_adamw']:.3f}x) |"
             )
+        lora = mem["optimizer_lora"]
+        if "tensors_below_min_8bit_size" in lora:
+            lines += [
+                "",
+                f"AdamW8bit keeps float32 states for tensors under 4,096 elements (bitsandbytes' min_8bit_size): "
+                f"{lora['tensors_below_min_8bit_size']} of the {lora['tensors']} LoRA tensors "
+                f"({lora['params_below_min_8bit_size']:,} parameters), hence more than 0.25x there.",
+            ]
         lines.append("")
     if "training" in data:
         t = data["training"]
@@ -341,14 +354,15 @@ def markdown(data: dict) -> str:
             f"full: float32, torch AdamW lr {t['lr_full']})",
             "",
             "| run | trainable | s/step (median) | loss first 5 → last 5 | held-out loss before → after | "
-            "VmHWM training | VmHWM process |",
-            "|---|---:|---:|---|---|---:|---:|",
+            "RSS at training start | VmHWM training | VmHWM process |",
+            "|---|---:|---:|---|---|---:|---:|---:|",
         ]
         for mode, r in t["runs"].items():
+            rss = mib(r["rss_train_start_kib"] * 1024) if "rss_train_start_kib" in r else "n/a"
             lines.append(
                 f"| {mode} | {r['trainable_params']:,} | {r['step_s_median']:.2f} | "
                 f"{r['first5_mean']:.3f} → {r['last5_mean']:.3f} | {r['held_out_before']:.3f} → "
-                f"{r['held_out_after']:.3f} | {mib(r['vmhwm_train_kib'] * 1024)} | "
+                f"{r['held_out_after']:.3f} | {rss} | {mib(r['vmhwm_train_kib'] * 1024)} | "
                 f"{mib(r['vmhwm_process_kib'] * 1024)} |"
             )
         q, f = t["runs"].get("qlora"), t["runs"].get("full")
