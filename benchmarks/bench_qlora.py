@@ -340,7 +340,8 @@ def markdown(data: dict) -> str:
         if "tensors_below_min_8bit_size" in lora:
             lines += [
                 "",
-                f"AdamW8bit keeps float32 states for tensors under 4,096 elements (bitsandbytes' min_8bit_size): "
+                "AdamW8bit keeps float32 states for tensors under 4,096 elements (bitsandbytes' "
+                "min_8bit_size): "
                 f"{lora['tensors_below_min_8bit_size']} of the {lora['tensors']} LoRA tensors "
                 f"({lora['params_below_min_8bit_size']:,} parameters), hence more than 0.25x there.",
             ]
