@@ -20,6 +20,10 @@ Steps, all in one process (2 threads for torch and for llama.cpp):
    (llama-cpp-python on the file itself). Speed: evaluation seconds of the same chunks, both backends.
    With ``--verify-bytes``, llama.cpp's own quantizer also writes the file and the bytes are compared.
 
+Resumable: the F32 file, the imatrix and every finished row are kept in ``--workdir`` (default
+``$TMPDIR/eq-quality``, state in ``state.json``; the state is only reused with the same ctx/chunks/threads);
+run the same command again after an interruption. ``--fresh`` starts over.
+
 Writes ``benchmarks/results/quality_smollm2.json`` and ``.md``.
 Usage: ``python benchmarks/bench_quality.py [--ctx 256] [--chunks 4] [--ftypes Q4_K_M,Q8_0] [--verify-bytes]``
 """
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -60,56 +66,58 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ftypes", default=",".join(FTYPES))
     ap.add_argument("--verify-bytes", action="store_true")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "eq-quality"))
+    ap.add_argument("--fresh", action="store_true", help="ignore a previous partial run in --workdir")
     args = ap.parse_args()
 
     import torch
 
-    from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, make_imatrix, split_chunks
+    from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.perplexity import load_torch_backend
     from edgequant.eval.text import hf_tokenize, read_text
     from edgequant.gguf.expand import dequantize_model
-    from edgequant.gguf.ftypes import parse_ftype
     from edgequant.gguf.imatrix import load_imatrix
-    from edgequant.gguf.model_quantize import quantize_model
     from edgequant.models.packaged import smollm2_gguf_path
-    from edgequant.testing import ggml_peer
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    work = tempfile.mkdtemp(prefix="eq-quality-")
+    work = args.workdir
+    calib = {k: getattr(args, k) for k in ("calib_ctx", "calib_chunks", "threads")}
+    setup = {k: getattr(args, k) for k in ("ctx", "chunks", "threads")}
+    state_path = os.path.join(work, "state.json")
+    state = {"calib": calib, "setup": setup, "rows": {}, "elapsed_before": 0.0}
+    if os.path.exists(state_path) and not args.fresh:
+        with open(state_path) as f:
+            old = json.load(f)
+        state["elapsed_before"] = old.get("elapsed_before_now", 0.0)
+        if old.get("calib") == calib and "imatrix" in old:  # the imatrix is reused
+            state["imatrix"] = old["imatrix"]
+        if old.get("setup") == setup and old.get("calib") == calib:  # finished rows are reused
+            state["rows"] = old["rows"]
+    if args.fresh and os.path.isdir(work):
+        shutil.rmtree(work)
+    os.makedirs(work, exist_ok=True)
+
+    def save_state() -> None:
+        state["elapsed_before_now"] = state["elapsed_before"] + time.perf_counter() - t_start
+        with open(state_path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(state_path + ".tmp", state_path)
+
     src = smollm2_gguf_path()
     f32 = os.path.join(work, "SmolLM2-135M-F32.gguf")
-    dequantize_model(src, f32, "f32")
+    if not os.path.exists(f32):
+        dequantize_model(src, f32, "f32")
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"F32 source ready ({time.perf_counter() - t_start:.0f} s)")
+    log(f"F32 source ready ({time.perf_counter() - t_start:.0f} s); {len(state['rows'])} rows from before")
 
     # 1. imatrix: edgequant collection vs llama.cpp evaluating the same calibration chunks
     imat = os.path.join(work, "imatrix.gguf")
-    im = make_imatrix(
-        f32, imat, CALIB_TEXT, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
-    )
-    calib_text, _ = read_text(CALIB_TEXT)
-    ll_f32 = LlamaCppBackend(f32, args.calib_ctx, args.threads)
-    ll_tokens, ll_bos = ll_f32.tokenize(calib_text)
-    cchunks = split_chunks(ll_tokens, Chunking(args.calib_ctx, args.calib_chunks), ll_bos, CALIB_TEXT)
-    t0 = time.perf_counter()
-    for c in cchunks:
-        ll_f32.logits(c, 0, len(c), all_outputs=True)
-    ll_calib_s = time.perf_counter() - t0
-    ll_f32.close()
-    imatrix_row = {
-        "calibration_text": CALIB_TEXT,
-        "n_ctx": args.calib_ctx,
-        "n_chunks": im["n_chunks"],
-        "tokens": im["collected_tokens"],
-        "entries": im["entries"],
-        "edgequant_collect_seconds": im["collect_seconds"],
-        "edgequant_load_seconds": im["load_seconds"],
-        "llamacpp_same_tokens_all_logits_seconds": ll_calib_s,
-        "llamacpp_chunks": len(cchunks),
-        "ratio_edgequant_over_llamacpp": im["collect_seconds"] / ll_calib_s,
-    }
+    if "imatrix" not in state or not os.path.exists(imat):
+        state["imatrix"] = imatrix_speed(args, f32, imat)
+        save_state()
+    imatrix_row = state["imatrix"]
     log(f"imatrix: {imatrix_row}")
     imatrix = load_imatrix(imat)
 
@@ -132,50 +140,22 @@ def main() -> int:
     for ftype in [f.strip() for f in args.ftypes.split(",") if f.strip()]:
         for use_im in (False, True):
             name = f"{ftype}{'+imatrix' if use_im else ''}"
-            out = os.path.join(work, f"{name}.gguf")
-            rep = quantize_model(f32, out, ftype, imatrix=imatrix if use_im else None, threads=args.threads)
-            row = {
-                "ftype": ftype,
-                "imatrix": use_im,
-                "bytes": rep.bytes_out,
-                "bits_per_weight": rep.bits_per_weight,
-                "quantize_seconds": rep.seconds,
-            }
-            if args.verify_bytes:
-                ref = os.path.join(work, "ref.gguf")
-                r = ggml_peer.llama_quantize_file(
-                    f32, ref, parse_ftype(ftype)[1], args.threads, imatrix=imat if use_im else None
-                )
-                row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and sha(ref) == sha(out)
-                os.remove(ref)
-            t0 = time.perf_counter()
-            mt, _ = load_torch_backend(out, args.threads)
-            row["edgequant_load_seconds"] = time.perf_counter() - t0
-            et = evaluate_chunks(mt, t_chunks, chunking, base=base_t)
-            del mt
-            t0 = time.perf_counter()
-            ml = LlamaCppBackend(out, args.ctx, args.threads)
-            row["llamacpp_load_seconds"] = time.perf_counter() - t0
-            el = evaluate_chunks(ml, l_chunks, chunking, base=base_l)
-            ml.close()
-            os.remove(out)
-            for k in KEYS:
-                row[f"edgequant_{k}"] = et[k]
-                row[f"llamacpp_{k}"] = el[k]
-            row["ppl_rel_diff"] = et["ppl"] / el["ppl"] - 1
-            row["eval_speed_ratio_edgequant_over_llamacpp"] = (
-                et["model_eval_seconds"] / el["model_eval_seconds"]
+            if name in state["rows"]:
+                rows.append(state["rows"][name])
+                continue
+            row = quality_row(
+                args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunks, l_chunks, base_t, base_l
             )
             rows.append(row)
+            state["rows"][name] = row
+            save_state()
             log(
-                f"{name}: {row['bits_per_weight']:.3f} bpw  ppl {et['ppl']:.4f} vs {el['ppl']:.4f} "
-                f"({100 * row['ppl_rel_diff']:+.3f} %)  KLD {et['mean_kld']:.5f} vs {el['mean_kld']:.5f}  "
-                f"eval {et['model_eval_seconds']:.1f}/{el['model_eval_seconds']:.1f} s"
+                f"{name}: {row['bits_per_weight']:.3f} bpw  ppl {row['edgequant_ppl']:.4f} vs "
+                f"{row['llamacpp_ppl']:.4f} ({100 * row['ppl_rel_diff']:+.3f} %)  KLD "
+                f"{row['edgequant_mean_kld']:.5f} vs {row['llamacpp_mean_kld']:.5f}  eval "
+                f"{row['edgequant_model_eval_seconds']:.1f}/{row['llamacpp_model_eval_seconds']:.1f} s"
             )
     base_l.backend.close()
-    os.remove(f32)
-    os.remove(imat)
-    os.rmdir(work)
     data = {
         "machine": machine_info(),
         "source": f"{src} (Q4_1) expanded to F32 by edgequant: the base is Q4_1-derived",
@@ -193,10 +173,89 @@ def main() -> int:
         },
         "imatrix": imatrix_row,
         "rows": rows,
-        "total_seconds": time.perf_counter() - t_start,
+        "total_seconds": state["elapsed_before"] + time.perf_counter() - t_start,
+        "resumed": bool(state["elapsed_before"]),
     }
     write_results("quality_smollm2", data, markdown(data))
+    shutil.rmtree(work)
     return 0
+
+
+def imatrix_speed(args, f32: str, imat: str) -> dict:
+    """Collect the imatrix with edgequant; time llama.cpp evaluating the same calibration chunks."""
+    from edgequant.eval import Chunking, make_imatrix, split_chunks
+    from edgequant.eval.llamacpp_backend import LlamaCppBackend
+    from edgequant.eval.text import read_text
+
+    im = make_imatrix(
+        f32, imat, CALIB_TEXT, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
+    )
+    calib_text, _ = read_text(CALIB_TEXT)
+    ll_f32 = LlamaCppBackend(f32, args.calib_ctx, args.threads)
+    ll_tokens, ll_bos = ll_f32.tokenize(calib_text)
+    cchunks = split_chunks(ll_tokens, Chunking(args.calib_ctx, args.calib_chunks), ll_bos, CALIB_TEXT)
+    t0 = time.perf_counter()
+    for c in cchunks:
+        ll_f32.logits(c, 0, len(c), all_outputs=True)
+    ll_calib_s = time.perf_counter() - t0
+    ll_f32.close()
+    return {
+        "calibration_text": CALIB_TEXT,
+        "n_ctx": args.calib_ctx,
+        "n_chunks": im["n_chunks"],
+        "tokens": im["collected_tokens"],
+        "entries": im["entries"],
+        "edgequant_collect_seconds": im["collect_seconds"],
+        "edgequant_load_seconds": im["load_seconds"],
+        "llamacpp_same_tokens_all_logits_seconds": ll_calib_s,
+        "llamacpp_chunks": len(cchunks),
+        "ratio_edgequant_over_llamacpp": im["collect_seconds"] / ll_calib_s,
+    }
+
+
+def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunks, l_chunks, base_t, base_l):
+    """Quantize ``f32`` to ``ftype`` (with/without imatrix) and evaluate the file by both backends."""
+    from edgequant.eval import evaluate_chunks
+    from edgequant.eval.llamacpp_backend import LlamaCppBackend
+    from edgequant.eval.perplexity import load_torch_backend
+    from edgequant.gguf.ftypes import parse_ftype
+    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.testing import ggml_peer
+
+    name = f"{ftype}{'+imatrix' if use_im else ''}"
+    out = os.path.join(work, f"{name}.gguf")
+    rep = quantize_model(f32, out, ftype, imatrix=imatrix if use_im else None, threads=args.threads)
+    row = {
+        "ftype": ftype,
+        "imatrix": use_im,
+        "bytes": rep.bytes_out,
+        "bits_per_weight": rep.bits_per_weight,
+        "quantize_seconds": rep.seconds,
+    }
+    if args.verify_bytes:
+        ref = os.path.join(work, "ref.gguf")
+        r = ggml_peer.llama_quantize_file(
+            f32, ref, parse_ftype(ftype)[1], args.threads, imatrix=imat if use_im else None
+        )
+        row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and sha(ref) == sha(out)
+        os.remove(ref)
+    t0 = time.perf_counter()
+    mt, _ = load_torch_backend(out, args.threads)
+    row["edgequant_load_seconds"] = time.perf_counter() - t0
+    et = evaluate_chunks(mt, t_chunks, chunking, base=base_t)
+    del mt
+    t0 = time.perf_counter()
+    ml = LlamaCppBackend(out, args.ctx, args.threads)
+    row["llamacpp_load_seconds"] = time.perf_counter() - t0
+    el = evaluate_chunks(ml, l_chunks, chunking, base=base_l)
+    ml.close()
+    os.remove(out)
+    for k in KEYS:
+        row[f"edgequant_{k}"] = et[k]
+        row[f"llamacpp_{k}"] = el[k]
+    row["ppl_rel_diff"] = et["ppl"] / el["ppl"] - 1
+    row["eval_speed_ratio_edgequant_over_llamacpp"] = et["model_eval_seconds"] / el["model_eval_seconds"]
+    return row
 
 
 def markdown(d: dict) -> str:

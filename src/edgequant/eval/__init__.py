@@ -19,6 +19,7 @@ _LAZY = {
     "CachedLogits": "edgequant.eval.perplexity",
     "evaluate_chunks": "edgequant.eval.perplexity",
     "perplexity": "edgequant.eval.perplexity",
+    "QualityComparison": "edgequant.eval.quality",
     "DEFAULT_CALIBRATION_TEXT": "edgequant.eval.text",
     "DEFAULT_TEXT": "edgequant.eval.text",
     "Chunking": "edgequant.eval.text",
