@@ -303,7 +303,7 @@ def markdown(data: dict) -> str:
     lines = [
         "# Real models in NF4 / FP4 / int8 (edgequant vs bitsandbytes CPU)",
         "",
-        f"{m['cpu']}, {m['cores']} cores, commit {m['commit']}, {m['date']}. "
+        f"{m['cpu']}, {m['cores']} cores, torch threads {data['threads']}, commit {m['commit']}, {m['date']}. "
         "Produced by `python benchmarks/bench_bnb_models.py`.",
         "",
     ]
