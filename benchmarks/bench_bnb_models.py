@@ -303,7 +303,8 @@ def markdown(data: dict) -> str:
     lines = [
         "# Real models in NF4 / FP4 / int8 (edgequant vs bitsandbytes CPU)",
         "",
-        f"{m['cpu']}, {m['cores']} cores, torch threads {data['threads']}, commit {m['commit']}, {m['date']}. "
+        f"{m['cpu']}, {m['cores']} cores, torch threads {data['threads']}, commit {m['commit']}, "
+        f"{m['date']}. "
         "Produced by `python benchmarks/bench_bnb_models.py`.",
         "",
     ]
