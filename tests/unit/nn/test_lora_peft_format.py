@@ -158,3 +158,21 @@ def test_bad_weight_files(tmp_path):
 def test_save_without_adapters_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         save_peft_adapter(_base(), tmp_path, CFG)
+
+
+def test_adapter_of_the_float_model_loads_onto_its_4bit_base(tmp_path):
+    """QLoRA inference: an adapter saved for the float model applies unchanged to the NF4-quantized model."""
+    from edgequant.nn import NF4Config, quantize_
+
+    model, directory = _saved(tmp_path)
+    quantized = _base()
+    quantize_(quantized, NF4Config(blocksize=32))
+    load_peft_adapter(quantized, directory)
+    mods = lora_modules(quantized)
+    assert len(mods) == 4
+    assert all(type(m.base_layer).__name__ == "Linear4bit" for m in mods.values())
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        for name, m in mods.items():
+            ref = m.base_layer(x) + x @ lora_modules(model)[name].delta_weight().T
+            torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-6)
