@@ -197,5 +197,18 @@ def add_vocab(w, folder: str, hparams: dict, gguf_arch: str) -> str:
             if "add_prefix_space" in tok_cfg:
                 w.add_add_space_prefix(tok_cfg["add_prefix_space"])
         if vocab_size == 49152:  # llama.cpp: "Apply to granite small models only" (also SmolLM's vocab size)
-            w.add_add_bos_token(False)
+            _force_add_bos_false(w)
     return kind
+
+
+def _force_add_bos_false(w) -> None:
+    """``add_bos_token = False``, overriding SpecialVocab's value in place (same key position, as llama.cpp's
+    second ``add_add_bos_token`` call leaves it) without gguf-py's "Duplicated key name" warning."""
+    import gguf
+
+    key = gguf.Keys.Tokenizer.ADD_BOS
+    for kv in w.kv_data:
+        if key in kv:
+            kv[key] = gguf.GGUFValue(False, gguf.GGUFValueType.BOOL)
+            return
+    w.add_add_bos_token(False)

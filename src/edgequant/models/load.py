@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -52,15 +53,33 @@ def _load_gguf(path: str, dtype):
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Library code does not print: silence transformers' "Loading weights" bars and info logs for a call."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf(path: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgequant.models.hf_checkpoint import HFCheckpoint
 
     HFCheckpoint(path).check_loadable()  # refuses pickles, truncated or mis-shaped shards with a clear error
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
 
 
 def load_causal_lm(path: str | os.PathLike, dtype=None):

@@ -97,10 +97,11 @@ def verify_conversion(hf_dir: str, gguf_path: str, ftype: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgequant.models.load import load_causal_lm
+    from edgequant.models.load import load_causal_lm, quiet_transformers
 
     ids, cpp = llama_cpp_logits(gguf_path)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()
     vs_hf = compare_logits(hf_logits(model, ids), cpp)
     del model
     model, _ = load_causal_lm(gguf_path)
