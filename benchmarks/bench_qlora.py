@@ -148,7 +148,11 @@ def run_memory(rank: int) -> dict:
         out["base_bytes"][key] = model_bytes(m)
         linears = [mod for mod in m.modules() if is_quantized_linear(mod)]
         weights = sum(mod.in_features * mod.out_features for mod in linears)
-        lin_bytes = tensor_bytes(t for mod in linears for t in mod.state_dict(keep_vars=True).values())
+        # keep every state_dict alive while counting: state_dict() may build fresh tensors (maps, JSON
+        # bytes) whose freed addresses the next layer's would reuse, and the de-duplication by address
+        # would then skip them
+        states = [mod.state_dict(keep_vars=True) for mod in linears]
+        lin_bytes = tensor_bytes(t for sd in states for t in sd.values())
         bias_bytes = tensor_bytes(mod.bias for mod in linears if getattr(mod, "bias", None) is not None)
         out[f"{key}_linear"] = {
             "layers": len(linears),
@@ -348,6 +352,12 @@ def markdown(data: dict) -> str:
         lines.append("")
     if "training" in data:
         t = data["training"]
+        tm = t.get("machine", m)
+        if tm["commit"] != m["commit"]:
+            lines += [
+                f"(Training measured at commit {tm['commit']}, {tm['date']}, torch threads as above.)",
+                "",
+            ]
         lines += [
             f"## {t['steps']} steps, batch {t['batch']} x {t['seq']} tokens of Apache-2.0 "
             f"(QLoRA: NF4+DQ base, LoRA r={t['rank']} all-linear, grad checkpointing, "
@@ -375,6 +385,19 @@ def markdown(data: dict) -> str:
             ]
         lines.append("")
     return "\n".join(lines)
+
+
+def keep_previous_sections(data: dict) -> None:
+    """A part that was skipped keeps its previous results (with the commit and date they were measured at)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "qlora.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    for key in ("memory", "training"):
+        if key not in data and key in previous:
+            data[key] = previous[key]
+            data[key].setdefault("machine", previous["machine"])
 
 
 def main() -> None:
@@ -405,6 +428,8 @@ def main() -> None:
         data["memory"] = run_memory(args.rank)
     if not args.skip_train:
         data["training"] = run_training(args)
+        data["training"]["machine"] = data["machine"]
+    keep_previous_sections(data)
     write_results("qlora", data, markdown(data))
 
 
