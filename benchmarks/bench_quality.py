@@ -74,7 +74,7 @@ def main() -> int:
 
     from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
-    from edgequant.eval.perplexity import load_torch_backend
+    from edgequant.eval.scoring import load_torch_backend
     from edgequant.eval.text import hf_tokenize, read_text
     from edgequant.gguf.expand import dequantize_model
     from edgequant.gguf.imatrix import load_imatrix
@@ -227,7 +227,7 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     """Quantize ``f32`` to ``ftype`` (with/without imatrix) and evaluate the file by both backends."""
     from edgequant.eval import evaluate_chunks
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
-    from edgequant.eval.perplexity import load_torch_backend
+    from edgequant.eval.scoring import load_torch_backend
     from edgequant.gguf.ftypes import parse_ftype
     from edgequant.gguf.model_quantize import quantize_model
     from edgequant.testing import ggml_peer

@@ -39,7 +39,8 @@ def test_demo_json_has_quality_per_ftype(tiny_gguf):
     args = ("--model", model, "--ftypes", "Q8_0,Q2_K", "--text", text, "--quality-ctx", 32)
     rep = json.loads(run("demo", *args, "--quality-chunks", 2, "--threads", 1, "--json").stdout)
     q = rep["quality"]
-    assert q["text"] == text and not q["default_text"]
+    assert q["text"] == text
+    assert not q["default_text"]
     assert (q["n_ctx"], q["n_chunks"], q["n_scored_tokens"]) == (32, 2, 2 * 15)
     by = {r["ftype"]: r["quality"] for r in rep["results"]}
     assert set(by) == {"Q8_0", "Q2_K"}

@@ -56,7 +56,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
-    from edgequant.eval.perplexity import perplexity
+    from edgequant.eval.scoring import perplexity
 
     with tensor_progress("evaluate", disable=False) as advance:
         res = perplexity(

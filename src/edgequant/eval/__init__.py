@@ -6,6 +6,8 @@ Public API::
     perplexity("model-Q4_K_M.gguf", base_path="model-F32.gguf", n_ctx=512, n_chunks=4)  # -> dict
     make_imatrix("model-F32.gguf", "imatrix.gguf", "calibration.txt", n_ctx=512)         # -> dict
 
+The implementation module is ``edgequant.eval.scoring`` (not ``perplexity``: a submodule of that name
+would shadow the ``perplexity`` function as an attribute of this package once imported).
 Names are imported lazily: ``import edgequant.eval`` (and the CLI's argument parser, which reads
 ``DEFAULT_TEXT``) must not pay for importing torch.
 """
@@ -16,9 +18,9 @@ import importlib
 
 _LAZY = {
     "make_imatrix": "edgequant.eval.imatrix_job",
-    "CachedLogits": "edgequant.eval.perplexity",
-    "evaluate_chunks": "edgequant.eval.perplexity",
-    "perplexity": "edgequant.eval.perplexity",
+    "CachedLogits": "edgequant.eval.scoring",
+    "evaluate_chunks": "edgequant.eval.scoring",
+    "perplexity": "edgequant.eval.scoring",
     "QualityComparison": "edgequant.eval.quality",
     "DEFAULT_CALIBRATION_TEXT": "edgequant.eval.text",
     "DEFAULT_TEXT": "edgequant.eval.text",

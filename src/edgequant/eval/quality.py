@@ -2,7 +2,7 @@
 
 :class:`QualityComparison` loads the base once (PyTorch backend), tokenizes the text with the base's
 tokenizer, cuts llama-perplexity's chunks and keeps the base's scored logits in memory
-(:class:`~edgequant.eval.perplexity.CachedLogits`); each :meth:`QualityComparison.score` then loads one
+(:class:`~edgequant.eval.scoring.CachedLogits`); each :meth:`QualityComparison.score` then loads one
 file, evaluates the same chunks and frees it, so a caller can quantize, score and delete one file at a
 time (``edgequant demo``). All models must share the base's vocabulary (quantized versions of it).
 """
@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
-from edgequant.eval.perplexity import CachedLogits, evaluate_chunks, load_torch_backend
+from edgequant.eval.scoring import CachedLogits, evaluate_chunks, load_torch_backend
 from edgequant.eval.text import Chunking, hf_tokenize, read_text, split_chunks
 
 

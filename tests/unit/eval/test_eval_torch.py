@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from edgequant.eval.perplexity import CachedLogits, evaluate_chunks
+from edgequant.eval.scoring import CachedLogits, evaluate_chunks
 from edgequant.eval.text import Chunking, split_chunks
 from edgequant.eval.torch_backend import TorchBackend
 
