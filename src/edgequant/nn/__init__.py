@@ -5,6 +5,9 @@
   percentile clipping).
 - ``quantize_(model, config)`` with ``NF4Config``, ``FP4Config``, ``Int8Config``, ``Int8DynamicConfig``.
 - ``save_quantized`` / ``load_quantized``: safetensors in bitsandbytes' layout.
+- LoRA / QLoRA: ``LoraConfig``, ``apply_lora`` (adapters on nn.Linear, Linear4bit or Linear8bitLt bases),
+  ``merge_lora`` and merged exports (safetensors, transformers folder, GGUF), PEFT's adapter format both ways
+  (``save_peft_adapter`` / ``load_peft_adapter``), ``enable_gradient_checkpointing``.
 
 Importing this package imports torch and safetensors, nothing heavier (no transformers, no bitsandbytes).
 """
@@ -14,6 +17,19 @@ from edgequant.nn.configs import FP4Config, Int8Config, Int8DynamicConfig, NF4Co
 from edgequant.nn.int8_dynamic import Int8DynamicLinear
 from edgequant.nn.linear4bit import Linear4bit
 from edgequant.nn.linear8bit import Linear8bitLt
+from edgequant.nn.lora import (
+    LoraLinear,
+    apply_lora,
+    lora_modules,
+    lora_parameters,
+    lora_state_dict,
+    select_lora_targets,
+)
+from edgequant.nn.lora_checkpoint import enable_gradient_checkpointing
+from edgequant.nn.lora_config import LoraConfig
+from edgequant.nn.lora_export import export_merged_gguf, export_merged_hf
+from edgequant.nn.lora_merge import merge_lora, merged_state_dict, save_merged_safetensors
+from edgequant.nn.peft_format import load_peft_adapter, read_peft_config, save_peft_adapter
 from edgequant.nn.quantize import QuantizeReport, quantize_
 
 __all__ = [
@@ -23,11 +39,27 @@ __all__ = [
     "Int8DynamicLinear",
     "Linear4bit",
     "Linear8bitLt",
+    "LoraConfig",
+    "LoraLinear",
     "NF4Config",
     "QuantizeReport",
+    "apply_lora",
     "config_from_dict",
+    "enable_gradient_checkpointing",
+    "export_merged_gguf",
+    "export_merged_hf",
+    "load_peft_adapter",
     "load_quantized",
+    "lora_modules",
+    "lora_parameters",
+    "lora_state_dict",
+    "merge_lora",
+    "merged_state_dict",
     "quantize_",
+    "read_peft_config",
+    "save_merged_safetensors",
+    "save_peft_adapter",
     "save_quantized",
+    "select_lora_targets",
     "transformers_quantization_config",
 ]
