@@ -196,7 +196,7 @@ def _report(cells, settings, n_train, n_eval, wall, quick):
         "# QAT vs PTQ on SmolLM2-135M (weights, groups of 32)",
         "",
         f"Train text `{s['train_text']}` ({n_train} tokens): QAT steps × window(s) of seq-len tokens per the "
-        "table, distillation from the float model. Held-out text `{s['eval_text']}` "
+        f"table, distillation from the float model. Held-out text `{s['eval_text']}` "
         f"({n_eval} tokens): {s['eval_windows']} windows of 256, second half scored. Float = the packaged "
         "Q4_1 GGUF dequantized to float32. 4 bits: ggml Q4_0 grid (PTQ = ggml's rule; QAT = learned fp16 "
         "block scales, exportable bit-exactly). 3 bits: symmetric [−4, 3], step per 32 (PTQ = RTN max/3; "
