@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine_info, write_results
 
-from edgequant.gguf.expand import dequantize_model
+from edgequant.workflows.dequantize import dequantize_model
 from edgequant.gguf.ftypes import FTYPES, parse_ftype
-from edgequant.gguf.model_quantize import quantize_model
+from edgequant.workflows.quantize import quantize_model
 from edgequant.models.packaged import smollm2_gguf_path
 from edgequant.testing import ggml_peer
 from edgequant.testing.compare import compare_gguf
@@ -37,7 +37,7 @@ import json, sys, time
 tool, src, dst, ftype, threads = sys.argv[1:6]
 t0 = time.perf_counter()
 if tool == "edgequant":
-    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.workflows.quantize import quantize_model
     quantize_model(src, dst, ftype, threads=int(threads))
 else:
     from edgequant.gguf.ftypes import parse_ftype

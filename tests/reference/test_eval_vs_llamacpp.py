@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def q4_k_m(smollm2_f32, tmp_path_factory):
-    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.workflows.quantize import quantize_model
 
     path = str(tmp_path_factory.mktemp("eval") / "smollm2-Q4_K_M.gguf")
     quantize_model(smollm2_f32, path, "Q4_K_M", threads=2)

@@ -37,7 +37,7 @@ def test_llama_cpp_quantizer_gives_edgequant_bytes(imatrices, smollm2_f32, tmp_p
     if not ggml_peer.available():
         pytest.skip("llama-cpp-python is not installed")
     from edgequant.gguf.imatrix import load_imatrix
-    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.workflows.quantize import quantize_model
 
     path = imatrices[which]
     ours, ref = tmp_path / "edgequant.gguf", tmp_path / "llama.gguf"

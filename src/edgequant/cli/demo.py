@@ -65,9 +65,9 @@ def run(args) -> int:
 
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
-    from edgequant.gguf.expand import dequantize_model
+    from edgequant.workflows.dequantize import dequantize_model
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.gguf.model_quantize import quantize_model
+    from edgequant.workflows.quantize import quantize_model
     from edgequant.models.packaged import smollm2_gguf_path
 
     ftypes = [parse_ftype(f)[0] for f in args.ftypes.split(",") if f.strip()]

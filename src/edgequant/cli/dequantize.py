@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgequant.cli.progress import tensor_progress
-    from edgequant.gguf.expand import dequantize_model
+    from edgequant.workflows.dequantize import dequantize_model
 
     with tensor_progress(f"dequantize → {os.path.basename(args.dst)}") as advance:
         rep = dequantize_model(args.src, args.dst, args.outtype, on_tensor=advance)

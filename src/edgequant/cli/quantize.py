@@ -115,7 +115,7 @@ def _tensor_types(items: list[str], path: str | None) -> tuple[tuple[str, str], 
 
 def run(args) -> int:
     from edgequant.gguf.imatrix import load_imatrix
-    from edgequant.gguf.model_quantize import quantize_model, report_dict
+    from edgequant.workflows.quantize import quantize_model, report_dict
 
     src, dst, ftype, threads = _positionals(args.args)
     if args.include_weights and args.exclude_weights:
@@ -136,7 +136,7 @@ def run(args) -> int:
             print(f"warning: no imatrix entries left after filtering {args.imatrix}", file=sys.stderr)
             imatrix = None
     if args.dry_run:
-        from edgequant.gguf.model_quantize import plan_model
+        from edgequant.workflows.quantize import plan_model
 
         plan = plan_model(src, ftype, imatrix=imatrix, options=opts)
         if args.json:

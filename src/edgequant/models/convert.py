@@ -30,7 +30,7 @@ import numpy as np
 from edgequant.gguf.codecs import get_codec
 from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
 from edgequant.gguf.imatrix import Imatrix, load_imatrix
-from edgequant.gguf.model_quantize import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
+from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 from edgequant.models.architectures import arch_from_config, permute_qk
 from edgequant.models.convert_plan import expected_shapes, gguf_metadata, map_names

@@ -1,10 +1,11 @@
 """Whole-file quantization: the equivalent of ``llama-quantize IN.gguf OUT.gguf FTYPE``.
 
-Pipeline (``shared/reference/ggml-quants.md`` §6): read the input lazily (mmap), decide every tensor's
+Pipeline: read the input lazily (mmap), decide every tensor's
 type with :mod:`edgequant.gguf.ftypes` in llama.cpp's sorted order, write the metadata llama.cpp writes
 (all input KVs but the split keys, then ``general.quantization_version`` and ``general.file_type``, then
 the imatrix provenance keys), then stream the tensors one at a time: a tensor whose type does not change
-is copied byte for byte, any other is widened to float32 and encoded by the codecs. Output goes to a
+is copied byte for byte, any other is widened to float32 and encoded by the codecs
+(:mod:`edgequant.gguf.tensor_encode`). Output goes to a
 temporary file renamed at the end. Peak memory is about one tensor in float32 plus its encoding.
 """
 
@@ -18,13 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGUFValueType
 
-from edgequant.errors import ConfigError, NonFiniteError, ShapeError
-from edgequant.gguf.codecs import dequantize, get_codec, nonfinite_scale_rows, quantize
+from edgequant.errors import ConfigError
+from edgequant.gguf.codecs import dequantize, get_codec
 from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
 from edgequant.gguf.imatrix import Imatrix
 from edgequant.gguf.reader import GGUFFile
+from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
-from edgequant.kernels.floats import first_nonfinite
 
 GGML_QNT_VERSION = 2
 _FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -276,81 +277,3 @@ def report_dict(report: QuantizeReport) -> dict:
             for t in report.tensors
         ],
     }
-
-
-def imatrix_for_tensor(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
-    qw = qmap.get(t.name)
-    if qw is None:
-        return None
-    ne = t.shape_ne
-    want = ne[0] * (ne[2] if len(ne) > 2 else 1)
-    if qw.size != want:
-        if "token_embd" in t.name:
-            return None  # llama.cpp ignores a mis-sized token_embd entry
-        raise ShapeError(
-            f"imatrix entry for '{t.name}' has {qw.size} values, the tensor needs {want} "
-            f"(ne[0]={ne[0]}); is the imatrix for another model?"
-        )
-    return qw
-
-
-def tensor_rows_f32(raw: np.ndarray, t) -> np.ndarray:
-    """The tensor as float32 rows: a zero-copy view of the map for F32, decoded otherwise; NaN/Inf refused."""
-    rows = t.n_elements // t.shape_ne[0]
-    if t.type_name == "F32":
-        x = raw.view(np.float32).reshape(rows, t.shape_ne[0])  # read-only view; the kernels only read it
-    else:
-        x = dequantize(raw, t.type_name, (rows, t.shape_ne[0]))
-    i = first_nonfinite(x)
-    if i >= 0:
-        row = i // t.shape_ne[0]
-        raise NonFiniteError(f"tensor '{t.name}': row {row} holds NaN or Inf; fix the source weights")
-    return x
-
-
-def encode_tensor(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
-    """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice."""
-    ne = t.shape_ne
-    n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
-    if qw is None or n_mat == 1:
-        out = quantize(x, new_type, qw, threads=threads, check_finite=False)
-    else:
-        per = x.shape[0] // n_mat
-        out = np.concatenate(
-            [
-                quantize(
-                    x[e * per : (e + 1) * per],
-                    new_type,
-                    qw[e * ne[0] : (e + 1) * ne[0]],
-                    threads=threads,
-                    check_finite=False,
-                )
-                for e in range(n_mat)
-            ]
-        )
-    codec = get_codec(new_type)
-    if codec.fp16_scale_fields:
-        bad = nonfinite_scale_rows(out, codec)
-        if bad.size:
-            raise NonFiniteError(
-                f"tensor '{t.name}': {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 scale of "
-                f"{new_type} (|w| too large); llama.cpp rejects such data too. Use --tensor-type "
-                f"'{t.name}=f16' (or q8_0) for this tensor"
-            )
-    return out
-
-
-def add_imatrix_kvs(w: GGUFStreamWriter, imatrix: Imatrix) -> None:
-    """The provenance keys llama-quantize records (strings capped at 127 bytes, like its override buffer)."""
-    w.add_kv(
-        "quantize.imatrix.file", GGUFValueType.STRING, imatrix.path.encode()[:127].decode(errors="ignore")
-    )
-    if imatrix.datasets:
-        w.add_kv(
-            "quantize.imatrix.dataset",
-            GGUFValueType.STRING,
-            imatrix.datasets[0].encode()[:127].decode(errors="ignore"),
-        )
-    w.add_kv("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(imatrix.entries))
-    if imatrix.chunk_count > 0:
-        w.add_kv("quantize.imatrix.chunks_count", GGUFValueType.UINT32, imatrix.chunk_count)

@@ -19,6 +19,7 @@ from edgequant.gguf.codecs import dequantize, get_codec
 from edgequant.gguf.ftypes import ggml_n_dims
 from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
+from edgequant.models.safetensors import SafetensorsStreamWriter
 
 
 def _target(t, outtype: str) -> str:
@@ -51,8 +52,6 @@ def dequantize_model(
     with GGUFFile(src) as r:
         tensors = r.tensors
         if dst.endswith(".safetensors"):
-            from edgequant.models.safetensors import SafetensorsStreamWriter
-
             w = SafetensorsStreamWriter(dst, {"source": os.path.basename(src), "producer": "edgequant"})
             for t in tensors:
                 w.declare(t.name, _target(t, outtype), t.np_shape)
