@@ -25,7 +25,6 @@ from edgequant.errors import ConfigError
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 DEFAULT_CALIBRATION_TEXT = "/usr/share/common-licenses/Apache-2.0"
-DEFAULT_TEXT_NOTE = f"default text: {DEFAULT_TEXT} (the GNU GPL v3 shipped with Debian/Ubuntu; no download)"
 
 
 def read_text(path: str | os.PathLike | None) -> tuple[str, str]:

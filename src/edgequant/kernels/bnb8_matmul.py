@@ -22,15 +22,3 @@ def int8_matmul_rows(a, w, out, row_first, row_last):
                 acc += np.int32(a[i, k]) * np.int32(w[o, k])
             out[i, o] = acc
 
-
-@jit
-def int8_weight_matmul_rows(x, w, scale, out, row_first, row_last):
-    """Weight-only int8 inference: out[i, o] = (sum_k x[i, k] * float32(w[o, k])) * scale[o] (float32,
-    k in order)."""
-    m_rows, k_dim = x.shape
-    for o in range(row_first, row_last):
-        for i in range(m_rows):
-            acc = np.float32(0.0)
-            for k in range(k_dim):
-                acc += x[i, k] * np.float32(w[o, k])
-            out[i, o] = acc * scale[o]

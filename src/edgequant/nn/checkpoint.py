@@ -26,8 +26,6 @@ from edgequant.nn.linear4bit import Linear4bit
 from edgequant.nn.linear8bit import Linear8bitLt
 from edgequant.nn.quantize import _set_submodule
 
-_PACKED = ".weight.quant_state.bitsandbytes__"
-
 
 def save_quantized(model: nn.Module, path: str | os.PathLike[str], config=None) -> None:
     """Write ``model.state_dict()`` to ``path`` atomically (temp file + rename)."""

@@ -21,8 +21,6 @@ float32 (bnb would compute in float16) and the output is cast back to float16.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -265,16 +263,3 @@ class Linear4bit(nn.Module):
                 if "." not in rest:
                     unexpected_keys.append(k)
 
-
-def weight_nbytes(layer: Linear4bit) -> int:
-    """Bytes held by the quantized weight (codes + absmax + nested absmax + offset)."""
-    n = layer.weight.numel() * layer.weight.element_size() + layer.quant_state.absmax.numel() * (
-        layer.quant_state.absmax.element_size()
-    )
-    if layer.quant_state.nested:
-        n += layer.quant_state.state2.absmax.numel() * 4 + 4
-    return n
-
-
-def float_nbytes(layer: Linear4bit) -> int:
-    return 4 * math.prod((layer.out_features, layer.in_features))
