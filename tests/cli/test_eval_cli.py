@@ -63,8 +63,7 @@ def test_imatrix_collect_then_merge(tiny, tmp_path):
 
 
 def test_imatrix_for_another_model_is_refused_without_output(tiny, tmp_path):
-    from edgequant.eval.imatrix_files import write_stats
-    from edgequant.gguf.imatrix import ImatrixEntry
+    from edgequant.gguf.imatrix import ImatrixEntry, write_stats
 
     model, text, _ = tiny
     for name, n, msg in (

@@ -21,7 +21,8 @@ def _sha(path) -> str:
 
 @pytest.fixture(scope="module")
 def imatrices(smollm2_f32, tmp_path_factory):
-    from edgequant.eval import DEFAULT_CALIBRATION_TEXT, make_imatrix
+    from edgequant.eval import DEFAULT_CALIBRATION_TEXT
+    from edgequant.workflows.imatrix import make_imatrix
 
     d = tmp_path_factory.mktemp("imatrix")
     gguf_path, dat_path = str(d / "imatrix.gguf"), str(d / "imatrix.dat")

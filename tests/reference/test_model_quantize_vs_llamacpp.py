@@ -13,10 +13,10 @@ import pytest
 
 from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype
 from edgequant.gguf.imatrix import ImatrixEntry, load_imatrix, save_imatrix_dat, save_imatrix_gguf
-from edgequant.workflows.quantize import quantize_model
 from edgequant.gguf.reader import GGUFFile
 from edgequant.testing import ggml_peer
 from edgequant.testing.compare import compare_gguf
+from edgequant.workflows.quantize import quantize_model
 
 pytestmark = [
     pytest.mark.reference,

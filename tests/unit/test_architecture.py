@@ -140,7 +140,7 @@ def test_package_graph_is_acyclic():
         path.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                pytest.fail("import cycle between packages: " + " -> ".join(path[path.index(m) :] + [m]))
+                pytest.fail("import cycle between packages: " + " -> ".join([*path[path.index(m) :], m]))
             if m not in state:
                 visit(m)
         path.pop()

@@ -65,10 +65,10 @@ def run(args) -> int:
 
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
-    from edgequant.workflows.dequantize import dequantize_model
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.workflows.quantize import quantize_model
     from edgequant.models.packaged import smollm2_gguf_path
+    from edgequant.workflows.dequantize import dequantize_model
+    from edgequant.workflows.quantize import quantize_model
 
     ftypes = [parse_ftype(f)[0] for f in args.ftypes.split(",") if f.strip()]
     threads = args.threads if args.threads is not None else (os.cpu_count() or 1)

@@ -57,7 +57,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
-    from edgequant.eval.imatrix_job import make_imatrix
+    from edgequant.errors import ConfigError
+    from edgequant.workflows.imatrix import make_imatrix
+
+    if args.model is None and not args.in_file:
+        raise ConfigError("give a MODEL to collect from, or --in-file files to merge")
 
     with tensor_progress("collect") as advance:
         res = make_imatrix(

@@ -1,10 +1,11 @@
-"""Evaluation: perplexity and KL against a base (llama-perplexity's method), importance-matrix collection.
+"""Evaluation: perplexity and KL against a base (llama-perplexity's method), imatrix collection hooks.
 
 Public API::
 
-    from edgequant.eval import perplexity, make_imatrix
+    from edgequant.eval import perplexity
     perplexity("model-Q4_K_M.gguf", base_path="model-F32.gguf", n_ctx=512, n_chunks=4)  # -> dict
-    make_imatrix("model-F32.gguf", "imatrix.gguf", "calibration.txt", n_ctx=512)         # -> dict
+
+The whole imatrix job (collect, merge, write) is ``edgequant.workflows.imatrix.make_imatrix``.
 
 The implementation module is ``edgequant.eval.scoring`` (not ``perplexity``: a submodule of that name
 would shadow the ``perplexity`` function as an attribute of this package once imported).
@@ -17,7 +18,6 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "make_imatrix": "edgequant.eval.imatrix_job",
     "CachedLogits": "edgequant.eval.scoring",
     "evaluate_chunks": "edgequant.eval.scoring",
     "perplexity": "edgequant.eval.scoring",

@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgequant.errors import FormatError, NonFiniteError
+from edgequant.errors import FormatError, NonFiniteError, ShapeError
 
 
 @dataclass
 class ImatrixEntry:
-    """Raw statistics of one weight: Σx² per column (n_mat, ne0) and rows seen per matrix (n_mat,)."""
+    """Statistics of one weight: Σx² per column (n_mat, ne0) and rows seen per matrix (n_mat,).
+
+    Entries read from a legacy ``.dat`` file hold that file's units (see :class:`ImatrixStats`).
+    """
 
     sum2: np.ndarray
     counts: np.ndarray
@@ -46,6 +49,51 @@ class ImatrixEntry:
 
 
 @dataclass
+class ImatrixStats:
+    """The content of one imatrix file, before any interpretation.
+
+    ``fmt="gguf"``: ``entries`` hold the raw Σx² and row counts, ``chunk_size`` the run's context.
+    ``fmt="dat"``: the legacy file keeps only ``values = mean * ncall`` and ``ncall``, so ``entries`` hold
+    ``sum2 = values`` (shape (1, nval)) and ``counts = [ncall]``; ``chunk_size`` is unknown (None).
+    ``datasets`` / ``chunk_count`` / ``chunk_size`` are None where the file does not record them.
+    """
+
+    path: str
+    fmt: str
+    entries: dict[str, ImatrixEntry]
+    datasets: list[str] | None = None
+    chunk_count: int | None = None
+    chunk_size: int | None = None
+
+    def quant_weights(self) -> dict[str, np.ndarray]:
+        """Per-entry ``qw`` exactly as llama-quantize's ``load_imatrix`` computes them."""
+        if self.fmt == "gguf":
+            return {k: e.weights() for k, e in self.entries.items()}
+        out = {}
+        for k, e in self.entries.items():  # legacy: values / ncall, values as they are when ncall is 0
+            ncall = int(e.counts[0])
+            vals = e.sum2.reshape(-1)
+            out[k] = (vals / np.float32(ncall)).astype(np.float32) if ncall > 0 else vals.copy()
+        return out
+
+    def raw(self, chunk_size: int) -> dict[str, ImatrixEntry]:
+        """Σx² and counts as llama-imatrix rebuilds them to merge (``--in-file``).
+
+        ``chunk_size`` is this run's context, used for a legacy file only:
+        ``sum2 = values * chunk_size``, ``counts = ncall * chunk_size``.
+        """
+        if self.fmt == "gguf":
+            return dict(self.entries)
+        cs = np.float32(chunk_size)
+        return {
+            k: ImatrixEntry(
+                (e.sum2 * cs).astype(np.float32), np.array([int(e.counts[0]) * chunk_size], np.int64)
+            )
+            for k, e in self.entries.items()
+        }
+
+
+@dataclass
 class Imatrix:
     """An importance matrix as loaded from a file, with the provenance llama-quantize records."""
 
@@ -56,7 +104,7 @@ class Imatrix:
     fmt: str = "gguf"
 
     def filtered(self, include: list[str] | None = None, exclude: list[str] | None = None) -> Imatrix:
-        """``--include-weights`` / ``--exclude-weights``: keep/drop entries whose name contains a substring."""
+        """Keep entries whose name contains one of ``include``; drop those containing one of ``exclude``."""
         items = self.entries.items()
         if include:
             items = [(k, v) for k, v in items if any(s in k for s in include)]
@@ -65,57 +113,102 @@ class Imatrix:
         return Imatrix(self.path, dict(items), self.datasets, self.chunk_count, self.fmt)
 
 
-def load_imatrix(path: str | os.PathLike) -> Imatrix:
-    """Load a GGUF or legacy imatrix file (GGUF is tried first, as llama.cpp does)."""
+def load_imatrix_stats(path: str | os.PathLike) -> ImatrixStats:
+    """Read a GGUF or legacy imatrix file (GGUF tried first, as llama.cpp does), without interpreting it."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as e:
         raise FormatError(f"{path}: cannot read imatrix file ({e.strerror})") from None
-    imat = _load_gguf(path) if magic == b"GGUF" else _load_dat(path)
-    for name, qw in imat.entries.items():
+    return _read_gguf(path) if magic == b"GGUF" else _read_dat(path)
+
+
+def load_imatrix(path: str | os.PathLike) -> Imatrix:
+    """Load an imatrix file for quantization: per-entry ``qw`` and provenance, by llama-quantize's rules."""
+    st = load_imatrix_stats(path)
+    if st.fmt == "gguf":
+        for key, v in (
+            ("datasets", st.datasets),
+            ("chunk_count", st.chunk_count),
+            ("chunk_size", st.chunk_size),
+        ):
+            if v is None:
+                raise FormatError(
+                    f"{st.path}: GGUF imatrix lacks the key 'imatrix.{key}' (llama-quantize rejects it too)"
+                )
+    entries = st.quant_weights()
+    for name, qw in entries.items():
         if not np.isfinite(qw).all():
-            raise NonFiniteError(f"{path}: imatrix entry '{name}' holds NaN or Inf")
-    return imat
+            raise NonFiniteError(f"{st.path}: imatrix entry '{name}' holds NaN or Inf")
+    return Imatrix(st.path, entries, list(st.datasets or []), int(st.chunk_count or 0), st.fmt)
 
 
-def _load_gguf(path: str) -> Imatrix:
+def read_stats(path: str | os.PathLike, chunk_size: int) -> tuple[dict[str, ImatrixEntry], list[str]]:
+    """Raw (sum2, counts) per entry and the datasets of one imatrix file, as llama-imatrix merges them."""
+    st = load_imatrix_stats(path)
+    return st.raw(chunk_size), [d for d in (st.datasets or []) if st.fmt == "gguf" or d]
+
+
+def merge_into(acc: dict[str, ImatrixEntry], new: dict[str, ImatrixEntry], source: str) -> None:
+    """Add ``new`` to ``acc`` in place (sums and counts), refusing entries of different lengths."""
+    for name, e in new.items():
+        old = acc.get(name)
+        if old is None:
+            acc[name] = ImatrixEntry(e.sum2.copy(), e.counts.copy())
+            continue
+        if old.sum2.size != e.sum2.size:
+            raise ShapeError(
+                f"{source}: imatrix entry '{name}' has {e.sum2.size} values, the other inputs have "
+                f"{old.sum2.size}; the files are for different models"
+            )
+        counts = old.counts
+        if counts.size == 1 and e.counts.size > 1:  # broadcast a legacy single count (llama.cpp does)
+            counts = np.full(e.counts.size, counts[0], np.int64)
+        add = e.counts if e.counts.size == counts.size else np.full(counts.size, e.counts[0], np.int64)
+        acc[name] = ImatrixEntry(
+            (old.sum2.reshape(counts.size, -1) + e.sum2.reshape(counts.size, -1)).astype(np.float32),
+            counts + add,
+        )
+
+
+def _read_gguf(path: str) -> ImatrixStats:
     from edgequant.gguf.reader import GGUFFile
 
     with GGUFFile(path) as r:
         kvs = {k: v.value for k, v in r.kvs.items()}
-        for key in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"):
-            if key not in kvs:
-                raise FormatError(
-                    f"{path}: GGUF imatrix lacks the key '{key}' (llama-quantize rejects it too)"
-                )
+        if "imatrix.chunk_size" not in kvs and kvs.get("general.type") != "imatrix":
+            raise FormatError(f"{path}: a GGUF file but not an imatrix (no imatrix.* keys); is it a model?")
         sums, counts = {}, {}
         for t in r.tensors:
             for suffix, bucket in ((".in_sum2", sums), (".counts", counts)):
                 if t.name.endswith(suffix):
                     if t.type_name != "F32":
                         raise FormatError(f"{path}: imatrix tensor '{t.name}' must be F32, is {t.type_name}")
-                    bucket[t.name[: -len(suffix)]] = np.array(r.tensor_data(t).view(np.float32)).reshape(
-                        t.np_shape if len(t.np_shape) > 1 else (1, -1)
-                    )
-        entries = {}
-        for name in sorted(sums):
-            if name not in counts:
-                raise FormatError(f"{path}: imatrix entry '{name}' has in_sum2 but no counts tensor")
-            c = np.rint(counts[name].reshape(-1)).astype(np.int64)  # lround, as common_imatrix_load
-            s = sums[name].reshape(c.size, -1)
-            entries[name] = ImatrixEntry(s.astype(np.float32), c).weights()
-        missing = sorted(set(counts) - set(sums))
-        if missing:
-            raise FormatError(f"{path}: imatrix entry '{missing[0]}' has counts but no in_sum2 tensor")
-        ds = kvs["imatrix.datasets"]
-        return Imatrix(
-            path, entries, list(ds) if isinstance(ds, list) else [ds], int(kvs["imatrix.chunk_count"]), "gguf"
-        )
+                    bucket[t.name[: -len(suffix)]] = np.array(r.tensor_data(t).view(np.float32)).reshape(-1)
+    entries = {}
+    for name in sorted(set(sums) | set(counts)):
+        if name not in counts:
+            raise FormatError(f"{path}: imatrix entry '{name}' has in_sum2 but no counts tensor")
+        if name not in sums:
+            raise FormatError(f"{path}: imatrix entry '{name}' has counts but no in_sum2 tensor")
+        c = np.rint(counts[name]).astype(np.int64)  # lround, as common_imatrix_load
+        entries[name] = ImatrixEntry(sums[name].reshape(c.size, -1).astype(np.float32), c)
+    ds = kvs.get("imatrix.datasets")
+    if ds is not None and not isinstance(ds, list):
+        ds = [str(ds)]
+    chunk_count, chunk_size = kvs.get("imatrix.chunk_count"), kvs.get("imatrix.chunk_size")
+    return ImatrixStats(
+        path,
+        "gguf",
+        entries,
+        None if ds is None else list(ds),
+        None if chunk_count is None else int(chunk_count),
+        None if chunk_size is None else int(chunk_size),
+    )
 
 
-def _load_dat(path: str) -> Imatrix:
+def _read_dat(path: str) -> ImatrixStats:
     with open(path, "rb") as f:
         buf = f.read()
     pos = 0
@@ -134,7 +227,7 @@ def _load_dat(path: str) -> Imatrix:
         raise FormatError(
             f"{path}: not a GGUF or legacy imatrix file (entry count {n} does not fit the file)"
         )
-    entries: dict[str, np.ndarray] = {}
+    entries: dict[str, ImatrixEntry] = {}
     for i in range(n):
         name_len = take("<i", f"entry #{i}")
         if name_len <= 0 or pos + name_len > len(buf):
@@ -144,18 +237,16 @@ def _load_dat(path: str) -> Imatrix:
         ncall, nval = take("<ii", f"entry '{name}'")
         if nval <= 0 or pos + 4 * nval > len(buf):
             raise FormatError(f"{path}: entry '{name}' declares {nval} values that do not fit the file")
-        vals = np.frombuffer(buf, np.float32, nval, pos).copy()
+        vals = np.frombuffer(buf, np.float32, nval, pos).copy().reshape(1, -1)
         pos += 4 * nval
-        if ncall > 0:
-            vals = (vals / np.float32(ncall)).astype(np.float32)
-        entries[name] = vals
-    chunk_count, datasets = 0, []
+        entries[name] = ImatrixEntry(vals, np.array([ncall], np.int64))
+    chunk_count, datasets = None, None
     if pos + 8 <= len(buf):
         chunk_count = take("<i", "the trailer")
         dlen = take("<i", "the trailer")
         if 0 <= dlen <= len(buf) - pos:
             datasets = [buf[pos : pos + dlen].decode("utf-8", errors="replace")]
-    return Imatrix(path, entries, datasets, chunk_count, "dat")
+    return ImatrixStats(path, "dat", entries, datasets, chunk_count)
 
 
 def save_imatrix_dat(path: str, stats: dict[str, ImatrixEntry], chunk_size: int, dataset: str = "") -> None:
@@ -208,3 +299,16 @@ def save_imatrix_gguf(
         w.write_header()
         for name, a in arrays:
             w.write_tensor_data(name, a)
+
+
+def write_stats(
+    path: str | os.PathLike, stats: dict[str, ImatrixEntry], fmt: str, chunk_size: int, datasets: list[str]
+) -> None:
+    """Write ``stats`` as a GGUF (``fmt='gguf'``) or legacy (``'dat'``) imatrix, atomically."""
+    path = os.fspath(path)
+    if fmt == "gguf":
+        save_imatrix_gguf(path, stats, chunk_size, datasets)
+    elif fmt == "dat":
+        save_imatrix_dat(path, stats, chunk_size, datasets[-1] if datasets else "")
+    else:
+        raise FormatError(f"unknown imatrix output format '{fmt}' (choose gguf or dat)")

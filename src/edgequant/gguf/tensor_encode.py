@@ -1,8 +1,9 @@
 """Per-tensor steps of writing a quantized GGUF tensor, shared by whole-file quantization and HF conversion.
 
-``tensor_rows_f32`` widens a stored tensor to float32 rows (refusing NaN/Inf), ``imatrix_for_tensor`` picks and
-checks a tensor's importance vector, ``encode_tensor`` quantizes rows (one imatrix slice per expert of a 3-D
-tensor) and refuses fp16-scale overflow, ``add_imatrix_kvs`` writes llama-quantize's imatrix provenance keys.
+- ``tensor_rows_f32``: a stored tensor widened to float32 rows (NaN/Inf refused);
+- ``imatrix_for_tensor``: a tensor's importance vector, its length checked;
+- ``encode_tensor``: rows quantized (one imatrix slice per expert of a 3-D tensor), fp16-scale overflow refused;
+- ``add_imatrix_kvs``: llama-quantize's imatrix provenance keys.
 """
 
 from __future__ import annotations

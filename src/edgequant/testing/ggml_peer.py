@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import importlib.util
 import os
-import struct
 import tempfile
 import threading
 import time
@@ -450,77 +449,13 @@ def load_imatrix_file(path: str | os.PathLike[str]) -> ImatrixFile:
 
     GGUF: ``qw = in_sum2 / f32(count)`` per expert slice, 1.0 for experts with count 0.
     Legacy: ``qw = values / f32(ncall)`` if ncall > 0 else ``values``.
+    The file format has one reader, :func:`edgequant.gguf.imatrix.load_imatrix`; the peer passes its
+    ``qw`` to ``llama_model_quantize``, so both sides quantize with the same weights.
     """
-    path = Path(path)
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic == b"GGUF":
-        return _load_imatrix_gguf(path)
-    return _load_imatrix_dat(path)
+    from edgequant.gguf.imatrix import load_imatrix
 
-
-def _load_imatrix_gguf(path: Path) -> ImatrixFile:
-    import gguf
-
-    r = gguf.GGUFReader(str(path))
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-    for t in r.tensors:
-        if t.name.endswith(".in_sum2"):
-            sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, np.float32).reshape(-1)
-        elif t.name.endswith(".counts"):
-            counts[t.name[: -len(".counts")]] = np.asarray(t.data, np.float32).reshape(-1)
-    data: dict[str, np.ndarray] = {}
-    for name, s in sums.items():
-        if name not in counts:
-            raise ValueError(f"{path}: {name}.in_sum2 has no {name}.counts")
-        c = np.array([round(float(v)) for v in counts[name]], np.int64)
-        ne0 = s.size // c.size
-        e = np.empty_like(s)
-        for j, cnt in enumerate(c):
-            sl = slice(j * ne0, (j + 1) * ne0)
-            e[sl] = s[sl] / np.float32(cnt) if cnt > 0 else np.float32(1.0)
-        data[name] = e
-    datasets: list[str] = []
-    chunk_count = 0
-    f = r.fields.get("imatrix.datasets")
-    if f is not None:
-        datasets = [bytes(f.parts[i]).decode() for i in f.data]
-    f = r.fields.get("imatrix.chunk_count")
-    if f is not None:
-        chunk_count = int(f.parts[f.data[0]][0])
-    return ImatrixFile(data, datasets, chunk_count)
-
-
-def _load_imatrix_dat(path: Path) -> ImatrixFile:
-    buf = path.read_bytes()
-    pos = 0
-
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(buf):
-            raise ValueError(f"{path}: truncated legacy imatrix file")
-        v = struct.unpack_from(fmt, buf, pos)
-        pos += size
-        return v
-
-    (n_entries,) = take("<i")
-    data: dict[str, np.ndarray] = {}
-    for _ in range(n_entries):
-        (ln,) = take("<i")
-        name = buf[pos : pos + ln].decode()
-        pos += ln
-        ncall, nval = take("<ii")
-        vals = np.frombuffer(buf, np.float32, nval, pos).copy()
-        pos += 4 * nval
-        data[name] = vals / np.float32(ncall) if ncall > 0 else vals
-    chunk_count, datasets = 0, []
-    if pos + 8 <= len(buf):
-        (chunk_count,) = take("<i")
-        (dl,) = take("<i")
-        datasets = [buf[pos : pos + dl].decode()]
-    return ImatrixFile(data, datasets, chunk_count)
+    im = load_imatrix(path)
+    return ImatrixFile(im.entries, im.datasets, im.chunk_count)
 
 
 # ---------------------------------------------------------------------------------------------

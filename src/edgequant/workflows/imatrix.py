@@ -1,6 +1,7 @@
 """``make_imatrix``: collect an importance matrix from a model and a text, merge earlier files, write it.
 
-This is what ``edgequant imatrix`` runs. Order of work, as llama-imatrix: load the ``--in-file`` inputs
+This is what ``edgequant imatrix`` runs; collection itself is :mod:`edgequant.eval.imatrix_collect`, the
+file format :mod:`edgequant.gguf.imatrix`. Order of work, as llama-imatrix: load the ``in_files`` inputs
 first (summed), then add this run's collection, then write once (atomically: the output appears complete
 or not at all). Without a model only the merge is done. The result dict records what was done.
 """
@@ -14,9 +15,8 @@ from collections.abc import Callable
 from edgequant.core.atomic import check_writable
 from edgequant.errors import ConfigError
 from edgequant.eval.imatrix_collect import ImatrixCollector, check_fits, expected_entries
-from edgequant.eval.imatrix_files import merge_into, read_stats, write_stats
 from edgequant.eval.text import Chunking, hf_tokenize, read_text, split_chunks
-from edgequant.gguf.imatrix import ImatrixEntry
+from edgequant.gguf.imatrix import ImatrixEntry, merge_into, read_stats, write_stats
 
 
 def make_imatrix(
@@ -41,9 +41,9 @@ def make_imatrix(
     out_path = os.fspath(out_path)
     fmt = output_format or ("dat" if out_path.endswith(".dat") else "gguf")
     if fmt not in ("gguf", "dat"):
-        raise ConfigError(f"--output-format must be gguf or dat, got '{fmt}'")
+        raise ConfigError(f"output_format must be 'gguf' or 'dat', got '{fmt}'")
     if model_path is None and not in_files:
-        raise ConfigError("give a MODEL to collect from, or --in-file files to merge")
+        raise ConfigError("nothing to do: give a model to collect from, or imatrix files to merge")
     chunking = Chunking(n_ctx, n_chunks)
     check_writable(out_path)
     stats: dict[str, ImatrixEntry] = {}

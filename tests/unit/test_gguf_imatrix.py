@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from edgequant.errors import ShapeError
-from edgequant.eval.imatrix_files import merge_into, read_stats, write_stats
-from edgequant.gguf.imatrix import ImatrixEntry, load_imatrix
+from edgequant.gguf.imatrix import ImatrixEntry, load_imatrix, merge_into, read_stats, write_stats
 
 
 def _stats(seed, n=64, count=256):
