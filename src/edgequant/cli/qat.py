@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+
+from edgequant.workflows.qat import FORMATS
 
 EXAMPLES = """examples:
   edgequant qat --steps 50 --log loss.jsonl                 SmolLM2-135M, Q4_0 with learned scales, on GPL-3
   edgequant qat --format Q4_0 --out smollm2-qat-q4_0.gguf   ...and export a GGUF holding the trained weights
   edgequant qat model-dir/ --text corpus.txt --format lsq --bits 3 --eval-text heldout.txt --json
 """
-
-FORMATS = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1", "lsq")
 
 
 def register(sub) -> None:
@@ -56,30 +55,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _spec(args):
-    from edgequant.qat import QuantSpec
-
-    if args.format == "lsq":
-        return QuantSpec(bits=args.bits, method="lsq", group_size=args.group_size, init="minmax")
-    if args.format in ("Q4_0", "Q4_1", "Q8_0"):
-        return QuantSpec(method="ggml", format=args.format, learn_scale=True)
-    return QuantSpec(method="codec", format=args.format)
-
-
 def run(args) -> int:
-    import copy
-
-    import torch
-
     from edgequant.cli.progress import tensor_progress
-    from edgequant.core.atomic import check_writable
-    from edgequant.errors import ConfigError
-    from edgequant.models import load_causal_lm
-    from edgequant.qat import QATConfig, prepare
-    from edgequant.qat.lm_training import LMTrainConfig, distill_lm, evaluate_lm
+    from edgequant.qat.lm_training import LMTrainConfig
+    from edgequant.workflows.qat import finetune_qat
 
-    spec = _spec(args)  # validates the options before the slow parts
-    cfg = LMTrainConfig(
+    train = LMTrainConfig(
         steps=args.steps,
         seq_len=args.seq_len,
         batch_size=args.batch,
@@ -92,84 +73,35 @@ def run(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
     )
-    for path in (args.out, args.log):
-        if path:
-            check_writable(path)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model is None:
-        from edgequant.models.packaged import smollm2_gguf_path
-
-        args.model = smollm2_gguf_path()
-    if not os.path.exists(args.model):
-        raise ConfigError(f"model '{args.model}' does not exist (give a GGUF file or a Hugging Face folder)")
-    texts = {}
-    for key in ("text", "eval_text"):
-        path = getattr(args, key)
-        if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    texts[key] = f.read()
-            except UnicodeDecodeError:
-                raise ConfigError(f"--{key.replace('_', '-')} {path}: not UTF-8 text") from None
-    student, tok = load_causal_lm(args.model)
-    teacher = copy.deepcopy(student).eval()
-    ids = torch.tensor(tok(texts["text"])["input_ids"])
-    eval_ids = torch.tensor(tok(texts["eval_text"])["input_ids"]) if "eval_text" in texts else None
-    report = {
-        "model": args.model,
-        "format": args.format,
-        "steps": args.steps,
-        "train_tokens": int(ids.numel()),
-    }
-    prepare(student, QATConfig(weight=spec))
-    if eval_ids is not None:
-        report["before"] = evaluate_lm(student, eval_ids, min(256, eval_ids.numel()), teacher=teacher)
-        report["float"] = evaluate_lm(teacher, eval_ids, min(256, eval_ids.numel()))
-    log_tmp = args.log + ".partial" if args.log else None
-    log_file = open(log_tmp, "w") if log_tmp else None
-    try:
-        with tensor_progress("qat") as advance:
-
-            def on_step(rec):
-                advance(rec["step"] - 1, args.steps, f"kd {rec['kd']:.4f}")
-                if log_file:
-                    log_file.write(json.dumps(rec) + "\n")
-                    log_file.flush()
-
-            log = distill_lm(student, teacher, ids, cfg, on_step=on_step)
-    except BaseException:
-        if log_file:
-            log_file.close()
-            os.unlink(log_tmp)
-        raise
-    if log_file:
-        log_file.close()
-        os.replace(log_tmp, args.log)
-    report["final_kd"] = log[-1]["kd"]
-    report["seconds"] = sum(r["seconds"] for r in log)
-    if eval_ids is not None:
-        report["after"] = evaluate_lm(student, eval_ids, min(256, eval_ids.numel()), teacher=teacher)
-    if args.out:
-        from edgequant.qat.export import export_gguf
-
-        rep = export_gguf(student, tok, args.out)
-        report["export"] = {k: rep[k] for k in ("dst", "types", "bytes", "bitwise_checked", "f32_fake")}
+    with tensor_progress("qat") as advance:
+        report = finetune_qat(
+            args.model,
+            args.text,
+            train,
+            fmt=args.format,
+            bits=args.bits,
+            group_size=args.group_size,
+            eval_text=args.eval_text,
+            log_path=args.log,
+            out_path=args.out,
+            threads=args.threads,
+            on_step=lambda rec: advance(rec["step"] - 1, args.steps, f"kd {rec['kd']:.4f}"),
+        )
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(
-            f"qat {args.format}: {args.steps} steps, final KL {report['final_kd']:.4f}, "
-            f"{report['seconds']:.0f} s"
-        )
-        if eval_ids is not None:
-            b, a, f = report["before"], report["after"], report["float"]
-            print(f"held-out ppl: float {f['ppl']:.3f}, before QAT {b['ppl']:.3f}, after {a['ppl']:.3f}")
-        if args.out:
-            e = report["export"]
-            print(
-                f"{e['dst']}: {e['types']}, {e['bytes'] / 2**20:.1f} MiB, "
-                f"{e['bitwise_checked']} weights checked"
-            )
+        _print_report(report, args.format, args.steps)
     sys.stdout.flush()
     return 0
+
+
+def _print_report(report: dict, fmt: str, steps: int) -> None:
+    print(f"qat {fmt}: {steps} steps, final KL {report['final_kd']:.4f}, {report['seconds']:.0f} s")
+    if "after" in report:
+        b, a, f = report["before"], report["after"], report["float"]
+        print(f"held-out ppl: float {f['ppl']:.3f}, before QAT {b['ppl']:.3f}, after {a['ppl']:.3f}")
+    if "export" in report:
+        e = report["export"]
+        print(
+            f"{e['dst']}: {e['types']}, {e['bytes'] / 2**20:.1f} MiB, {e['bitwise_checked']} weights checked"
+        )
