@@ -30,7 +30,7 @@ from edgequant.nn.lora_config import LoraConfig
 from edgequant.nn.lora_export import export_merged_gguf, export_merged_hf
 from edgequant.nn.lora_merge import merge_lora, merged_state_dict, save_merged_safetensors
 from edgequant.nn.peft_format import load_peft_adapter, read_peft_config, save_peft_adapter
-from edgequant.nn.quantize import QuantizeReport, quantize_
+from edgequant.nn.quantize import LayerQuantizeReport, quantize_
 
 __all__ = [
     "FP4Config",
@@ -39,10 +39,10 @@ __all__ = [
     "Int8DynamicLinear",
     "Linear4bit",
     "Linear8bitLt",
+    "LayerQuantizeReport",
     "LoraConfig",
     "LoraLinear",
     "NF4Config",
-    "QuantizeReport",
     "apply_lora",
     "config_from_dict",
     "enable_gradient_checkpointing",

@@ -6,7 +6,8 @@ transformers write: for a 4-bit layer ``<name>.weight`` (packed uint8 column), `
 ``.weight.quant_state.bitsandbytes__nf4|fp4``; for LLM.int8 ``<name>.weight`` int8, ``<name>.SCB``,
 ``<name>.weight_format``. Header metadata: ``format = "pt"`` and, when given, ``edgequant_quantization`` (the
 config as JSON). Loading infers each layer's kind from its keys, so checkpoints written by bitsandbytes /
-transformers (``save_pretrained`` of a ``load_in_4bit`` / ``load_in_8bit`` model) load too.
+transformers (``save_pretrained`` of a ``load_in_4bit`` / ``load_in_8bit`` model) load too; when the file holds
+the config, each layer of that kind is rebuilt from it (compute dtype, int8 threshold, granularity, ...).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from edgequant.core.atomic import AtomicFile
-from edgequant.errors import FormatError
-from edgequant.nn.int8_dynamic import Int8DynamicLinear
-from edgequant.nn.linear4bit import Linear4bit
-from edgequant.nn.linear8bit import Linear8bitLt
-from edgequant.nn.quantize import _set_submodule
+from edgequant.errors import ConfigError, FormatError
+from edgequant.nn.configs import config_from_dict
+from edgequant.nn.handlers import handler_for_checkpoint, registered_handler
+from edgequant.nn.quantize import set_submodule
+
+CONFIG_KEY = "edgequant_quantization"
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike[str], config=None) -> None:
@@ -39,7 +41,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], config=None) 
         tensors[k] = t
     metadata = {"format": "pt"}
     if config is not None:
-        metadata["edgequant_quantization"] = json.dumps(config.to_dict())
+        metadata[CONFIG_KEY] = json.dumps(config.to_dict())
     data = safetensors_bytes(tensors, metadata=metadata)
     with AtomicFile(path) as f:
         f.write(data)
@@ -53,37 +55,46 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
         raise FormatError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def prepare_for_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+def saved_config(metadata: dict[str, str], path: str | os.PathLike[str] = "checkpoint"):
+    """The config ``save_quantized`` wrote into the header, or None when the file has none."""
+    if CONFIG_KEY not in metadata:
+        return None
+    try:
+        return config_from_dict(json.loads(metadata[CONFIG_KEY]))
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise FormatError(f"{path}: header entry {CONFIG_KEY!r} is not a quantization config ({exc})") from None
+
+
+def prepare_for_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], config=None) -> list[str]:
     """Swap each nn.Linear whose keys in ``tensors`` are a quantized layout for the matching quantized layer.
 
-    Returns the names swapped. The new layers get their weights from ``load_state_dict`` afterwards.
+    A layer whose layout is ``config``'s kind is built from ``config``; any other from its keys alone
+    (``LayerHandler.build_for_checkpoint``). Returns the names swapped. The new layers get their weights
+    from ``load_state_dict`` afterwards.
     """
+    config_handler = registered_handler(config) if config is not None else None
     swapped = []
     for name, mod in list(model.named_modules()):
         if type(mod) is not nn.Linear:
             continue
         prefix = name + "."
-        if any(k.startswith(prefix + "weight.quant_state.bitsandbytes__") for k in tensors):
-            qt = next(k for k in tensors if k.startswith(prefix + "weight.quant_state.")).rsplit("__", 1)[-1]
-            new: nn.Module = Linear4bit.from_linear(
-                mod, name=name, quant_type=qt, compress_statistics=False, blocksize=64
-            )
-        elif prefix + "SCB" in tensors:
-            new = Linear8bitLt.from_linear(mod, name=name)
-        elif prefix + "weight_scale" in tensors:
-            new = Int8DynamicLinear.from_linear(mod, name=name)
-        else:
+        handler = handler_for_checkpoint(tensors, prefix)
+        if handler is None:
             continue
+        if handler is config_handler:
+            new = handler.build(config, mod, name)
+        else:
+            new = handler.build_for_checkpoint(mod, name, tensors, prefix)
         new.train(mod.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
         swapped.append(name)
     return swapped
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
     """Load a quantized safetensors checkpoint into a float model of the same architecture (in place)."""
-    tensors, _ = read_safetensors(path)
-    prepare_for_state_dict(model, tensors)
+    tensors, metadata = read_safetensors(path)
+    prepare_for_state_dict(model, tensors, saved_config(metadata, path))
     result = model.load_state_dict(tensors, strict=False)
     missing = [k for k in result.missing_keys]
     unexpected = [k for k in result.unexpected_keys]
@@ -99,27 +110,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike[str], strict: bool 
 def transformers_quantization_config(config) -> dict:
     """The ``quantization_config`` entry of a transformers ``config.json`` for a checkpoint made with
     ``config``; ``AutoModel*.from_pretrained`` then rebuilds the bnb layers and loads the file."""
-    from edgequant.nn.configs import FP4Config, Int8Config, NF4Config
-
-    skip = list(config.skip_modules) or None
-    if isinstance(config, NF4Config | FP4Config):
-        return {
-            "quant_method": "bitsandbytes",
-            "load_in_4bit": True,
-            "load_in_8bit": False,
-            "bnb_4bit_quant_type": config.quant_type,
-            "bnb_4bit_use_double_quant": config.compress_statistics,
-            "bnb_4bit_compute_dtype": config.compute_dtype,
-            "bnb_4bit_quant_storage": "uint8",
-            "llm_int8_skip_modules": skip,
-        }
-    if isinstance(config, Int8Config):
-        return {
-            "quant_method": "bitsandbytes",
-            "load_in_4bit": False,
-            "load_in_8bit": True,
-            "llm_int8_threshold": config.threshold,
-            "llm_int8_has_fp16_weight": False,
-            "llm_int8_skip_modules": skip,
-        }
-    raise FormatError(f"{type(config).__name__} has no bitsandbytes/transformers equivalent")
+    handler = registered_handler(config)
+    if handler is None:
+        raise FormatError(f"{type(config).__name__} has no bitsandbytes/transformers equivalent")
+    return handler.transformers_entry(config)
