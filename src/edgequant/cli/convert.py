@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
   edgequant convert ./SmolLM2-135M smollm2-f16.gguf
@@ -52,7 +53,7 @@ def run(args) -> int:
             on_tensor=advance,
         )
     if args.json:
-        print(json.dumps(res.to_dict(), indent=1))
+        print(dumps(res.to_dict()))
         return 0
     print(
         f"{res.dst}: {res.arch} as {res.ftype}, {res.n_tensors} tensors, {res.n_params:,} parameters, "

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
   edgequant dequantize model-q4_k_m.gguf model-f32.gguf
@@ -37,7 +38,7 @@ def run(args) -> int:
     with tensor_progress(f"dequantize → {os.path.basename(args.dst)}") as advance:
         rep = dequantize_model(args.src, args.dst, args.outtype, on_tensor=advance)
     if args.json:
-        print(json.dumps(rep, indent=1))
+        print(dumps(rep))
     else:
         print(f"{rep['dst']}: {rep['n_tensors']} tensors as {rep['outtype']}, {rep['bytes'] / 2**20:.2f} MiB")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
   edgequant export-hf SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2-hf
@@ -39,7 +40,7 @@ def run(args) -> int:
     with tensor_progress(f"export-hf → {os.path.basename(os.path.abspath(args.dst))}") as advance:
         res = export_hf(args.src, args.dst, args.dtype, on_tensor=advance)
     if args.json:
-        print(json.dumps(res.__dict__, indent=1))
+        print(dumps(res.__dict__))
     else:
         print(
             f"{res.out_dir}: {res.arch}, {res.n_tensors} tensors as {res.dtype}, "

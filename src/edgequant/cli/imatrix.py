@@ -9,8 +9,8 @@ works with ``edgequant quantize --imatrix`` and with llama.cpp's ``llama-quantiz
 from __future__ import annotations
 
 import argparse
-import json
 
+from edgequant.core.text import dumps
 from edgequant.eval.text import DEFAULT_TEXT
 
 EXAMPLES = f"""examples:
@@ -77,7 +77,7 @@ def run(args) -> int:
             on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"),
         )
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(dumps(res))
         return 0
     if args.model:
         note = " (default text, no download)" if args.file is None else ""

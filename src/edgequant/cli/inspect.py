@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 EXAMPLES = """examples:
   edgequant inspect model.gguf
@@ -30,21 +29,24 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.table import Table
 
-    from edgequant.cli.tables import console, mib
+    from edgequant.cli.tables import console, mib, safe
+    from edgequant.core.text import dumps
     from edgequant.gguf.summary import summarize
 
     s = summarize(args.file)
     if args.json:
-        print(json.dumps(s, indent=1, default=str))
+        print(dumps(s))
         return 0
     console.print(
-        f"[bold]{s['file']}[/bold]: GGUF v{s['version']}, {mib(s['file_bytes'])}, "
-        f"{s['architecture']} '{s['name']}', ftype {s['ftype']}"
+        f"[bold]{safe(s['file'])}[/bold]: GGUF v{s['version']}, {mib(s['file_bytes'])}, "
+        f"{safe(s['architecture'])} '{safe(s['name'])}', ftype {safe(s['ftype'])}"
     )
     console.print(
         f"{s['n_tensors']} tensors, {s['n_params']:,} parameters, {s['bits_per_weight']:.3f} bits/weight; "
         "types: " + ", ".join(f"{k} {v}" for k, v in sorted(s["type_counts"].items()))
     )
+    for problem in s["problems"]:
+        console.print(f"[yellow]warning:[/yellow] {safe(problem)}")
     if s["n_fallback"]:
         console.print(
             f"[yellow]{s['n_fallback']} tensors fell back[/yellow] (row length not a multiple of 256)"
@@ -55,7 +57,7 @@ def run(args) -> int:
     for k, v in s["metadata"].items():
         if isinstance(v, dict) and "array_len" in v:
             v = f"[{v['array_len']} items] {v['head']}..."
-        meta.add_row(k, str(v))
+        meta.add_row(safe(k), safe(v, 2000))
     console.print(meta)
     if not args.no_tensors:
         table = Table(title="tensors")
@@ -63,7 +65,7 @@ def run(args) -> int:
             table.add_column(col)
         for t in s["tensors"]:
             table.add_row(
-                t["name"],
+                safe(t["name"]),
                 "x".join(map(str, t["shape"])),
                 t["type"],
                 f"{t['bits_per_weight']:.3f}",

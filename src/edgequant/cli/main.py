@@ -2,7 +2,9 @@
 
 Every subcommand module exposes ``register(subparsers)`` that adds its parser and sets ``func``.
 Library errors (``edgequant.errors.EdgequantError``) become one line on stderr and exit code 1;
-Ctrl-C exits 130 (the writers have already removed their temporary files by then).
+Ctrl-C exits 130 (the writers have already removed their temporary files by then), also during start-up
+(imports), with one line and no traceback. Every error line goes through ``edgequant.core.text.clean``: one
+line, control characters escaped, whatever the file held.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import sys
 
 from edgequant import __version__
+from edgequant.core.text import clean
 from edgequant.errors import EdgequantError
 
 EPILOG = """examples:
@@ -53,23 +56,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The longest error line printed: enough for a path, a tensor name and the reason.
+_MAX_ERROR_CHARS = 1000
+
+
+def _error_line(command: str | None, message: str) -> None:
+    prog = f"edgequant {command}" if command else "edgequant"
+    print(f"{prog}: error: {clean(message, _MAX_ERROR_CHARS)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    command = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except EdgequantError as e:
-        print(f"edgequant {args.command}: error: {e}", file=sys.stderr)
+        _error_line(command, str(e))
         return 1
     except OSError as e:  # a missing input file, a full disk...: one line, not a traceback
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"edgequant {args.command}: error:{where} {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename} " if getattr(e, "filename", None) else ""
+        _error_line(command, f"{where}{e.strerror or e}")
         return 1
     except KeyboardInterrupt:
-        print(f"edgequant {args.command}: interrupted; no partial output was left", file=sys.stderr)
+        print(
+            f"edgequant{' ' + command if command else ''}: interrupted; no partial output was left",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -10,8 +10,8 @@ activation rounding (turn off with --float-activations), or in llama.cpp itself 
 from __future__ import annotations
 
 import argparse
-import json
 
+from edgequant.core.text import dumps
 from edgequant.eval.text import DEFAULT_TEXT
 
 EXAMPLES = f"""examples:
@@ -71,7 +71,7 @@ def run(args) -> int:
             on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"),
         )
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(dumps(res))
         return 0
     note = " (default text, no download)" if args.file is None else ""
     console.print(

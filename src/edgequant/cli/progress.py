@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgequant.core.text import clean
+
 _stderr = Console(stderr=True)
 
 
@@ -15,10 +17,10 @@ _stderr = Console(stderr=True)
 def tensor_progress(title: str, disable: bool = False):
     """Yield ``advance(i, n, label)``: call it after item i of n is done; the bar appears on first call."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # names from files: never markup
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
+        TextColumn("{task.fields[label]}", markup=False),
         TimeElapsedColumn(),
         console=_stderr,
         disable=disable or not sys.stderr.isatty(),
@@ -30,7 +32,7 @@ def tensor_progress(title: str, disable: bool = False):
         nonlocal task
         if task is None:
             task = progress.add_task(title, total=n, label="")
-        progress.update(task, completed=i + 1, label=label)
+        progress.update(task, completed=i + 1, label=clean(label, 80))
 
     with progress:
         yield advance

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from edgequant.cli.progress import tensor_progress
+from edgequant.core.text import dumps
 from edgequant.errors import ConfigError
 from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype, parse_tensor_type
 
@@ -140,7 +140,7 @@ def run(args) -> int:
 
         plan = plan_model(src, ftype, imatrix=imatrix, options=opts)
         if args.json:
-            print(json.dumps(plan, indent=1))
+            print(dumps(plan))
         else:
             from edgequant.cli.tables import print_plan
 
@@ -158,7 +158,7 @@ def run(args) -> int:
             on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"),
         )
     if args.json:
-        print(json.dumps(report_dict(report), indent=1))
+        print(dumps(report_dict(report)))
     else:
         from edgequant.cli.tables import print_quantize_summary
 

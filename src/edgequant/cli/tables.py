@@ -5,10 +5,19 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from edgequant.core.text import clean
 
 # Piped output (logs, READMEs) gets a fixed width wide enough that tables do not wrap.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def safe(value, limit: int | None = 300) -> str:
+    """Text from a file or the user, ready for rich markup: one line, control characters escaped, cut to
+    ``limit`` characters, and ``[...]`` escaped so that a token such as ``[/INST]`` is printed, not parsed."""
+    return escape(clean(value, limit))
 
 
 def mib(n: int) -> str:
@@ -18,7 +27,7 @@ def mib(n: int) -> str:
 def print_quantize_summary(report) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
     console.print(
-        f"[bold]{report.dst}[/bold]: {report.ftype} (ftype {report.ftype_id}), "
+        f"[bold]{safe(report.dst)}[/bold]: {report.ftype} (ftype {report.ftype_id}), "
         f"{mib(report.bytes_out)}, {report.bits_per_weight:.3f} bits/weight, "
         f"{report.seconds:.2f} s"
     )
@@ -45,7 +54,7 @@ def print_plan(plan: list[dict]) -> None:
         total_out += p["nbytes_out"]
         table.add_row(
             str(i),
-            p["name"],
+            safe(p["name"]),
             "x".join(map(str, p["shape"])),
             p["old_type"],
             p["new_type"],

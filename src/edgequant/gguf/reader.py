@@ -30,13 +30,26 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
-from edgequant.errors import FormatError
+from edgequant.core.text import quote
+from edgequant.errors import FormatError, ShapeError
+from edgequant.gguf.metadata import Metadata
 
 GGUF_MAGIC_BYTES = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8
 INT64_MAX = 2**63 - 1
+# Amplification limits: values inside arrays of arrays become Python objects (~100-600 bytes each), so their
+# number is capped at this base plus one per ``_NESTED_BYTES_PER_ITEM`` bytes of the file (llama.cpp's own
+# reader refuses nested arrays outright). Numeric arrays are numpy (as many bytes as in the file) and string
+# arrays cost at most a few times their bytes, so reading stays linear in the file size.
+MAX_NESTED_ITEMS_BASE = 4096
+_NESTED_BYTES_PER_ITEM = 256
+
+# ggml's block geometry per type: gguf-py's table, corrected where it disagrees with ggml. gguf-py
+# (0.17-0.19) lists Q8_1 as (32, 40); ggml's block_q8_1 is fp16 d, fp16 s, 32 x int8:
+# ggml_type_size(GGML_TYPE_Q8_1) == 36.
+QUANT_SIZES = {**GGML_QUANT_SIZES, GGMLQuantizationType.Q8_1: (32, 36)}
 
 # value type -> (struct format, numpy dtype) for the fixed-width scalars; shared with the writer.
 SCALAR_FORMATS: dict[GGUFValueType, tuple[str, np.dtype]] = {
@@ -230,13 +243,14 @@ class GGUFFile:
         n_kv = cur.unpack("<Q", 8, "the header (kv_count)")
         cur.check_count(n_kv, _MIN_KV_BYTES, "the header", "kv_count")
         cur.check_count(n_tensors, _MIN_TENSOR_INFO_BYTES, "the header", "tensor_count")
+        self._nested_left = MAX_NESTED_ITEMS_BASE + cur.size // _NESTED_BYTES_PER_ITEM
 
         self.kvs: dict[str, KV] = {}
         for i in range(n_kv):
             name = cur.string(f"key #{i}")
-            what = f"key #{i} {name!r}"
+            what = f"key #{i} {quote(name)}"
             if name in self.kvs:
-                raise FormatError(f"{self.path}: duplicate key {name!r} (key #{i})")
+                raise FormatError(f"{self.path}: duplicate key {quote(name)} (key #{i})")
             vtype = self._vtype(cur.unpack("<I", 4, what), what)
             if vtype == GGUFValueType.ARRAY:
                 etype, items = self._read_array(cur, what, 1)
@@ -244,13 +258,14 @@ class GGUFFile:
             else:
                 self.kvs[name] = KV(name, vtype, self._read_scalar(cur, vtype, what))
 
+        self.meta = Metadata(self.path, self.kvs)
         self.alignment = self._alignment()
         self.tensors: list[TensorInfo] = []
         seen: set[str] = set()
         for i in range(n_tensors):
             info = self._read_tensor_info(cur, i)
             if info.name in seen:
-                raise FormatError(f"{self.path}: duplicate tensor name {info.name!r} (tensor #{i})")
+                raise FormatError(f"{self.path}: duplicate tensor name {quote(info.name)} (tensor #{i})")
             seen.add(info.name)
             self.tensors.append(info)
         self.data_offset = _align(cur.pos, self.alignment)
@@ -282,6 +297,12 @@ class GGUFFile:
         if etype == GGUFValueType.STRING:
             return etype, [cur.string(what) for _ in range(count)]
         if etype == GGUFValueType.ARRAY:
+            self._nested_left -= count
+            if self._nested_left < 0:
+                raise FormatError(
+                    f"{self.path}: {what}: too many arrays inside arrays (more than "
+                    f"{MAX_NESTED_ITEMS_BASE} + 1 per {_NESTED_BYTES_PER_ITEM} bytes of the file)"
+                )
             return etype, [Array(*self._read_array(cur, what, depth + 1)) for _ in range(count)]
         dt = SCALAR_FORMATS[etype][1]
         start = cur.take(count * dt.itemsize, what)
@@ -293,47 +314,45 @@ class GGUFFile:
         return etype, arr
 
     def _alignment(self) -> int:
-        kv = self.kvs.get("general.alignment")
-        if kv is None:
-            return GGUF_DEFAULT_ALIGNMENT
-        if kv.vtype not in INTEGER_TYPES:
-            raise FormatError(f"{self.path}: general.alignment has type {kv.vtype.name}; expected UINT32")
-        a = kv.value
+        # llama.cpp's gguf reader takes general.alignment as a UINT32 only (gguf_get_val_u32).
+        a = self.meta.get_int("general.alignment", GGUF_DEFAULT_ALIGNMENT, types=(GGUFValueType.UINT32,))
         if a <= 0 or a & (a - 1):
             raise FormatError(f"{self.path}: general.alignment = {a} is not a power of two")
         return a
 
     def _read_tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
         name = cur.string(f"tensor info #{i} (name)")
-        what = f"tensor info #{i} {name!r}"
+        what = f"tensor info #{i} {quote(name)}"
         n_dims = cur.unpack("<I", 4, what)
         if not 1 <= n_dims <= MAX_DIMS:
             raise FormatError(
-                f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}"
+                f"{self.path}: tensor {quote(name)} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}"
             )
         ne = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.take(8 * n_dims, what))
         for j, d in enumerate(ne):
             if d == 0 or d > INT64_MAX:
                 shown = d - 2**64 if d > INT64_MAX else d
                 raise FormatError(
-                    f"{self.path}: tensor {name!r} has dimension ne[{j}] = {shown}; must be >= 1"
+                    f"{self.path}: tensor {quote(name)} has dimension ne[{j}] = {shown}; must be >= 1"
                 )
         n_el = 1
         for d in ne:
             n_el *= d
         if n_el > INT64_MAX:
             raise FormatError(
-                f"{self.path}: tensor {name!r}: element count of shape {list(ne)} overflows int64"
+                f"{self.path}: tensor {quote(name)}: element count of shape {list(ne)} overflows int64"
             )
         type_id = cur.unpack("<I", 4, what)
         try:
             qtype = GGMLQuantizationType(type_id)
-            block, tsize = GGML_QUANT_SIZES[qtype]
+            block, tsize = QUANT_SIZES[qtype]
         except (ValueError, KeyError):
-            raise FormatError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}") from None
+            raise FormatError(
+                f"{self.path}: tensor {quote(name)} has unknown ggml type id {type_id}"
+            ) from None
         if ne[0] % block:
             raise FormatError(
-                f"{self.path}: tensor {name!r}: row length ne[0] = {ne[0]} is not a multiple of "
+                f"{self.path}: tensor {quote(name)}: row length ne[0] = {ne[0]} is not a multiple of "
                 f"{qtype.name}'s block size {block}"
             )
         offset = cur.unpack("<Q", 8, what)
@@ -346,18 +365,18 @@ class GGUFFile:
         for t in sorted(self.tensors, key=lambda t: t.offset):
             if t.offset % self.alignment:
                 raise FormatError(
-                    f"{self.path}: tensor {t.name!r} offset {t.offset} is not a multiple of the "
+                    f"{self.path}: tensor {quote(t.name)} offset {t.offset} is not a multiple of the "
                     f"alignment {self.alignment}"
                 )
             if prev is not None and t.offset < prev.offset + prev.nbytes:
                 raise FormatError(
-                    f"{self.path}: tensor {t.name!r} (offset {t.offset}) overlaps tensor "
-                    f"{prev.name!r} (bytes {prev.offset}..{prev.offset + prev.nbytes})"
+                    f"{self.path}: tensor {quote(t.name)} (offset {t.offset}) overlaps tensor "
+                    f"{quote(prev.name)} (bytes {prev.offset}..{prev.offset + prev.nbytes})"
                 )
             end = self.data_offset + t.offset + t.nbytes
             if end > self.file_size:
                 raise FormatError(
-                    f"{self.path}: tensor {t.name!r} data (file bytes {self.data_offset + t.offset}.."
+                    f"{self.path}: tensor {quote(t.name)} data (file bytes {self.data_offset + t.offset}.."
                     f"{end}) runs past the end of the file ({self.file_size} bytes); truncated?"
                 )
             prev = t
@@ -372,7 +391,7 @@ class GGUFFile:
         try:
             return self._by_name[name]
         except KeyError:
-            raise FormatError(f"{self.path}: no tensor named {name!r}") from None
+            raise FormatError(f"{self.path}: no tensor named {quote(name)}") from None
 
     def tensor_data(self, info: TensorInfo | str) -> np.ndarray:
         """The tensor's raw bytes: a read-only uint8 view of the map (no copy); not valid after ``close``."""
@@ -387,7 +406,10 @@ class GGUFFile:
         from edgequant.gguf.codecs import dequantize
 
         t = self.tensor(info) if isinstance(info, str) else info
-        return dequantize(self.tensor_data(t), t.type_name, t.np_shape, threads=threads)
+        try:
+            return dequantize(self.tensor_data(t), t.type_name, t.np_shape, threads=threads)
+        except ShapeError as e:
+            raise ShapeError(f"{self.path}: tensor {quote(t.name)}: {e}") from None
 
     def release(self, info: TensorInfo | str) -> None:
         """Drop the tensor's pages from this process's resident set (``MADV_DONTNEED``; they stay in the page

@@ -1,23 +1,22 @@
 """Registers every ggml codec edgequant implements. Imported once, lazily, by ``codecs.get_codec``.
 
-Block geometry (block_size, type_size) comes from gguf-py's ``GGML_QUANT_SIZES`` so it cannot drift
-from llama.cpp's; the byte layouts are documented in each kernel module.
+Block geometry (block_size, type_size) comes from ``reader.QUANT_SIZES`` (gguf-py's ``GGML_QUANT_SIZES`` with
+ggml's 36-byte Q8_1), the one table the reader, the writer and the codecs share; the byte layouts are
+documented in each kernel module.
 """
 
 from __future__ import annotations
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGMLQuantizationType
 
 from edgequant.gguf.codecs import Codec, register_codec
+from edgequant.gguf.reader import QUANT_SIZES
 from edgequant.kernels import floats, iq4, kquants, legacy
-
-# gguf-py 0.19 still lists Q8_1 as (32, 40); ggml's block_q8_1 is fp16 d, fp16 s, 32 x int8 = 36 bytes.
-_GEOMETRY_FIXES = {"Q8_1": (32, 36)}
 
 
 def _add(name, quant, dequant, uses_imatrix, in_files=True, fp16_fields=()):
     t = GGMLQuantizationType[name]
-    block, size = _GEOMETRY_FIXES.get(name, GGML_QUANT_SIZES[t])
+    block, size = QUANT_SIZES[t]
     register_codec(Codec(name, int(t), block, size, quant, dequant, uses_imatrix, in_files, fp16_fields))
 
 

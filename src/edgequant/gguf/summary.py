@@ -6,14 +6,17 @@ import os
 
 import numpy as np
 
+from edgequant.errors import FormatError
 from edgequant.gguf.ftypes import FTYPE_NAMES_BY_ID, FTYPES
-from edgequant.gguf.reader import GGUFFile
+from edgequant.gguf.reader import Array, GGUFFile
 
 _K_BLOCK_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
 _FALLBACK_TARGETS = {"Q4_0", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "F16"}
 
 
 def _short(value, limit: int = 8):
+    if isinstance(value, Array):
+        value = value.items
     if isinstance(value, (list, tuple, np.ndarray)):
         value = list(value)
         if len(value) > limit:
@@ -26,19 +29,40 @@ def _short(value, limit: int = 8):
     return value
 
 
+def _full(value):
+    if isinstance(value, Array):
+        return _full(value.items)
+    return [_full(v) for v in value] if isinstance(value, list) else value
+
+
 def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
     """Everything ``inspect`` shows, as a JSON-ready dict.
 
     A tensor is flagged as a fallback when the file's ftype defaults to a 256-block type (K-quant,
     IQ4_XS), the tensor's row length is not a multiple of 256, and its type is one llama.cpp falls back
     to (Q4_0, Q5_0, Q5_1, Q8_0, IQ4_NL, F16): the rule of llama-quantize's ``tensor_type_fallback``.
+
+    A well-known key holding a value of the wrong type (``general.file_type`` as a string, NaN...) does not
+    stop the summary: the field is None and ``problems`` holds the reader's one-line message for it.
+    Values may hold non-finite floats: print with ``edgequant.core.text.dumps`` for strict JSON.
     """
     path = os.fspath(path)
     with GGUFFile(path) as r:
         kv = {k: v.value for k, v in r.kvs.items()}
-        ftype_id = kv.get("general.file_type")
-        ftype = FTYPE_NAMES_BY_ID.get(int(ftype_id)) if ftype_id is not None else None
+        problems: list[str] = []
+
+        def typed(getter, key, **kw):
+            try:
+                return getter(key, None, **kw)
+            except FormatError as e:
+                problems.append(str(e))
+                return None
+
+        ftype_id = typed(r.meta.get_int, "general.file_type", min=0, max=2**32 - 1)
+        ftype = FTYPE_NAMES_BY_ID.get(ftype_id) if ftype_id is not None else None
         default = FTYPES[ftype][1] if ftype else None
+        architecture = typed(r.meta.get_str, "general.architecture")
+        name = typed(r.meta.get_str, "general.name")
         tensors, counts, n_params, n_bytes, n_fallback = [], {}, 0, 0, 0
         for t in r.tensors:
             fb = bool(
@@ -69,8 +93,8 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
             "file_bytes": os.path.getsize(path),
             "version": r.version,
             "alignment": r.alignment,
-            "architecture": kv.get("general.architecture"),
-            "name": kv.get("general.name"),
+            "architecture": architecture,
+            "name": name,
             "ftype": ftype or (f"id {ftype_id}" if ftype_id is not None else None),
             "n_kv": len(r.kvs),
             "n_tensors": len(tensors),
@@ -79,6 +103,7 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
             "bits_per_weight": round(8 * n_bytes / max(1, n_params), 4),
             "type_counts": counts,
             "n_fallback": n_fallback,
-            "metadata": {k: (v if full_arrays else _short(v)) for k, v in kv.items()},
+            "metadata": {k: (_full(v) if full_arrays else _short(v)) for k, v in kv.items()},
             "tensors": tensors,
+            "problems": problems,
         }

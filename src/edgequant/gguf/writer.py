@@ -33,13 +33,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 from edgequant.core.atomic import AtomicFile, check_writable
 
 __all__ = ["GGUFStreamWriter", "check_writable"]
 from edgequant.errors import ConfigError, ShapeError
-from edgequant.gguf.reader import INTEGER_TYPES, KV, MAX_DIMS, SCALAR_FORMATS, Array, TensorInfo, value_type
+from edgequant.gguf.reader import (
+    INTEGER_TYPES,
+    KV,
+    MAX_DIMS,
+    QUANT_SIZES,
+    SCALAR_FORMATS,
+    Array,
+    TensorInfo,
+    value_type,
+)
 
 MAX_NAME_BYTES = 63  # llama.cpp refuses tensor names of GGML_MAX_NAME (64) bytes or more
 _CHUNK = 16 << 20
@@ -182,8 +191,11 @@ class GGUFStreamWriter:
         else:
             body = _pack_scalar(vt, value, what)
         if name == "general.alignment":
-            if vt not in INTEGER_TYPES or value <= 0 or value & (value - 1):
-                raise ConfigError(f"{what}: alignment must be a positive power of two integer, got {value!r}")
+            if vt != GGUFValueType.UINT32 or value <= 0 or value & (value - 1):
+                raise ConfigError(
+                    f"{what}: alignment must be a UINT32 power of two (llama.cpp reads it as UINT32), "
+                    f"got {vt.name} {value!r}"
+                )
             self.alignment = int(value)
             self._next_offset = sum(_align(t.nbytes, self.alignment) for t in self._tensors.values())
         self._kv[name] = _pack_string(name, what) + struct.pack("<I", vt) + body
@@ -214,7 +226,7 @@ class GGUFStreamWriter:
                 if isinstance(type_id, str)
                 else GGMLQuantizationType(int(type_id))
             )
-            block, tsize = GGML_QUANT_SIZES[qtype]
+            block, tsize = QUANT_SIZES[qtype]
         except (KeyError, ValueError):
             raise ConfigError(f"{what}: unknown ggml type {type_id!r}") from None
         ne = tuple(int(d) for d in ne_shape)
