@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
-import time
 
 DEFAULT_FTYPES = "Q8_0,Q6_K,Q4_K_M,Q3_K_M,Q2_K"
 
@@ -61,67 +58,39 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.table import Table
-
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
-    from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.models.packaged import smollm2_gguf_path
-    from edgequant.workflows.dequantize import dequantize_model
-    from edgequant.workflows.quantize import quantize_model
+    from edgequant.workflows.demo import QualityOptions, run_demo
 
-    ftypes = [parse_ftype(f)[0] for f in args.ftypes.split(",") if f.strip()]
-    threads = args.threads if args.threads is not None else (os.cpu_count() or 1)
-    src = args.model or smollm2_gguf_path()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="edgequant-demo-")
-    os.makedirs(workdir, exist_ok=True)
-    log = console.print if not args.json else (lambda *a, **k: None)
-    quality = None
-    try:
-        f32 = os.path.join(workdir, "model-F32.gguf")
-        t0 = time.perf_counter()
-        with tensor_progress("expand to F32") as advance:
-            dequantize_model(src, f32, "f32", on_tensor=advance)
-        log(
-            f"model: {src}\nexpanded to F32: {f32} ({os.path.getsize(f32) / 2**20:.1f} MiB, "
-            f"{time.perf_counter() - t0:.1f} s); quantizing with {threads} thread(s)"
-        )
-        if not args.no_quality:
-            quality = _quality_setup(args, f32, threads)
-        rows = []
-        for ftype in ftypes:
-            dst = os.path.join(workdir, f"model-{ftype}.gguf")
-            with tensor_progress(f"quantize {ftype}") as advance:
-                rep = quantize_model(
-                    f32,
-                    dst,
-                    ftype,
-                    threads=threads,
-                    measure_error=True,
-                    on_tensor=lambda i, n, r: advance(i, n, f"{r.name} → {r.new_type}"),
-                )
-            rows.append(
-                {
-                    "ftype": ftype,
-                    "bytes": rep.bytes_out,
-                    "bits_per_weight": round(rep.bits_per_weight, 4),
-                    "seconds": round(rep.seconds, 3),
-                    "weight_rmse": rep.weight_rmse(),
-                    "n_fallback": rep.n_fallback,
-                    "type_counts": rep.type_counts(),
-                }
+    def expanded(e: dict) -> None:
+        if not args.json:
+            console.print(
+                f"model: {e['model']}\nexpanded to F32: {e['f32']} ({e['bytes'] / 2**20:.1f} MiB, "
+                f"{e['seconds']:.1f} s); quantizing with {e['threads']} thread(s)"
             )
-            if quality is not None:
-                rows[-1]["quality"] = _score(quality, dst, ftype)
-            if not args.workdir:
-                os.remove(dst)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    qinfo = quality.info if quality is not None else None
+
+    res = run_demo(
+        args.model,
+        [f for f in args.ftypes.split(",") if f.strip()],
+        threads=args.threads,
+        workdir=args.workdir,
+        quality=None if args.no_quality else QualityOptions(args.text, args.quality_ctx, args.quality_chunks),
+        progress=tensor_progress,
+        on_expanded=expanded,
+    )
+    src, threads, rows, qinfo = res["model"], res["threads"], res["results"], res["quality"]
     if args.json:
         print(json.dumps({"model": src, "threads": threads, "results": rows, "quality": qinfo}, indent=1))
         return 0
+    _print_sizes(console, src, threads, rows)
+    if qinfo is not None:
+        _print_quality(console, qinfo, rows)
+    return 0
+
+
+def _print_sizes(console, src: str, threads: int, rows: list[dict]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{os.path.basename(src)} → F32 → ftypes ({threads} thread(s))")
     for col in ("ftype", "file size", "bits/weight", "seconds", "weight RMSE", "tensor types"):
         table.add_column(col, justify="right" if col not in ("ftype", "tensor types") else "left")
@@ -141,50 +110,6 @@ def run(args) -> int:
         "Row lengths of 576 are not multiples of 256, so K-quant ftypes fall back to Q5_0/Q8_0/... "
         "for most tensors of this model, exactly as llama.cpp does."
     )
-    if qinfo is not None:
-        _print_quality(console, qinfo, rows)
-    return 0
-
-
-class _Quality:
-    """The F32 base scored once, plus what the demo reports about the evaluation setup."""
-
-    def __init__(self, comparison, info: dict) -> None:
-        self.comparison = comparison
-        self.info = info
-
-
-def _quality_setup(args, f32: str, threads: int) -> _Quality:
-    from edgequant.cli.progress import tensor_progress
-    from edgequant.eval.quality import QualityComparison
-
-    qc = QualityComparison(f32, args.text, args.quality_ctx, args.quality_chunks, threads=threads)
-    with tensor_progress("evaluate F32") as advance:
-        base = qc.base_summary(on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"))
-    info = {
-        "text": qc.text_path,
-        "default_text": args.text is None,
-        "text_tokens": qc.text_tokens,
-        "n_ctx": qc.chunking.n_ctx,
-        "n_chunks": len(qc.chunks),
-        "n_scored_tokens": base["n_scored_tokens"],
-        "backend": "torch with llama.cpp's activation rounding",
-        "base_ppl": base["ppl"],
-        "base_eval_seconds": base["model_eval_seconds"],
-    }
-    return _Quality(qc, info)
-
-
-def _score(quality: _Quality, path: str, ftype: str) -> dict:
-    from edgequant.cli.progress import tensor_progress
-
-    with tensor_progress(f"evaluate {ftype}") as advance:
-        r = quality.comparison.score(path, on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"))
-    keys = ("ppl", "ppl_uncertainty", "delta_ppl", "mean_kld", "same_top_fraction", "rms_delta_p")
-    out = {k: r[k] for k in keys}
-    out["kld_99"] = r["kld_percentiles"]["99"]
-    out["eval_seconds"] = r["model_eval_seconds"]
-    return out
 
 
 def _print_quality(console, q: dict, rows: list[dict]) -> None:
