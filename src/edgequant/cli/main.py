@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         _error_line(command, str(e))
         return 1
     except OSError as e:  # a missing input file, a full disk...: one line, not a traceback
-        where = f"{e.filename} " if getattr(e, "filename", None) else ""
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         _error_line(command, f"{where}{e.strerror or e}")
         return 1
     except KeyboardInterrupt:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from edgequant.cli.progress import tensor_progress
-from edgequant.core.text import dumps
+from edgequant.core.text import dumps, quote
 from edgequant.errors import ConfigError
 from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype, parse_tensor_type
 
@@ -97,19 +98,41 @@ def _positionals(args: list[str]) -> tuple[str, str, str, int | None]:
     return src, dst, ftype, threads
 
 
+def compile_tensor_pattern(pattern: str, option: str) -> re.Pattern[str]:
+    """Compile a ``--tensor-type`` REGEX once, or raise a one-line ConfigError naming it and the problem."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        where = f" at position {e.pos}" if e.pos is not None else ""
+        problem = f"{e.msg}{where}"
+    except (OverflowError, RecursionError, ValueError) as e:
+        problem = str(e) or type(e).__name__
+    raise ConfigError(f"{option}: invalid regular expression {quote(pattern)}: {problem}")
+
+
 def _tensor_types(items: list[str], path: str | None) -> tuple[tuple[str, str], ...]:
+    """``REGEX=TYPE`` items as llama-quantize's ``parse_tensor_type`` reads them: split at the first '=', the
+    pattern lower-cased (llama.cpp applies ``tolower`` to it, then ``std::regex_search``es
+    the tensor name as is, so ``\\D`` means ``\\d`` there too: followed, so that the same options pick the
+    same tensors), the type any tensor type name in any case. Each pattern is compiled here, once."""
+    sources = [("--tensor-type", item) for item in items]
     if path:
         try:
             with open(path, encoding="utf-8") as f:
-                items = items + f.read().split()
+                sources += [(f"--tensor-type-file {path}", item) for item in f.read().split()]
         except OSError as e:
             raise ConfigError(f"--tensor-type-file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--tensor-type-file {path}: not UTF-8 text (byte {e.start})") from None
     out = []
-    for item in items:
-        pattern, sep, tname = item.rpartition("=")
-        if not sep or not pattern:
-            raise ConfigError(f"--tensor-type '{item}': expected REGEX=TYPE, e.g. attn_v=q8_0")
-        out.append((pattern.lower(), parse_tensor_type(tname, f"--tensor-type '{item}'")))
+    for option, item in sources:
+        pattern, sep, tname = item.partition("=")
+        if not sep or not pattern or not tname:
+            what = "missing '='" if not sep else ("missing tensor name" if not pattern else "missing type")
+            raise ConfigError(f"{option} {quote(item)}: expected REGEX=TYPE, e.g. attn_v=q8_0 ({what})")
+        pattern = pattern.lower()
+        compile_tensor_pattern(pattern, f"{option} {quote(item)}")
+        out.append((pattern, parse_tensor_type(tname, f"{option} {quote(item)}")))
     return tuple(out)
 
 

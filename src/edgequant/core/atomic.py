@@ -3,13 +3,17 @@
 Data goes to ``.<name>.tmp-<pid>-<random>`` in the target's directory (so the final ``os.replace`` is an
 atomic rename on the same file system), is flushed, then renamed. On any exception,
 KeyboardInterrupt, SIGTERM or SIGHUP the temporary file is removed and an existing target is untouched.
+A SIGKILL (or a power cut) leaves the temporary behind: the next write to the same target removes every
+``.<name>.tmp-<pid>-<8 hex>`` sibling whose process is gone (``remove_stale_temps``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -38,6 +42,49 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process (or unknown): keep its file
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries a killed run left beside ``path``: siblings named ``.<name>.tmp-<pid>-<8 hex>``
+    (files, or folders from ``atomic_directory``) whose process no longer exists. A live process's temporary
+    is never touched (nor, on a reused PID, a dead one's: the next run after that takes it). Returns the
+    paths removed; errors (a vanished file, a read-only folder) are ignored."""
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
+    removed = []
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        full = os.path.join(parent, entry)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed.append(full)
+        except OSError:
+            pass
+    return removed
 
 
 def _create_temp(path: str) -> tuple[int, str]:
@@ -113,6 +160,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
     """Write a small file whole and atomically: temp file beside ``path``, fsync, rename (``OutputError``)."""
     path = os.path.abspath(os.fspath(path))
     check_writable(path)
+    remove_stale_temps(path)
     with atomic_output_guard() as guard:
         fd, tmp = _create_temp(path)
         try:
@@ -142,6 +190,7 @@ class AtomicFile:
 
     def __enter__(self) -> AtomicFile:
         check_writable(self.path)
+        remove_stale_temps(self.path)
         if self._guard is not None:
             self._guard.__enter__()
         try:

@@ -13,7 +13,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 
-from edgequant.core.atomic import atomic_output_guard
+from edgequant.core.atomic import atomic_output_guard, remove_stale_temps
 from edgequant.errors import OutputError
 
 
@@ -26,6 +26,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
         raise OutputError(f"cannot write {path}: the directory {parent} does not exist")
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise OutputError(f"cannot write {path}: it exists and is not an empty folder; choose a new one")
+    remove_stale_temps(path)  # what a SIGKILLed run left behind
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         os.mkdir(tmp)

@@ -23,6 +23,7 @@ from edgequant.errors import ConfigError
 from edgequant.gguf.codecs import dequantize, get_codec
 from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
 from edgequant.gguf.imatrix import Imatrix
+from edgequant.gguf.metadata import Metadata
 from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
@@ -81,25 +82,28 @@ class QuantizeReport:
         return float(np.sqrt(sum(r * r * k for r, k in acc) / n))
 
 
-def model_info(kv: dict, path: str) -> ModelInfo:
-    """Hyper-parameters the type rules need, from ``<arch>.*`` metadata."""
-    arch = kv.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ConfigError(f"{path}: metadata has no general.architecture; is this a model file?")
+# llama.cpp's LLAMA_MAX_LAYERS: its loader refuses a block_count above it (and llama-quantize loads hparams).
+LLAMA_MAX_LAYERS = 512
+_U32_MAX = 2**32 - 1
 
-    def first(key: str, default: int | None = None) -> int:
-        v = kv.get(f"{arch}.{key}", default)
-        if v is None:
-            raise ConfigError(f"{path}: metadata lacks {arch}.{key}")
-        return int(v[0] if isinstance(v, (list, tuple, np.ndarray)) else v)
 
-    n_layer = first("block_count")
-    n_head = first("attention.head_count", 0)
-    n_head_kv = first("attention.head_count_kv", n_head)
+def model_info(meta: Metadata) -> ModelInfo:
+    """Hyper-parameters the type rules need, from ``<arch>.*`` metadata (typed: a FormatError names the file,
+    the key and the value when one has the wrong type or range)."""
+    if "general.architecture" not in meta:
+        raise ConfigError(f"{meta.path}: metadata has no general.architecture; is this a model file?")
+    arch = meta.get_str("general.architecture")
+
+    def hp(key: str, *default: int, lo: int = 0, hi: int = _U32_MAX) -> int:
+        return meta.get_int(f"{arch}.{key}", *default, min=lo, max=hi, first_of_array=True)
+
+    n_layer = hp("block_count", lo=1, hi=LLAMA_MAX_LAYERS)
+    n_head = hp("attention.head_count", 0)
+    n_head_kv = hp("attention.head_count_kv", n_head)
     is_70b = (
         n_layer == 80 and ((arch == "llama" and n_head != n_head_kv) or arch in ("qwen2", "olmo", "deci"))
     ) or (arch == "jais2" and n_layer == 68)
-    return ModelInfo(arch, n_layer, n_head, n_head_kv, first("expert_count", 0), is_70b)
+    return ModelInfo(arch, n_layer, n_head, n_head_kv, hp("expert_count", 0), is_70b)
 
 
 def quantize_model(
@@ -130,8 +134,7 @@ def quantize_model(
     t_start = time.perf_counter()
     report = QuantizeReport(src, dst, ftype_name, ftype_id)
     with GGUFFile(src) as reader:
-        kv = {k: v.value for k, v in reader.kvs.items()}
-        info = model_info(kv, src)
+        info = model_info(reader.meta)
         plan = _plan(reader, src, ftype_name, info, imatrix, opts, allow_requantize)
         with GGUFStreamWriter(dst) as w:
             for key, rec in reader.kvs.items():
@@ -225,7 +228,7 @@ def plan_model(
     src = os.fspath(src)
     ftype_name, _ = parse_ftype(ftype)
     with GGUFFile(src) as reader:
-        info = model_info({k: v.value for k, v in reader.kvs.items()}, src)
+        info = model_info(reader.meta)
         plan = _plan(reader, src, ftype_name, info, imatrix, options or QuantizeOptions(), True)
         out = []
         for t, c, requant, qw in plan:
