@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgequant.core.text import clean, quote
 from edgequant.errors import ConfigError
 
 
@@ -46,12 +47,19 @@ GGUF_TO_HF = {"llama": ARCHS["LlamaForCausalLM"], "qwen2": ARCHS["Qwen2ForCausal
 
 
 def arch_from_config(config: dict, where: str) -> ArchSpec:
-    """The ArchSpec of a config.json; ConfigError naming the architecture and the supported ones."""
+    """The ArchSpec of a config.json; ConfigError naming the architecture and the supported ones.
+
+    The config is checked against ``hf_config.SCHEMA`` with the keys every supported architecture needs
+    (FormatError naming the key: ``architectures`` as a string, ``num_hidden_layers: "abc"``...)."""
+    from edgequant.models.hf_config import REQUIRED, check_config
+
+    check_config(config, where)
     archs = config.get("architectures") or []
     for a in archs:
         if a in ARCHS:
+            check_config(config, where, REQUIRED)
             return ARCHS[a]
-    got = ", ".join(archs) if archs else f"none (model_type={config.get('model_type')!r})"
+    got = ", ".join(map(clean, archs)) if archs else f"none (model_type={quote(config.get('model_type'))})"
     raise ConfigError(
         f"{where}: architecture {got} is not supported; edgequant converts {', '.join(ARCHS)} "
         "(llama-family decoders). Convert other models with llama.cpp's convert_hf_to_gguf.py"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import mmap
 import os
 import struct
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgequant.core.text import clean, quote
 from edgequant.errors import ConfigError, FormatError
+from edgequant.models.hf_config import load_config, load_index
 
 _SAFE_DTYPES = {"F32": (np.dtype("<f4"), 4), "F16": (np.dtype("<f2"), 2), "BF16": (np.dtype("<u2"), 2)}
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -39,6 +42,24 @@ class TensorRef:
     end: int
 
 
+def _strict_header(path: str) -> None:
+    """The safetensors library's own header parser as a second gate (it also refuses gaps and overlaps
+    between tensors, and unknown dtypes); skipped when the package is not installed."""
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        return
+    try:
+        with safe_open(path, framework="numpy"):
+            pass
+    except SafetensorError as e:
+        raise FormatError(f"{path}: not a valid safetensors file ({clean(e, 160)})") from None
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
 def _read_header(path: str) -> dict[str, TensorRef]:
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -50,37 +71,59 @@ def _read_header(path: str) -> dict[str, TensorRef]:
             raise FormatError(
                 f"{path}: header length {n} exceeds the file size {size}; truncated or not safetensors"
             )
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{path}: the safetensors header is not valid JSON ({e}); damaged?") from None
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(
+            f"{path}: the safetensors header is not UTF-8 (invalid byte at {8 + e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}: the safetensors header is not valid JSON ({e.msg}); damaged?") from None
+    except RecursionError:
+        raise FormatError(f"{path}: the safetensors header is nested too deeply; damaged?") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: the safetensors header is not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise FormatError(f"{path}: __metadata__ must be an object of strings")
     base, out = 8 + n, {}
     for name, rec in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (b, e) = rec["dtype"], tuple(int(s) for s in rec["shape"]), rec["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: tensor '{name}' has a malformed header entry {rec!r}") from None
+        what = f"{path}: tensor {quote(name)}"
+        if not isinstance(rec, dict) or set(rec) - {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"{what}: header entry must be an object with dtype, shape, data_offsets")
+        dtype, shape, offsets = rec.get("dtype"), rec.get("shape"), rec.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise FormatError(f"{what}: dtype {clean(json.dumps(dtype), 40)} is not a string")
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or len(shape) > 8:
+            raise FormatError(
+                f"{what}: shape {clean(json.dumps(shape), 60)} is not a list of at most 8 integers >= 0"
+            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+            raise FormatError(
+                f"{what}: data_offsets {clean(json.dumps(offsets), 60)} is not a pair of integers >= 0"
+            )
+        b, e = offsets
         if dtype not in _SAFE_DTYPES:
             raise FormatError(
-                f"{path}: tensor '{name}' is {dtype}; edgequant reads F32, F16 and BF16 checkpoints "
+                f"{what} is {clean(dtype, 20)}; edgequant reads F32, F16 and BF16 checkpoints "
                 "(dequantize GPTQ/AWQ/bitsandbytes checkpoints to a float model first)"
             )
-        n_el = int(np.prod(shape, dtype=np.int64))
-        if not 0 <= b <= e or e - b != n_el * _SAFE_DTYPES[dtype][1]:
+        n_el = math.prod(shape)
+        if not b <= e or e - b != n_el * _SAFE_DTYPES[dtype][1]:
             raise FormatError(
-                f"{path}: tensor '{name}' {dtype}{list(shape)} has data offsets [{b}, {e}] that do not "
-                "match its size; the file is damaged"
+                f"{what} {dtype}{shape} has data offsets [{b}, {e}] that do not match its size; "
+                "the file is damaged"
             )
         if base + e > size:
             raise FormatError(
-                f"{path}: tensor '{name}' ends at byte {base + e} but the file has {size} bytes; the file is "
+                f"{what} ends at byte {base + e} but the file has {size} bytes; the file is "
                 "truncated (re-download or re-save it)"
             )
-        out[name] = TensorRef(name, path, dtype, shape, base + b, base + e)
+        out[name] = TensorRef(name, path, dtype, tuple(shape), base + b, base + e)
+    _strict_header(path)
     return out
 
 
@@ -94,17 +137,13 @@ class HFCheckpoint:
         cfg_path = os.path.join(self.folder, "config.json")
         if not os.path.isfile(cfg_path):
             raise ConfigError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
-        with open(cfg_path, encoding="utf-8") as fh:
-            try:
-                self.config = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise FormatError(f"{cfg_path}: not valid JSON ({e})") from None
+        self.config = load_config(self.folder)
         self.files = self._shard_files()
         self.tensors: dict[str, TensorRef] = {}
         for f in self.files:
             for name, ref in _read_header(f).items():
                 if name in self.tensors:
-                    raise FormatError(f"{self.folder}: tensor '{name}' is stored in two shards")
+                    raise FormatError(f"{self.folder}: tensor {quote(name)} is stored in two shards")
                 self.tensors[name] = ref
         self._check_index()
         self._maps: dict[str, mmap.mmap] = {}
@@ -112,8 +151,7 @@ class HFCheckpoint:
     def _shard_files(self) -> list[str]:
         index = os.path.join(self.folder, INDEX_FILE)
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as fh:
-                self.weight_map = json.load(fh).get("weight_map") or {}
+            self.weight_map = load_index(index)
             files = sorted(set(self.weight_map.values()))
             missing = [f for f in files if not os.path.isfile(os.path.join(self.folder, f))]
             if missing:
