@@ -87,6 +87,17 @@ def handler_for_checkpoint(tensors: Mapping[str, torch.Tensor], prefix: str) -> 
     return None
 
 
+def _bitsandbytes_entry(config, load_in_4bit: bool = False, load_in_8bit: bool = False, **fields) -> dict:
+    """The fields of transformers' ``BitsAndBytesConfig`` that a bitsandbytes checkpoint needs."""
+    return {
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": load_in_4bit,
+        "load_in_8bit": load_in_8bit,
+        **fields,
+        "llm_int8_skip_modules": list(config.skip_modules) or None,
+    }
+
+
 @register_handler(NF4Config, FP4Config)
 class FourBitHandler(LayerHandler):
     layer = Linear4bit
@@ -111,16 +122,14 @@ class FourBitHandler(LayerHandler):
         return Linear4bit.from_linear(linear, name=name, quant_type=qt, compress_statistics=False, blocksize=64)
 
     def transformers_entry(self, config):
-        return {
-            "quant_method": "bitsandbytes",
-            "load_in_4bit": True,
-            "load_in_8bit": False,
-            "bnb_4bit_quant_type": config.quant_type,
-            "bnb_4bit_use_double_quant": config.compress_statistics,
-            "bnb_4bit_compute_dtype": config.compute_dtype,
-            "bnb_4bit_quant_storage": "uint8",
-            "llm_int8_skip_modules": list(config.skip_modules) or None,
-        }
+        return _bitsandbytes_entry(
+            config,
+            load_in_4bit=True,
+            bnb_4bit_quant_type=config.quant_type,
+            bnb_4bit_use_double_quant=config.compress_statistics,
+            bnb_4bit_compute_dtype=config.compute_dtype,
+            bnb_4bit_quant_storage="uint8",
+        )
 
 
 @register_handler(Int8Config)
@@ -134,14 +143,9 @@ class Int8Handler(LayerHandler):
         return prefix + "SCB" in tensors
 
     def transformers_entry(self, config):
-        return {
-            "quant_method": "bitsandbytes",
-            "load_in_4bit": False,
-            "load_in_8bit": True,
-            "llm_int8_threshold": config.threshold,
-            "llm_int8_has_fp16_weight": False,
-            "llm_int8_skip_modules": list(config.skip_modules) or None,
-        }
+        return _bitsandbytes_entry(
+            config, load_in_8bit=True, llm_int8_threshold=config.threshold, llm_int8_has_fp16_weight=False
+        )
 
 
 @register_handler(Int8DynamicConfig)

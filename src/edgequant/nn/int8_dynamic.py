@@ -22,8 +22,9 @@ import math
 import torch
 from torch import nn
 
-from edgequant.errors import ConfigError, NonFiniteError, ShapeError
+from edgequant.errors import ConfigError
 from edgequant.nn.linear8bit import int8_matmul
+from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
 
 GRANULARITIES = ("per_token", "per_tensor")
 
@@ -51,11 +52,7 @@ def quantize_activations(
 
 
 def quantize_weight_rows(w: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not bool(torch.isfinite(w).all()):
-        bad = torch.nonzero(~torch.isfinite(w))[0].tolist()
-        raise NonFiniteError(
-            f"{name}: element {tuple(bad)} is not finite; int8 quantization needs finite weights"
-        )
+    check_finite(w, name, "int8 quantization needs finite weights")
     w = w.detach().float()
     am = w.abs().max(dim=1).values
     sw = torch.where(am > 0, am / 127.0, torch.ones_like(am))
@@ -85,7 +82,7 @@ class _DynInt8(torch.autograd.Function):
         return grad_x, grad_b, None
 
 
-class Int8DynamicLinear(nn.Module):
+class Int8DynamicLinear(QuantizedLinear):
     """Linear with int8 weights and dynamically quantized int8 activations (see the module docstring)."""
 
     def __init__(
@@ -101,43 +98,19 @@ class Int8DynamicLinear(nn.Module):
         name: str = "",
     ):
         super().__init__()
+        weight = self._init_linear(in_features, out_features, bias, weight, name)
         if granularity not in GRANULARITIES:
             raise ConfigError(f"Int8DynamicLinear {name}: granularity {granularity!r} not in {GRANULARITIES}")
         if not 0.0 < percentile <= 100.0:
             raise ConfigError(f"Int8DynamicLinear {name}: percentile {percentile} must be in (0, 100]")
-        self.in_features, self.out_features = in_features, out_features
         self.granularity, self.percentile = granularity, float(percentile)
-        self.threads, self.layer_name = threads, name
-        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
-            ref = nn.Linear(in_features, out_features, bias=bias)
-            weight, init_bias = ref.weight.detach(), ref.bias
-        else:
-            init_bias = torch.zeros(out_features)
-        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
+        self.threads = threads
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.set_weight(weight)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Int8DynamicLinear:
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            name=name,
-            weight=linear.weight.detach(),
-            **kwargs,
-        )
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone())
-        return layer
-
     def set_weight(self, weight: torch.Tensor) -> None:
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ShapeError(
-                f"Int8DynamicLinear {self.layer_name}: weight shape {tuple(weight.shape)} does not fit "
-                f"({self.out_features}, {self.in_features})"
-            )
-        wq, sw = quantize_weight_rows(weight, f"{self.layer_name or 'Int8DynamicLinear'}.weight")
+        self._check_weight_shape(weight)
+        wq, sw = quantize_weight_rows(weight, self.weight_name)
         self.weight = nn.Parameter(wq, requires_grad=False)
         self.weight_scale = sw
 
@@ -145,11 +118,7 @@ class Int8DynamicLinear(nn.Module):
         return self.weight.data.float() * self.weight_scale.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ShapeError(
-                f"Int8DynamicLinear {self.layer_name}: input last dim {x.shape[-1]} != in_features "
-                f"{self.in_features}"
-            )
+        self._check_input(x)
         y = _DynInt8.apply(x.reshape(-1, self.in_features), self.bias, self)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -158,3 +127,10 @@ class Int8DynamicLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"granularity={self.granularity}, percentile={self.percentile}"
         )
+
+    def _load_weight(self, state_dict, prefix, where):
+        """Checks only (nn.Module copies ``weight`` and the ``weight_scale`` buffer): int8 codes, one scale a
+        row, both of this layer's shape."""
+        wkey, skey = prefix + "weight", prefix + "weight_scale"
+        self._check_int8_rows(state_dict, wkey, skey, where, "Int8DynamicLinear's")
+        return None

@@ -30,6 +30,7 @@ from edgequant.bnb.checks import check_blocksize, check_quant_type
 from edgequant.bnb.fourbit import check_state_matches, packed_bytes
 from edgequant.bnb.matmul import matmul_4bit
 from edgequant.errors import ConfigError, FormatError, ShapeError
+from edgequant.nn.quantized_linear import QuantizedLinear
 
 _COMPUTE_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
 
@@ -55,12 +56,14 @@ class _Dequant4bitLinear(torch.autograd.Function):
         return grad_x, grad_bias, None
 
 
-class Linear4bit(nn.Module):
+class Linear4bit(QuantizedLinear):
     """4-bit (NF4/FP4) linear layer, bitsandbytes-compatible. Defaults as bnb: fp4, double quantization on.
 
     Build from a float layer with ``Linear4bit.from_linear(linear, quant_type="nf4")``, or pass
     ``weight=`` (out, in) to the constructor; without it the weight is nn.Linear's random initialisation.
     """
+
+    bias_keeps_requires_grad = True
 
     def __init__(
         self,
@@ -80,18 +83,13 @@ class Linear4bit(nn.Module):
         name: str = "",
     ):
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ShapeError(
-                f"Linear4bit {name}: in/out features must be positive, got {in_features}x{out_features}"
-            )
+        weight = self._init_linear(in_features, out_features, bias, weight, name)
         check_blocksize(blocksize)
         check_quant_type(quant_type)
         if compute_dtype not in _COMPUTE_DTYPES:
             raise ConfigError(
                 f"Linear4bit {name}: compute_dtype {compute_dtype} is not float32/bfloat16/float16"
             )
-        self.in_features = in_features
-        self.out_features = out_features
         self.compute_dtype = compute_dtype
         self.compress_statistics = compress_statistics
         self.quant_type = quant_type
@@ -99,40 +97,14 @@ class Linear4bit(nn.Module):
         self.blocksize = blocksize
         self.bnb_cpu_compatible = bnb_cpu_compatible
         self.threads = threads
-        self.layer_name = name
-        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
-            ref = nn.Linear(in_features, out_features, bias=bias)
-            weight, init_bias = ref.weight.detach(), ref.bias
-        else:
-            init_bias = torch.zeros(out_features)
-        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
         self.weight: nn.Parameter
         self.quant_state: QuantState
         self.set_weight(weight)
         self._absmax_cache: tuple[int, torch.Tensor] | None = None
 
-    # -- construction -------------------------------------------------------------------------------
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Linear4bit:
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            name=name,
-            weight=linear.weight.detach(),
-            **kwargs,
-        )
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
-        return layer
-
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantize a float weight of shape (out, in) into this layer."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ShapeError(
-                f"Linear4bit {self.layer_name}: weight shape {tuple(weight.shape)} does not fit "
-                f"({self.out_features}, {self.in_features})"
-            )
+        self._check_weight_shape(weight)
         packed, state = quantize_4bit(
             weight,
             blocksize=self.blocksize,
@@ -141,8 +113,11 @@ class Linear4bit(nn.Module):
             quant_storage=self.quant_storage,
             bnb_cpu_compatible=self.bnb_cpu_compatible,
             threads=self.threads,
-            name=f"{self.layer_name or 'Linear4bit'}.weight",
+            name=self.weight_name,
         )
+        self._adopt(packed, state)
+
+    def _adopt(self, packed: torch.Tensor, state: QuantState) -> None:
         self.weight = nn.Parameter(packed, requires_grad=False)
         self.quant_state = state
         self._absmax_cache = None
@@ -155,7 +130,7 @@ class Linear4bit(nn.Module):
             self.quant_state,
             bnb_cpu_compatible=False,
             threads=self.threads,
-            name=f"{self.layer_name or 'Linear4bit'}.weight",
+            name=self.weight_name,
         )
 
     def _absmax_f32(self) -> torch.Tensor:
@@ -170,11 +145,7 @@ class Linear4bit(nn.Module):
         return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ShapeError(
-                f"Linear4bit {self.layer_name}: input last dim {x.shape[-1]} != "
-                f"in_features {self.in_features}"
-            )
+        self._check_input(x)
         inp_dtype = x.dtype
         cdt = self._compute_dtype_for(x)
         xc = x.to(cdt)
@@ -212,13 +183,10 @@ class Linear4bit(nn.Module):
         for k, v in self.quant_state.as_dict(packed=True).items():
             destination[prefix + "weight." + k] = v if keep_vars else v.detach()
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        where = prefix.rstrip(".") or "Linear4bit"
+    def _load_weight(self, state_dict, prefix, where):
         wkey = prefix + "weight"
         qs_keys = [k for k in state_dict if k.startswith(wkey + ".")]
-        if wkey in state_dict and not qs_keys:
+        if not qs_keys:
             w = state_dict[wkey]
             if w.is_floating_point() and tuple(w.shape) == (self.out_features, self.in_features):
                 raise FormatError(
@@ -230,36 +198,16 @@ class Linear4bit(nn.Module):
                 f"{where}: '{wkey}' has no quant_state entries ('{wkey}.absmax', "
                 f"'{wkey}.quant_state.bitsandbytes__nf4|fp4'); this is not bitsandbytes' Linear4bit layout"
             )
-        if wkey in state_dict:
-            qs = {k[len(wkey) + 1 :]: state_dict[k] for k in qs_keys}
-            state = QuantState.from_dict(qs, device="cpu", name=wkey)
-            w = state_dict[wkey]
-            if state.shape is None or tuple(state.shape) != (self.out_features, self.in_features):
-                raise ShapeError(
-                    f"{where}: checkpoint weight shape "
-                    f"{tuple(state.shape) if state.shape else None} does not fit "
-                    f"this layer ({self.out_features}, {self.in_features})"
-                )
-            check_state_matches(w, state, wkey)
-            self.weight = nn.Parameter(w.detach().clone().to("cpu"), requires_grad=False)
-            self.quant_state = state
-            self.quant_type = state.quant_type
-            self.blocksize = state.blocksize
-            self.compress_statistics = state.nested
-            self._absmax_cache = None
-        if self.bias is not None and prefix + "bias" in state_dict:
-            b = state_dict[prefix + "bias"]
-            if tuple(b.shape) != (self.out_features,):
-                raise ShapeError(f"{where}: bias shape {tuple(b.shape)} != ({self.out_features},)")
-            with torch.no_grad():
-                self.bias.data = b.detach().clone().to(self.bias.dtype)
-        elif self.bias is not None and strict:
-            missing_keys.append(prefix + "bias")
-        if strict and wkey not in state_dict:
-            missing_keys.append(wkey)
-        for k in state_dict:
-            if k.startswith(prefix) and k not in (wkey, prefix + "bias") and not k.startswith(wkey + "."):
-                rest = k[len(prefix) :]
-                if "." not in rest:
-                    unexpected_keys.append(k)
-
+        state = QuantState.from_dict({k: state_dict[k] for k in qs_keys}, device="cpu", name=wkey)
+        w = state_dict[wkey]
+        if state.shape is None or tuple(state.shape) != (self.out_features, self.in_features):
+            raise ShapeError(
+                f"{where}: checkpoint weight shape "
+                f"{tuple(state.shape) if state.shape else None} does not fit "
+                f"this layer ({self.out_features}, {self.in_features})"
+            )
+        check_state_matches(w, state, wkey)
+        self._adopt(w.detach().clone().to("cpu"), state)
+        self.quant_type, self.blocksize = state.quant_type, state.blocksize
+        self.compress_statistics = state.nested
+        return {wkey, *qs_keys}

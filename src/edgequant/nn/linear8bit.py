@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgequant.errors import FormatError, NonFiniteError, ShapeError
+from edgequant.errors import FormatError
 from edgequant.kernels.bnb8_matmul import int8_matmul_rows
 from edgequant.kernels.bnb_parallel import run_ranges
+from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
 
 DEQ_SCALE = 0.007874015718698502  # float32(1/127), bnb's literal
 MM_SCALE = 6.200124e-05  # bnb's literal (1/127**2 would be 6.2000124e-05)
@@ -36,9 +37,7 @@ MM_SCALE = 6.200124e-05  # bnb's literal (1/127**2 would be 6.2000124e-05)
 
 def quantize_rows_int8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
     """bnb's row-wise weight quantization: (CB int8, SCB float32) from ``w.half()``."""
-    if not bool(torch.isfinite(w).all()):
-        bad = torch.nonzero(~torch.isfinite(w))[0].tolist()
-        raise NonFiniteError(f"{name}: element {tuple(bad)} is not finite; LLM.int8 needs finite weights")
+    check_finite(w, name, "LLM.int8 needs finite weights")
     w16 = w.detach().to(torch.float16)
     scb = w16.abs().max(dim=1).values.float()
     cb = torch.round(w16 * (127.0 / scb.unsqueeze(-1))).to(torch.int8)
@@ -127,7 +126,7 @@ class _LLMInt8(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-class Linear8bitLt(nn.Module):
+class Linear8bitLt(QuantizedLinear):
     """LLM.int8 linear layer, bitsandbytes-compatible (see the module docstring)."""
 
     def __init__(
@@ -144,49 +143,20 @@ class Linear8bitLt(nn.Module):
         name: str = "",
     ):
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ShapeError(
-                f"Linear8bitLt {name}: in/out features must be positive, got {in_features}x{out_features}"
-            )
-        self.in_features, self.out_features = in_features, out_features
+        weight = self._init_linear(in_features, out_features, bias, weight, name)
         self.has_fp16_weights = has_fp16_weights
         self.threshold = float(threshold)
         self.threads = threads
-        self.layer_name = name
         self.outlier_cols = torch.empty(0, dtype=torch.int64)
-        if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
-            ref = nn.Linear(in_features, out_features, bias=bias)
-            weight, init_bias = ref.weight.detach(), ref.bias
-        else:
-            init_bias = torch.zeros(out_features)
-        self.bias = nn.Parameter(init_bias.detach().clone()) if bias else None
         self.register_buffer("SCB", torch.zeros(out_features), persistent=False)
         self.set_weight(weight)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, name: str = "", **kwargs) -> Linear8bitLt:
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            name=name,
-            weight=linear.weight.detach(),
-            **kwargs,
-        )
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone())
-        return layer
-
     def set_weight(self, weight: torch.Tensor) -> None:
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ShapeError(
-                f"Linear8bitLt {self.layer_name}: weight shape {tuple(weight.shape)} does not fit "
-                f"({self.out_features}, {self.in_features})"
-            )
+        self._check_weight_shape(weight)
         if self.has_fp16_weights:
             self.weight = nn.Parameter(weight.detach().clone().float())
             return
-        cb, scb = quantize_rows_int8(weight, f"{self.layer_name or 'Linear8bitLt'}.weight")
+        cb, scb = quantize_rows_int8(weight, self.weight_name)
         self.weight = nn.Parameter(cb, requires_grad=False)
         self.SCB = scb
 
@@ -197,11 +167,7 @@ class Linear8bitLt(nn.Module):
         return self.weight.data * self.SCB.unsqueeze(-1) * DEQ_SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ShapeError(
-                f"Linear8bitLt {self.layer_name}: input last dim {x.shape[-1]} != "
-                f"in_features {self.in_features}"
-            )
+        self._check_input(x)
         x2 = x.reshape(-1, self.in_features)
         y = _LLMInt8.apply(x2, self.weight, self.bias, self)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -219,39 +185,13 @@ class Linear8bitLt(nn.Module):
             destination[prefix + "SCB"] = self.SCB if keep_vars else self.SCB.detach()
             destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        where = prefix.rstrip(".") or "Linear8bitLt"
+    def _load_weight(self, state_dict, prefix, where):
+        if self.has_fp16_weights:
+            return None
         wkey, skey, fkey = prefix + "weight", prefix + "SCB", prefix + "weight_format"
-        if wkey in state_dict and not self.has_fp16_weights:
-            w = state_dict[wkey]
-            if w.dtype != torch.int8 or skey not in state_dict:
-                raise FormatError(
-                    f"{where}: expected bitsandbytes' Linear8bitLt layout ('{wkey}' int8 + '{skey}'), got "
-                    f"'{wkey}' {w.dtype}{'' if skey in state_dict else ' and no SCB'}; "
-                    f"load float checkpoints "
-                    f"into nn.Linear and use quantize_ / Linear8bitLt.from_linear"
-                )
-            if tuple(w.shape) != (self.out_features, self.in_features) or tuple(state_dict[skey].shape) != (
-                self.out_features,
-            ):
-                raise ShapeError(
-                    f"{where}: checkpoint weight {tuple(w.shape)} / SCB "
-                    f"{tuple(state_dict[skey].shape)} do not fit "
-                    f"({self.out_features}, {self.in_features})"
-                )
-            if fkey in state_dict and int(state_dict[fkey]) != 0:
-                raise FormatError(f"{where}: weight_format {int(state_dict[fkey])} is not 0 ('row')")
-            self.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
-            self.SCB = state_dict[skey].detach().clone().float()
-            state_dict = {k: v for k, v in state_dict.items() if k not in (wkey, skey, fkey)}
-            super()._load_from_state_dict(
-                state_dict, prefix, local_metadata, False, missing_keys, unexpected_keys, error_msgs
-            )
-            if self.bias is not None and prefix + "bias" not in state_dict and strict:
-                missing_keys.append(prefix + "bias")
-            return
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        self._check_int8_rows(state_dict, wkey, skey, where, "bitsandbytes' Linear8bitLt")
+        if fkey in state_dict and int(state_dict[fkey]) != 0:
+            raise FormatError(f"{where}: weight_format {int(state_dict[fkey])} is not 0 ('row')")
+        self.weight = nn.Parameter(state_dict[wkey].detach().clone(), requires_grad=False)
+        self.SCB = state_dict[skey].detach().clone().float()
+        return {wkey, skey, fkey}
