@@ -12,10 +12,9 @@ LMTrainConfig(...))``. Data-parallel: ``edgequant.qat.distributed``.
 """
 
 from edgequant.qat.batchnorm import reestimate_bn
-from edgequant.qat.bnb_grid import to_linear4bit
 from edgequant.qat.config import QATConfig, QuantSpec
 from edgequant.qat.distill import distillation_loss, kd_kl_loss
-from edgequant.qat.export import export_gguf
+from edgequant.qat.export import export_gguf, to_linear4bit
 from edgequant.qat.lm_training import LMTrainConfig, distill_lm, evaluate_lm
 from edgequant.qat.mixed_precision import MasterWeights, checkpoint_modules
 from edgequant.qat.prepare import convert, prepare, qat_modules, quantizers, set_bits, set_scope

@@ -4,15 +4,14 @@
 forward runs ``edgequant.bnb.quantize_4bit`` then ``dequantize_4bit`` on the flattened weight (blocks of
 ``group_size`` consecutive values, absmax scaling, optional double quantization of the absmax values:
 byte-identical to bitsandbytes 0.50.2 by that package's own tests) and passes the gradient straight through.
-``to_linear4bit(model)`` swaps those QAT modules for ``edgequant.nn.Linear4bit`` built from the trained float
-weights with the same settings; its ``dequantize()`` equals the trained fake weights bit for bit, because
-quantization is deterministic and both sides run the same codec on the same values.
+``edgequant.qat.export.to_linear4bit(model)`` swaps those QAT modules for ``edgequant.nn.Linear4bit`` built
+from the trained float weights with the same settings; its ``dequantize()`` equals the trained fake weights bit
+for bit, because quantization is deterministic and both sides run the same codec on the same values.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from edgequant.qat.quantizers import FakeQuantizer
 from edgequant.qat.ste import straight_through
@@ -48,22 +47,3 @@ class BnbQuantizer(FakeQuantizer):
         y = dequantize_4bit(packed, state).reshape(v.shape).to(v.device, v.dtype)
         return straight_through(v, y)
 
-
-@torch.no_grad()
-def to_linear4bit(model: nn.Module) -> nn.Module:
-    """Replace every QAT linear whose weight quantizer is ``BnbQuantizer`` by ``edgequant.nn.Linear4bit``."""
-    from edgequant.nn import Linear4bit
-    from edgequant.qat.modules import QATLinear
-    from edgequant.qat.prepare import _set_submodule, qat_modules
-
-    for name, mod in list(qat_modules(model)):
-        q = mod.weight_quantizer
-        if not (isinstance(mod, QATLinear) and isinstance(q, BnbQuantizer)):
-            continue
-        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-        lin.weight.copy_(mod.weight.detach().float())
-        if mod.bias is not None:
-            lin.bias.copy_(mod.bias.detach().float())
-        new = Linear4bit.from_linear(lin, name=name, compute_dtype=torch.float32, **q.codec_args())
-        _set_submodule(model, name, new)
-    return model

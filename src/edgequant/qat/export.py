@@ -14,6 +14,9 @@
    written as F32 holding their fake-quantized values (``result["f32_fake"]`` lists them), or refused with
    ``strict=True``.
 
+``to_linear4bit(model)``: the bitsandbytes export, every QAT linear with a ``BnbQuantizer`` (NF4/FP4) becomes
+an ``edgequant.nn.Linear4bit`` whose ``dequantize()`` equals the trained fake weights bit for bit.
+
 The QAT recipe (``QATConfig.to_json()``) is stored under the key ``edgequant.qat.config``. The output is
 written to a temporary file and renamed at the end; on error nothing is left at ``out_path``.
 """
@@ -28,7 +31,11 @@ import torch
 from torch import nn
 
 from edgequant.errors import ConfigError, EdgequantError
+from edgequant.nn import Linear4bit
+from edgequant.nn.quantize import set_submodule
+from edgequant.qat.bnb_grid import BnbQuantizer
 from edgequant.qat.ggml_grid import CodecQuantizer, GGMLGridQuantizer
+from edgequant.qat.modules import QATLinear
 from edgequant.qat.prepare import qat_modules
 
 
@@ -150,3 +157,19 @@ def export_gguf(model: nn.Module, tokenizer, out_path: str | os.PathLike, *, str
                 writer.write_tensor_data(t.name, payload[t.name][1])
     report["bytes"] = os.path.getsize(out_path)
     return report
+
+
+@torch.no_grad()
+def to_linear4bit(model: nn.Module) -> nn.Module:
+    """Replace every QAT linear whose weight quantizer is ``BnbQuantizer`` by ``edgequant.nn.Linear4bit``."""
+    for name, mod in list(qat_modules(model)):
+        q = mod.weight_quantizer
+        if not (isinstance(mod, QATLinear) and isinstance(q, BnbQuantizer)):
+            continue
+        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        lin.weight.copy_(mod.weight.detach().float())
+        if mod.bias is not None:
+            lin.bias.copy_(mod.bias.detach().float())
+        new = Linear4bit.from_linear(lin, name=name, compute_dtype=torch.float32, **q.codec_args())
+        set_submodule(model, name, new)
+    return model

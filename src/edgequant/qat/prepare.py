@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgequant.errors import ConfigError
+from edgequant.nn.quantize import set_submodule
 from edgequant.qat.config import QATConfig
 from edgequant.qat.modules import QATConv2d, QATLinear, _QATBase
 from edgequant.qat.quantizers import FakeQuantizer
@@ -44,19 +45,13 @@ def prepare(model: nn.Module, config: QATConfig, example_inputs=None) -> nn.Modu
         with torch.no_grad():
             new = cls(mod, config.weight_spec_for(name), config.activation, name)
         new.train(mod.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     model.qat_config = config
     set_scope(model, "all")
     if example_inputs is not None:
         with torch.no_grad():
             model(example_inputs) if not isinstance(example_inputs, dict) else model(**example_inputs)
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
 
 
 def qat_modules(model: nn.Module) -> Iterator[tuple[str, _QATBase]]:
@@ -122,5 +117,5 @@ def convert(model: nn.Module) -> nn.Module:
             new.input_quantizer = mod.input_quantizer.eval().requires_grad_(False)
             new.register_forward_pre_hook(_freeze_input_hook(new.input_quantizer))
         new.train(mod.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return model

@@ -10,7 +10,7 @@ from torch import nn
 from edgequant.errors import ConfigError
 from edgequant.nn import Linear4bit
 from edgequant.qat import QATConfig, QuantSpec, prepare
-from edgequant.qat.bnb_grid import to_linear4bit
+from edgequant.qat.export import to_linear4bit
 
 
 @pytest.mark.parametrize(("fmt", "double"), [("NF4", True), ("FP4", False)])
