@@ -33,7 +33,7 @@ from edgequant.bnb.codes import create_dynamic_map
 from edgequant.bnb.quant_state import QuantState
 from edgequant.errors import ConfigError, ShapeError
 from edgequant.kernels import bnb8
-from edgequant.kernels.bnb_parallel import run_ranges
+from edgequant.kernels.parallel import run_ranges
 
 
 def _code_np(code: torch.Tensor | None) -> np.ndarray:

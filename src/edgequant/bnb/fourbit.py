@@ -25,7 +25,7 @@ from edgequant.bnb.codes import code_table_np, get_4bit_type, sorted_codes_and_m
 from edgequant.bnb.quant_state import QuantState
 from edgequant.errors import ConfigError, ShapeError
 from edgequant.kernels import bnb4
-from edgequant.kernels.bnb_parallel import run_ranges
+from edgequant.kernels.parallel import run_ranges
 
 NESTED_BLOCKSIZE = 256
 

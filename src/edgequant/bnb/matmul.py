@@ -20,7 +20,7 @@ import torch
 
 from edgequant.bnb.codes import code_table_np
 from edgequant.kernels import bnb4
-from edgequant.kernels.bnb_parallel import run_ranges
+from edgequant.kernels.parallel import run_ranges
 
 TILE_ROWS = 512
 FULL_TILE_MIN_BATCH = (

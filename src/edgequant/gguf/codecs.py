@@ -6,17 +6,16 @@ A codec is a pair of numba row kernels (``edgequant.kernels.*``) plus the block 
   n_per_row (importance vector) or length 0 (none), ``out`` uint8 (rows, row_bytes) to fill.
 * ``dequantize_rows(data, out)``: ``data`` uint8 (rows, row_bytes), ``out`` float32 (rows, n_per_row).
 
-Kernels release the GIL, so ``threads=N`` splits the rows into N contiguous chunks run on a thread pool.
+Kernels release the GIL, so ``threads=N`` splits the rows into N contiguous chunks run on a thread pool
+(``kernels.parallel.run_ranges``).
 Every path is per row or per block, so the bytes do not depend on the thread count (as in ggml).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from edgequant.errors import ConfigError, NonFiniteError, ShapeError, UnsupportedTypeError
 from edgequant.kernels.floats import first_nonfinite, rows_with_overflowed_scales
+from edgequant.kernels.parallel import run_ranges
 
 Kernel = Callable[..., None]
 
@@ -101,31 +101,6 @@ def resolve_threads(threads: int | None) -> int:
     return int(threads) or (os.cpu_count() or 1)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    """One long-lived pool per thread count: a model has hundreds of small tensors, and starting threads
-    for each would cost more than quantizing some of them."""
-    with _POOLS_LOCK:
-        if n not in _POOLS:
-            _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="edgequant-codec")
-        return _POOLS[n]
-
-
-def _run_chunks(fn: Callable[[int, int], None], rows: int, threads: int) -> None:
-    if threads <= 1 or rows < 2:
-        fn(0, rows)
-        return
-    n = min(threads, rows)
-    bounds = [rows * i // n for i in range(n + 1)]
-    futures = [_pool(n).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, n)]
-    fn(bounds[0], bounds[1])  # the calling thread takes the first chunk
-    for f in futures:
-        f.result()
-
-
 def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
     """Raise NonFiniteError naming the first row holding NaN/Inf."""
     i = first_nonfinite(x)
@@ -169,7 +144,7 @@ def quantize(
     qw = _imatrix_vector(imatrix, n) if codec.uses_imatrix else np.zeros(0, np.float32)
     out = np.empty((rows, codec.row_bytes(n)), np.uint8)
     kernel = codec.quantize_rows
-    _run_chunks(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
+    run_ranges(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
     if codec.fp16_scale_fields:
         warn_nonfinite_scales(out, codec)
     return out
@@ -227,5 +202,5 @@ def dequantize(
     raw = np.ascontiguousarray(raw).reshape(rows, codec.row_bytes(n))
     out = np.empty((rows, n), np.float32)
     kernel = codec.dequantize_rows
-    _run_chunks(lambda a, b: kernel(raw[a:b], out[a:b]), rows, resolve_threads(threads))
+    run_ranges(lambda a, b: kernel(raw[a:b], out[a:b]), rows, resolve_threads(threads))
     return out.reshape(shape)

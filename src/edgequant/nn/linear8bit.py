@@ -28,7 +28,7 @@ from torch import nn
 
 from edgequant.errors import FormatError
 from edgequant.kernels.bnb8_matmul import int8_matmul_rows
-from edgequant.kernels.bnb_parallel import run_ranges
+from edgequant.kernels.parallel import run_ranges
 from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
 
 DEQ_SCALE = 0.007874015718698502  # float32(1/127), bnb's literal
