@@ -24,7 +24,9 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+from gguf.constants import GGUFValueType
 
+from edgequant.core.text import quote
 from edgequant.errors import FormatError, NonFiniteError, ShapeError
 
 
@@ -176,36 +178,51 @@ def _read_gguf(path: str) -> ImatrixStats:
     from edgequant.gguf.reader import GGUFFile
 
     with GGUFFile(path) as r:
-        kvs = {k: v.value for k, v in r.kvs.items()}
-        if "imatrix.chunk_size" not in kvs and kvs.get("general.type") != "imatrix":
+        meta = r.meta
+        if "imatrix.chunk_size" not in meta and meta.get_str("general.type", None) != "imatrix":
             raise FormatError(f"{path}: a GGUF file but not an imatrix (no imatrix.* keys); is it a model?")
         sums, counts = {}, {}
         for t in r.tensors:
             for suffix, bucket in ((".in_sum2", sums), (".counts", counts)):
                 if t.name.endswith(suffix):
                     if t.type_name != "F32":
-                        raise FormatError(f"{path}: imatrix tensor '{t.name}' must be F32, is {t.type_name}")
-                    bucket[t.name[: -len(suffix)]] = np.array(r.tensor_data(t).view(np.float32)).reshape(-1)
+                        raise FormatError(
+                            f"{path}: imatrix tensor {quote(t.name)} must be F32, is {t.type_name}"
+                        )
+                    if len(t.shape_ne) > 2:
+                        raise FormatError(
+                            f"{path}: imatrix tensor {quote(t.name)} has {len(t.shape_ne)} dimensions; "
+                            "expected (ne0, n_mat)"
+                        )
+                    arr = np.array(r.tensor_data(t).view(np.float32))
+                    bucket[t.name[: -len(suffix)]] = arr.reshape(
+                        t.np_shape if len(t.shape_ne) > 1 else (1, -1)
+                    )
+        ds = (
+            meta.get_array("imatrix.datasets", None, etype="str")
+            if ("imatrix.datasets" not in meta or meta["imatrix.datasets"].vtype != GGUFValueType.STRING)
+            else [meta.get_str("imatrix.datasets")]
+        )
+        chunk_count = meta.get_int("imatrix.chunk_count", None, min=0, max=2**32 - 1)
+        chunk_size = meta.get_int("imatrix.chunk_size", None, min=1, max=2**32 - 1)
     entries = {}
     for name in sorted(set(sums) | set(counts)):
         if name not in counts:
-            raise FormatError(f"{path}: imatrix entry '{name}' has in_sum2 but no counts tensor")
+            raise FormatError(f"{path}: imatrix entry {quote(name)} has in_sum2 but no counts tensor")
         if name not in sums:
-            raise FormatError(f"{path}: imatrix entry '{name}' has counts but no in_sum2 tensor")
-        c = np.rint(counts[name]).astype(np.int64)  # lround, as common_imatrix_load
-        entries[name] = ImatrixEntry(sums[name].reshape(c.size, -1).astype(np.float32), c)
-    ds = kvs.get("imatrix.datasets")
-    if ds is not None and not isinstance(ds, list):
-        ds = [str(ds)]
-    chunk_count, chunk_size = kvs.get("imatrix.chunk_count"), kvs.get("imatrix.chunk_size")
-    return ImatrixStats(
-        path,
-        "gguf",
-        entries,
-        None if ds is None else list(ds),
-        None if chunk_count is None else int(chunk_count),
-        None if chunk_size is None else int(chunk_size),
-    )
+            raise FormatError(f"{path}: imatrix entry {quote(name)} has counts but no in_sum2 tensor")
+        s2, c = sums[name], counts[name].reshape(-1)
+        if c.size != s2.shape[0]:
+            raise FormatError(
+                f"{path}: imatrix entry {quote(name)}: {c.size} count(s) for {s2.shape[0]} matrix(es) of "
+                "in_sum2; they must match (ne[1] of both tensors)"
+            )
+        if not np.isfinite(c).all() or (c < 0).any() or (c > 2.0**62).any():
+            raise FormatError(f"{path}: imatrix entry {quote(name)} has a negative or non-finite count")
+        entries[name] = ImatrixEntry(
+            s2.astype(np.float32), np.rint(c).astype(np.int64)
+        )  # lround, as llama.cpp
+    return ImatrixStats(path, "gguf", entries, None if ds is None else list(ds), chunk_count, chunk_size)
 
 
 def _read_dat(path: str) -> ImatrixStats:
@@ -232,17 +249,26 @@ def _read_dat(path: str) -> ImatrixStats:
         name_len = take("<i", f"entry #{i}")
         if name_len <= 0 or pos + name_len > len(buf):
             raise FormatError(f"{path}: entry #{i} has an invalid name length {name_len}")
-        name = buf[pos : pos + name_len].decode("utf-8", errors="replace")
+        try:
+            name = buf[pos : pos + name_len].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(
+                f"{path}: entry #{i}: its name is not UTF-8 (invalid byte at offset {pos + e.start})"
+            ) from None
         pos += name_len
-        ncall, nval = take("<ii", f"entry '{name}'")
+        ncall, nval = take("<ii", f"entry {quote(name)}")
+        if ncall < 0:
+            raise FormatError(f"{path}: entry {quote(name)} has a negative call count {ncall}")
         if nval <= 0 or pos + 4 * nval > len(buf):
-            raise FormatError(f"{path}: entry '{name}' declares {nval} values that do not fit the file")
+            raise FormatError(f"{path}: entry {quote(name)} declares {nval} values that do not fit the file")
         vals = np.frombuffer(buf, np.float32, nval, pos).copy().reshape(1, -1)
         pos += 4 * nval
         entries[name] = ImatrixEntry(vals, np.array([ncall], np.int64))
     chunk_count, datasets = None, None
     if pos + 8 <= len(buf):
         chunk_count = take("<i", "the trailer")
+        if chunk_count < 0:
+            raise FormatError(f"{path}: the trailer's chunk count {chunk_count} is negative")
         dlen = take("<i", "the trailer")
         if 0 <= dlen <= len(buf) - pos:
             datasets = [buf[pos : pos + dlen].decode("utf-8", errors="replace")]

@@ -142,6 +142,47 @@ def typed_kv_variant(key_index: int, value_index: int, drop: bool = False) -> by
     return gguf_bytes(replace_kv(kvs, key, vt, val, at), tensors)
 
 
+def typed_imatrix_variant(key_index: int, value_index: int) -> bytes:
+    """A GGUF imatrix for ``gguf_model`` with one key replaced by an ill-typed value, or one entry made
+    inconsistent (more counts than matrices, a negative or NaN count, a 3-D or F16 tensor, a lone tensor)."""
+    _, tensors = small_llama(width=32, ff=32)
+    names = [name for name, ne, _, _ in tensors if len(ne) == 2]
+    kvs = [
+        ("general.type", V.STRING, "imatrix"),
+        ("imatrix.datasets", V.ARRAY, ["fuzz.txt"], V.STRING),
+        ("imatrix.chunk_count", V.UINT32, 3),
+        ("imatrix.chunk_size", V.UINT32, 64),
+    ]
+    ne0 = {name: ne[0] for name, ne, _, _ in tensors}
+    f32 = 0
+    ts = []
+    for name in names:
+        ts.append((name + ".in_sum2", (ne0[name], 1), f32, np.full(ne0[name], 2.0, np.float32).tobytes()))
+        ts.append((name + ".counts", (1, 1), f32, np.array([4.0], np.float32).tobytes()))
+    n_keys = len(kvs)
+    k = key_index % (n_keys + 6)
+    if k < n_keys:
+        vt, val, at = _TYPED_VALUES[value_index % len(_TYPED_VALUES)]
+        kvs[k] = (kvs[k][0], vt, val, at)
+    else:
+        j = 2 * (value_index % len(names))
+        name, ne, tid, _ = ts[j + 1]
+        if k == n_keys:  # two counts, one matrix of sums
+            ts[j + 1] = (name, (1, 2), tid, np.array([4.0, 4.0], np.float32).tobytes())
+        elif k == n_keys + 1:  # negative count
+            ts[j + 1] = (name, ne, tid, np.array([-4.0], np.float32).tobytes())
+        elif k == n_keys + 2:  # NaN count
+            ts[j + 1] = (name, ne, tid, np.array([np.nan], np.float32).tobytes())
+        elif k == n_keys + 3:  # a 3-D sums tensor
+            sname, sne, stid, sdata = ts[j]
+            ts[j] = (sname, (sne[0], 1, 1), stid, sdata)
+        elif k == n_keys + 4:  # counts stored as F16
+            ts[j + 1] = (name, ne, 1, np.array([4.0], np.float16).tobytes())
+        else:  # a lone in_sum2
+            del ts[j + 1]
+    return gguf_bytes(kvs, ts)
+
+
 # -- seeds --
 
 
