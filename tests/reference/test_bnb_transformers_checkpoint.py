@@ -83,6 +83,19 @@ def test_both_ways(tiny_llama, tmp_path, kind):
     _assert_same_logits(mine, back, ids, kind)
 
 
+def _pin_bnb_4bit_to_float32_path(model):
+    """On AVX512-BF16 CPUs bnb's Linear4bit runs eval without grad as a bf16 GEMM (``has_avx512bf16()``);
+    that path is compared with its own bf16 model in test_bnb_linear4bit.py::test_bf16_eval_kernel. Here
+    the cross-library comparison keeps bnb on its float32 path (dequantize + F.linear), as on other CPUs.
+    Every in_features of the tiny Llama is a multiple of 64, so bnb's AVX-512 dequantization is exact too."""
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            assert m.in_features % 64 == 0
+            m.support_avx512bf16_for_cpu = False
+
+
 def _assert_same_logits(ours, theirs, ids, kind):
     """int8: eval() is LLM.int8 in both, bit-identical (in train() bnb CPU drops the decomposition, edgequant
     keeps it). nf4: train() runs the definition path in both (dropout is 0 here), bit-identical; eval() runs
@@ -96,4 +109,5 @@ def _assert_same_logits(ours, theirs, ids, kind):
         assert torch.equal(ours(ids).logits, theirs(ids).logits)
         ours.eval()
         theirs.eval()
+        _pin_bnb_4bit_to_float32_path(theirs)
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
