@@ -1,6 +1,21 @@
-"""Tiny llama-layout GGUF models built in code for tests (random weights, seeded, no download)."""
+"""Tiny models built in code for tests and examples (random weights, seeded, nothing downloaded).
+
+``write_tiny_llama(path)`` writes a llama-layout GGUF file (``tiny_llama_tensors``: its tensor names and shapes
+in llama.cpp's converter order).
+
+``write_tiny_hf(folder, arch, tokenizer)`` writes a complete Hugging Face model folder as ``save_pretrained``
+does (config.json, model.safetensors, generation_config.json) plus either a byte-level BPE ``tokenizer.json``
+trained with ``tokenizers`` (pre-tokenizer Digits + ByteLevel, SmolLM's, which llama.cpp calls "smollm") or a
+SentencePiece BPE ``tokenizer.model`` trained with ``sentencepiece`` (byte fallback, like Llama 2's), both on
+``TRAIN_TEXT``. Sizes: hidden 256 (a multiple of 256, so K-quants apply without fallback), 2 layers, 4 heads
+(2 KV heads), vocabulary ~384.
+"""
 
 from __future__ import annotations
+
+import io
+import json
+import os
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType as T
@@ -73,3 +88,128 @@ def write_tiny_llama(
         for name, _ in tensors:
             w.write_tensor_data(name, data[name])
     return path
+
+
+TRAIN_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Hello! How are you today? I'm fine, thanks; and you? "
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    "Numbers such as 1234567890 and 3.14159 appear in text, as do words like quantization, model, weight, "
+    "tensor, matrix, llama, token, vocabulary, and edge devices. The capital of France is Paris. "
+)
+SPECIAL_BPE = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_ARCHS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+
+
+def _train_bpe(folder: str, vocab_size: int) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_BPE),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([TRAIN_TEXT] * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+def _train_spm(folder: str, vocab_size: int) -> int:
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAIN_TEXT.split(". ") * 10),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",  # as Llama's tokenizer.model: llama.cpp does not normalize
+        remove_extra_whitespaces=False,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as fh:
+        fh.write(buf.getvalue())
+    cfg = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return sp.vocab_size()
+
+
+def write_tiny_hf(
+    folder: str,
+    arch: str = "llama",
+    tokenizer: str = "bpe",
+    *,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+    dtype: str = "float32",
+    init_std: float = 0.08,
+) -> str:
+    """Write a tiny random ``arch`` (llama, mistral, qwen2) model, ``tokenizer`` bpe or spm, to ``folder``."""
+    import torch
+    import transformers
+
+    os.makedirs(folder, exist_ok=True)
+    n_vocab = _train_bpe(folder, 384) if tokenizer == "bpe" else _train_spm(folder, 384)
+    special = {"bos_token_id": 1, "eos_token_id": 2}
+    config = getattr(transformers, _ARCHS[arch])(
+        vocab_size=n_vocab,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        initializer_range=init_std,
+        tie_word_embeddings=tie_word_embeddings,
+        **special,
+    )
+    config.architectures = [
+        {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}.get(arch, "Qwen2ForCausalLM")
+    ]
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random norms and biases, so a mix-up of them cannot go unnoticed
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.to(getattr(torch, dtype)).save_pretrained(folder, safe_serialization=True)
+    return folder
