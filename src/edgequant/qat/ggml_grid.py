@@ -14,8 +14,9 @@ being the last dim of the flattened ``[out, in]`` weight = GGUF's ne[0]):
 * ``learn_scale=True``: the block scale d (and Q4_1's offset m) are LSQ parameters, initialized by ggml's
   rule and rounded to fp16 in the forward (STE through the rounding); codes q = round(clamp(x/d16, q_min,
   q_max)) (Q4_1: of (x − m16)/d16). The fake weight is q·d16 (+ m16), the same f32 operation ggml's
-  dequantizer does on the stored fp16 fields and codes, so export packs (d16, m16, q) into blocks directly
-  and dequantizes to the same bits.
+  dequantizer does on the stored fp16 fields and codes, so export packs (d16, m16, q) into blocks
+  (``edgequant.gguf.block_fields.pack_blocks``, the layout from the codec registry) and dequantizes to the
+  same bits.
 
 ``CodecQuantizer`` (method ``"codec"``, any edgequant.gguf codec, K-quants included): the forward runs the
 real codec (quantize then dequantize, numpy/numba on CPU), the backward passes the gradient straight through.
@@ -143,6 +144,7 @@ class GGMLGridQuantizer(FakeQuantizer):
     def export_bytes(self, weight: torch.Tensor) -> np.ndarray:
         """GGUF tensor bytes (rows, row_bytes) whose ggml dequantization equals ``self(weight)`` bitwise."""
         from edgequant.gguf import quantize
+        from edgequant.gguf.block_fields import pack_blocks
 
         if not bool(self.initialized):
             self.init_from(self.view(weight.detach()))
@@ -152,24 +154,6 @@ class GGMLGridQuantizer(FakeQuantizer):
             return quantize(rows.cpu().numpy(), self.fmt, threads=1)
         q, d16, m16 = self.learned_fields(self.view(weight.detach()))
         return pack_blocks(self.fmt, q.cpu().numpy(), d16.cpu().numpy(), m16.cpu().numpy())
-
-
-def pack_blocks(fmt: str, q: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
-    """Pack codes ``q`` [rows, nb, 32] (signed grid values) and fp16-exact scales [rows, nb, 1] into blocks.
-
-    Q4_0: fp16 d, then 16 bytes, byte j = (q_j+8) | (q_{j+16}+8) << 4. Q4_1: fp16 d, fp16 m, nibbles of q_j.
-    Q8_0: fp16 d, 32 int8 codes. Little-endian fp16 fields (ggml-quants.md §4.1, 4.2, 4.5).
-    """
-    rows, nb, _ = q.shape
-    d = d16.astype(np.float16).reshape(rows, nb, 1).view(np.uint8)
-    if fmt == "Q8_0":
-        codes = q.astype(np.int8).view(np.uint8)
-        return np.concatenate([d, codes], axis=-1).reshape(rows, nb * 34)
-    c = (q + 8 if fmt == "Q4_0" else q).astype(np.uint8)
-    nibbles = c[..., :16] | (c[..., 16:] << 4)
-    parts = [d] + ([m16.astype(np.float16).reshape(rows, nb, 1).view(np.uint8)] if fmt == "Q4_1" else [])
-    out = np.concatenate([*parts, nibbles], axis=-1)
-    return out.reshape(rows, nb * out.shape[-1])
 
 
 class CodecQuantizer(FakeQuantizer):
