@@ -33,17 +33,25 @@ def _unit_interval(u: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tensor,
     return i, u - i
 
 
-class TanhQuantizer(LSQQuantizer):
+class _SoftRoundQuantizer(LSQQuantizer):
+    """LSQ in eval; in training ``soft_round(clamp(v / s, qmin, qmax)) * s`` with the LSQ step s."""
+
+    def soft_round(self, u: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+        raise NotImplementedError
+
     def fake(self, v):
         if not self.training:
             return super().fake(v)
         qmin, qmax = self.qrange()
         s = grad_scale(self.step, self.grad_factor(v))
-        u = torch.clamp(v / s, qmin, qmax)
+        return self.soft_round(torch.clamp(v / s, qmin, qmax), qmin, qmax) * s
+
+
+class TanhQuantizer(_SoftRoundQuantizer):
+    def soft_round(self, u, qmin, qmax):
         i, f = _unit_interval(u, qmin, qmax)
         k = self.spec.softness
-        phi = i + 0.5 + 0.5 * torch.tanh(k * (f - 0.5)) / math.tanh(k / 2)
-        return phi * s
+        return i + 0.5 + 0.5 * torch.tanh(k * (f - 0.5)) / math.tanh(k / 2)
 
 
 class _SigmoidRound(torch.autograd.Function):
@@ -67,20 +75,16 @@ def sigmoid_round(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return _SigmoidRound.apply(u, p)
 
 
-class SigmoidRoundQuantizer(LSQQuantizer):
+class SigmoidRoundQuantizer(_SoftRoundQuantizer):
     def __init__(self, spec, role, shape, name=""):
         super().__init__(spec, role, shape, name)
         self.sharpness = nn.Parameter(torch.tensor(float(spec.softness)))
 
-    def fake(self, v):
-        if not self.training:
-            return super().fake(v)
-        qmin, qmax = self.qrange()
-        s = grad_scale(self.step, self.grad_factor(v))
-        return sigmoid_round(torch.clamp(v / s, qmin, qmax), self.sharpness) * s
+    def soft_round(self, u, qmin, qmax):
+        return sigmoid_round(u, self.sharpness)
 
 
-class GumbelQuantizer(LSQQuantizer):
+class GumbelQuantizer(_SoftRoundQuantizer):
     def __init__(self, spec, role, shape, name=""):
         super().__init__(spec, role, shape, name)
         self.tau = float(spec.tau0)
@@ -95,14 +99,9 @@ class GumbelQuantizer(LSQQuantizer):
         e = torch.rand(shape, generator=self.generator, dtype=like.dtype, device=like.device)
         return -torch.log(-torch.log(e.clamp(1e-20, 1.0 - 1e-7)))
 
-    def fake(self, v):
-        if not self.training:
-            return super().fake(v)
-        qmin, qmax = self.qrange()
-        s = grad_scale(self.step, self.grad_factor(v))
-        u = torch.clamp(v / s, qmin, qmax)
+    def soft_round(self, u, qmin, qmax):
         i, f = _unit_interval(u, qmin, qmax)
         eps = 1e-6
         logp = torch.stack([torch.log((1 - f).clamp_min(eps)), torch.log(f.clamp_min(eps))], dim=-1)
         w = torch.softmax((logp + self.gumbel_noise(logp.shape, logp)) / self.tau, dim=-1)
-        return (i + w[..., 1]) * s
+        return i + w[..., 1]
