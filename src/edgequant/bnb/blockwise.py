@@ -8,7 +8,9 @@ Two rounding rules (``bnb_cpu_compatible``):
 
 - False (default, the definition; equals bnb's pure-PyTorch kernel and the nearest-code rule its CUDA
   kernels aim at): ``t = clamp(x * (1/absmax), -1, 1)`` (the short tail block divides and stores
-  ``max(absmax, 1e-38)``), code = nearest table value, ties to the lower code.
+  ``max(absmax, 1e-38)``), code = nearest table value, ties to the lower code. An all-zero block stores
+  absmax 0 and code 0, as bnb 0.50.2's CPU kernel does (so a single-block tensor's double quantization
+  has bnb's bytes).
 - True (bnb 0.50.2's native CPU kernel, byte for byte): t is snapped to a 65536-step grid first,
   ``k = floor(((t + 1) * 0.5) * 65535 + 0.5)``, ``g_k = -1 + (2k)/65535`` (float32), and the code is
   the number of midpoints strictly below ``g_k``. The grid has no point at 0, so 0.0 in a non-zero block
@@ -78,7 +80,21 @@ def _quantize_flat(
     else:
         mids = _midpoints(code)
         run_ranges(bnb8.quantize_blockwise_nearest, n_blocks, threads, x, blocksize, mids, q, absmax)
+        _zero_blocks_as_bnb(x, blocksize, q, absmax)
     return q, absmax
+
+
+def _zero_blocks_as_bnb(x: np.ndarray, blocksize: int, q: np.ndarray, absmax: np.ndarray) -> None:
+    """An all-zero block has no scale: store absmax 0 and code 0, as bitsandbytes 0.50.2 does (its native CPU
+    kernel, which bnb runs on CPU; its pure-PyTorch fallback would store 1e-38 for a short tail block and the
+    zero code 127). Most visible in double quantization of a single-block tensor, whose nested input
+    ``absmax - mean(absmax)`` is exactly one zero. Both dequantize to zero (-0.0 here)."""
+    for b in np.flatnonzero(absmax <= np.float32(1e-38)):
+        start = int(b) * blocksize
+        block = x[start : start + blocksize]
+        if not block.any():
+            absmax[b] = 0.0
+            q[start : start + blocksize] = 0
 
 
 def quantize_blockwise(

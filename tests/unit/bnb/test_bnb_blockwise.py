@@ -24,8 +24,12 @@ def test_all_zero_block():
     assert s_def.absmax[0] == 0
     assert s_cpu.absmax[0] == 0
     assert q_cpu.unique().tolist() == [0]
-    assert q_def.unique().tolist() == [127]
+    assert q_def.unique().tolist() == [0]  # as bnb 0.50.2 stores it (issue 17), not the zero code 127
     assert dequantize_blockwise(q_cpu, s_cpu).abs().max() == 0
+    assert dequantize_blockwise(q_def, s_def).abs().max() == 0
+    q_tail, s_tail = quantize_blockwise(torch.zeros(10), blocksize=64)  # a short all-zero block: not 1e-38
+    assert s_tail.absmax.tolist() == [0.0]
+    assert q_tail.unique().tolist() == [0]
 
 
 def test_definition_is_nearest_code_and_modes_rarely_differ():
