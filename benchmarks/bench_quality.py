@@ -25,8 +25,15 @@ Resumable: the F32 file, the imatrix and every finished row are kept in ``--work
 ``$TMPDIR/eq-quality``, state in ``state.json``; the state is only reused with the same ctx/chunks/threads);
 run the same command again after an interruption. ``--fresh`` starts over.
 
-Writes ``benchmarks/results/quality_smollm2.json`` and ``.md``.
-Usage: ``python benchmarks/bench_quality.py [--ctx 256] [--chunks 4] [--ftypes Q4_K_M,Q8_0] [--verify-bytes]``
+``--model reference-lm``: the same table for edgequant's natively-float reference LM
+(``assets/reference-lm``, converted to F32 by ``edgequant.models.convert_hf_to_gguf``), evaluated on held-out
+code (the stdlib packages email, json, http, never trained on) with an imatrix calibrated on training-domain
+code (stdlib modules the model was trained on); see ``benchmarks/reference_lm/corpus.py``.
+
+Writes ``benchmarks/results/quality_smollm2.json`` and ``.md`` (``quality_reference_lm.*`` for the
+reference LM).
+Usage: ``python benchmarks/bench_quality.py [--model smollm2|reference-lm] [--ctx 256] [--chunks 4]
+[--ftypes Q4_K_M,Q8_0] [--verify-bytes]``
 """
 
 from __future__ import annotations
@@ -47,6 +54,64 @@ from _common import machine_info, write_results
 FTYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS"]
 EVAL_TEXT = "/usr/share/common-licenses/GPL-3"
 CALIB_TEXT = "/usr/share/common-licenses/Apache-2.0"
+# training-domain calibration modules of the reference LM (all in its training split)
+REFLM_CALIB_MODULES = ("argparse.py", "collections/__init__.py", "dataclasses.py", "pathlib.py", "shutil.py")
+
+
+def prepare_subject(model: str, work: str) -> dict:
+    """F32 source file, evaluation and calibration texts, and labels for ``model``."""
+    if model == "smollm2":
+        from edgequant.models.packaged import smollm2_gguf_path
+        from edgequant.workflows.dequantize import dequantize_model
+
+        src = smollm2_gguf_path()
+        f32 = os.path.join(work, "SmolLM2-135M-F32.gguf")
+        if not os.path.exists(f32):
+            dequantize_model(src, f32, "f32")
+        return {
+            "f32": f32,
+            "eval_text": EVAL_TEXT,
+            "calib_text": CALIB_TEXT,
+            "results": "quality_smollm2",
+            "title": "SmolLM2-135M",
+            "source": f"{src} (Q4_1) expanded to F32 by edgequant: the base is Q4_1-derived",
+        }
+    import sysconfig
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_lm"))
+    import corpus
+
+    from edgequant.models.convert import convert_hf_to_gguf
+    from edgequant.models.packaged import reference_lm
+
+    src = reference_lm()
+    f32 = os.path.join(work, "reference-lm-F32.gguf")
+    if not os.path.exists(f32):
+        convert_hf_to_gguf(src, f32, "F32", verify=True)
+    eval_text = os.path.join(work, "heldout_code.txt")
+    calib_text = os.path.join(work, "calibration_code.txt")
+    with open(eval_text, "w") as f:
+        f.write(corpus.heldout_code_text())
+    root = sysconfig.get_paths()["stdlib"]
+    parts = []
+    for rel in REFLM_CALIB_MODULES:
+        assert rel in corpus.split()["train"], rel
+        with open(os.path.join(root, rel), encoding="utf-8") as f:
+            parts.append(f.read())
+    with open(calib_text, "w") as f:
+        f.write("\n\n".join(parts))
+    return {
+        "f32": f32,
+        "eval_text": eval_text,
+        "calib_text": calib_text,
+        "results": "quality_reference_lm",
+        "title": "Reference LM (7.2M, natively float)",
+        "source": f"{src} (natively float, F32 safetensors) converted to F32 GGUF by edgequant",
+        "eval_label": "held-out stdlib code (email, json, http packages)",
+        "calib_label": "training-domain stdlib code: " + ", ".join(REFLM_CALIB_MODULES),
+    }
+
+
 KEYS = ("ppl", "mean_kld", "same_top_fraction", "rms_delta_p", "delta_ppl", "model_eval_seconds")
 
 
@@ -60,6 +125,7 @@ def sha(path: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("smollm2", "reference-lm"), default="smollm2")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--calib-ctx", type=int, default=256)
@@ -78,14 +144,12 @@ def main() -> int:
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.eval.text import hf_tokenize, read_text
     from edgequant.gguf.imatrix import load_imatrix
-    from edgequant.models.packaged import smollm2_gguf_path
-    from edgequant.workflows.dequantize import dequantize_model
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     work = args.workdir
     calib = {k: getattr(args, k) for k in ("calib_ctx", "calib_chunks", "threads")}
-    setup = {k: getattr(args, k) for k in ("ctx", "chunks", "threads")}
+    setup = {k: getattr(args, k) for k in ("model", "ctx", "chunks", "threads")}
     state_path = os.path.join(work, "state.json")
     state = {"calib": calib, "setup": setup, "rows": {}, "elapsed_before": 0.0}
     if os.path.exists(state_path) and not args.fresh:
@@ -106,17 +170,15 @@ def main() -> int:
             json.dump(state, f)
         os.replace(state_path + ".tmp", state_path)
 
-    src = smollm2_gguf_path()
-    f32 = os.path.join(work, "SmolLM2-135M-F32.gguf")
-    if not os.path.exists(f32):
-        dequantize_model(src, f32, "f32")
+    subject = prepare_subject(args.model, work)
+    f32, eval_text_path, calib_text_path = subject["f32"], subject["eval_text"], subject["calib_text"]
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     log(f"F32 source ready ({time.perf_counter() - t_start:.0f} s); {len(state['rows'])} rows from before")
 
     # 1. imatrix: edgequant collection vs llama.cpp evaluating the same calibration chunks
     imat = os.path.join(work, "imatrix.gguf")
     if "imatrix" not in state or not os.path.exists(imat):
-        state["imatrix"] = imatrix_speed(args, f32, imat)
+        state["imatrix"] = imatrix_speed(args, f32, imat, calib_text_path)
         save_state()
     imatrix_row = state["imatrix"]
     log(f"imatrix: {imatrix_row}")
@@ -124,13 +186,13 @@ def main() -> int:
 
     # 2. evaluation chunks and base logits (F32), one per backend
     chunking = Chunking(args.ctx, args.chunks)
-    text, _ = read_text(EVAL_TEXT)
+    text, _ = read_text(eval_text_path)
     base_t, tok = load_torch_backend(f32, args.threads)
     hf_tokens, hf_bos = hf_tokenize(tok, text)
     base_l = LlamaCppBackend(f32, args.ctx, args.threads)
     ll_tokens, ll_bos = base_l.tokenize(text)
-    t_chunks = split_chunks(hf_tokens, chunking, hf_bos, EVAL_TEXT)
-    l_chunks = split_chunks(ll_tokens, chunking, ll_bos, EVAL_TEXT)
+    t_chunks = split_chunks(hf_tokens, chunking, hf_bos, eval_text_path)
+    l_chunks = split_chunks(ll_tokens, chunking, ll_bos, eval_text_path)
     same_tokens = hf_tokens.tolist() == ll_tokens.tolist()
     base_t, base_l = CachedLogits(base_t), CachedLogits(base_l)
     f32_t = evaluate_chunks(base_t, t_chunks, chunking)
@@ -143,9 +205,11 @@ def main() -> int:
     def results() -> dict:
         return {
             "machine": machine_info(),
-            "source": f"{src} (Q4_1) expanded to F32 by edgequant: the base is Q4_1-derived",
-            "evaluation_text": EVAL_TEXT,
-            "calibration_text": CALIB_TEXT,
+            "model": args.model,
+            "title": subject["title"],
+            "source": subject["source"],
+            "evaluation_text": subject.get("eval_label", eval_text_path),
+            "calibration_text": subject.get("calib_label", calib_text_path),
             "n_ctx": args.ctx,
             "n_chunks": len(t_chunks),
             "scored_tokens": f32_t["n_scored_tokens"],
@@ -178,7 +242,7 @@ def main() -> int:
             state["rows"][name] = row
             save_state()
             partial = results()
-            write_results("quality_smollm2", partial, markdown(partial))  # the table so far
+            write_results(subject["results"], partial, markdown(partial))  # the table so far
             log(
                 f"{name}: {row['bits_per_weight']:.3f} bpw  ppl {row['edgequant_ppl']:.4f} vs "
                 f"{row['llamacpp_ppl']:.4f} ({100 * row['ppl_rel_diff']:+.3f} %)  KLD "
@@ -187,12 +251,12 @@ def main() -> int:
             )
     base_l.backend.close()
     data = results()
-    write_results("quality_smollm2", data, markdown(data))
+    write_results(subject["results"], data, markdown(data))
     shutil.rmtree(work)
     return 0
 
 
-def imatrix_speed(args, f32: str, imat: str) -> dict:
+def imatrix_speed(args, f32: str, imat: str, calib_path: str) -> dict:
     """Collect the imatrix with edgequant; time llama.cpp evaluating the same calibration chunks."""
     from edgequant.eval import Chunking, split_chunks
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
@@ -200,19 +264,18 @@ def imatrix_speed(args, f32: str, imat: str) -> dict:
     from edgequant.workflows.imatrix import make_imatrix
 
     im = make_imatrix(
-        f32, imat, CALIB_TEXT, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
+        f32, imat, calib_path, n_ctx=args.calib_ctx, n_chunks=args.calib_chunks, threads=args.threads
     )
-    calib_text, _ = read_text(CALIB_TEXT)
+    calib_text, _ = read_text(calib_path)
     ll_f32 = LlamaCppBackend(f32, args.calib_ctx, args.threads)
     ll_tokens, ll_bos = ll_f32.tokenize(calib_text)
-    cchunks = split_chunks(ll_tokens, Chunking(args.calib_ctx, args.calib_chunks), ll_bos, CALIB_TEXT)
+    cchunks = split_chunks(ll_tokens, Chunking(args.calib_ctx, args.calib_chunks), ll_bos, calib_path)
     t0 = time.perf_counter()
     for c in cchunks:
         ll_f32.logits(c, 0, len(c), all_outputs=True)
     ll_calib_s = time.perf_counter() - t0
     ll_f32.close()
     return {
-        "calibration_text": CALIB_TEXT,
         "n_ctx": args.calib_ctx,
         "n_chunks": im["n_chunks"],
         "tokens": im["collected_tokens"],
@@ -274,7 +337,7 @@ def markdown(d: dict) -> str:
     m = d["machine"]
     im = d["imatrix"]
     lines = [
-        "# SmolLM2-135M quality by ftype: edgequant vs llama.cpp",
+        f"# {d.get('title', 'SmolLM2-135M')} quality by ftype: edgequant vs llama.cpp",
         "",
         *(
             []
@@ -282,7 +345,8 @@ def markdown(d: dict) -> str:
             else [f"**Partial run: {len(d['rows'])} of {d['rows_planned']} rows finished.**", ""]
         ),
         f"Commit {m['commit']}, {m['date']}, {m['cpu']}, {d['threads']} threads (shared 2-core machine: "
-        "timings are noisy). Produced by `python benchmarks/bench_quality.py`.",
+        "timings are noisy). Produced by `python benchmarks/bench_quality.py --model "
+        f"{d.get('model', 'smollm2')}`.",
         "",
         f"* Source: {d['source']}.",
         f"* Evaluation text: `{d['evaluation_text']}`, ctx {d['n_ctx']}, {d['n_chunks']} chunks, "

@@ -52,7 +52,9 @@ def test_state_dict_and_forward(fin, fout, quant_type, dq, bnb_paths, fake_torch
     x = torch.randn(3, fin)
     ours.train()
     theirs.train()
-    if not bnb_dequant4bit_is_misindexed((fout, fin), 64, torch.float32, avx512=bnb_paths.dequant4bit_misindexes):
+    if not bnb_dequant4bit_is_misindexed(
+        (fout, fin), 64, torch.float32, avx512=bnb_paths.dequant4bit_misindexes
+    ):
         assert torch.equal(ours(x), theirs(x))
         return
     # bnb's native dequantization misindexes this shape here: it equals edgequant's emulation of the bug,
@@ -71,7 +73,10 @@ def test_misindexing_probe_agrees_with_the_emulation(bnb_paths, fake_torch_avx51
     w = torch.randn(32, 96)
     packed, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
     ours = Linear4bit.from_linear(
-        torch.nn.Linear(96, 32, bias=False), quant_type="nf4", compress_statistics=False, bnb_cpu_compatible=True
+        torch.nn.Linear(96, 32, bias=False),
+        quant_type="nf4",
+        compress_statistics=False,
+        bnb_cpu_compatible=True,
     )
     ours.set_weight(w)
     assert torch.equal(ours.weight.data.reshape(-1), packed.reshape(-1))
@@ -87,10 +92,14 @@ def test_bf16_eval_kernel(quant_type, bnb_paths):
     edgequant's dequantization (the order of the bf16 kernel's float32 sums is not reproducible), and it
     differs from the float32 definition that edgequant's layer computes by bf16 rounding only."""
     if not bnb_paths.eval_4bit_uses_bf16_kernel:
-        pytest.skip("bitsandbytes' bf16 eval kernel runs only on CPUs with AVX512-BF16 (probed: not this one)")
+        pytest.skip(
+            "bitsandbytes' bf16 eval kernel runs only on CPUs with AVX512-BF16 (probed: not this one)"
+        )
     torch.manual_seed(2)
     lin = torch.nn.Linear(256, 64, bias=False)
-    ours = Linear4bit.from_linear(lin, quant_type=quant_type, compress_statistics=False, bnb_cpu_compatible=True)
+    ours = Linear4bit.from_linear(
+        lin, quant_type=quant_type, compress_statistics=False, bnb_cpu_compatible=True
+    )
     theirs = _bnb_layer(lin, quant_type=quant_type, compress_statistics=False)
     ours.eval()
     theirs.eval()
@@ -98,7 +107,9 @@ def test_bf16_eval_kernel(quant_type, bnb_paths):
     with torch.no_grad():
         got = theirs(x)
         exact = ours(x)
-    assert getattr(theirs.weight.quant_state, "packing_format_for_cpu", False), "bnb did not take the bf16 path"
+    assert getattr(theirs.weight.quant_state, "packing_format_for_cpu", False), (
+        "bnb did not take the bf16 path"
+    )
     table = bnb.functional.get_4bit_type(quant_type).float()
     b = ours.weight.data.reshape(-1).to(torch.int64)
     codes = torch.stack([b >> 4, b & 15], dim=1).reshape(64, 256)
