@@ -2,8 +2,9 @@
 
     nice -n 15 .venv/bin/python benchmarks/fuzz_campaign.py --files 100000 --timeout 20
 
-Case ``i`` is a pure function of ``i`` (seeded ``random.Random(i)``: a seed kind, then byte mutations or a
-typed metadata/JSON replacement, see ``edgequant.testing.fuzz``), so a campaign is cumulative: it resumes
+Case ``i`` is a pure function of ``i`` and of this script's version (seeded ``random.Random(i)``: a seed
+kind, then byte mutations or a typed metadata/JSON replacement, see ``edgequant.testing.fuzz``); each run
+records its commit. A campaign is cumulative: it resumes
 from the ``next_case`` recorded in ``benchmarks/results/fuzz.json`` and adds to its counts. Each case runs in
 a child forked from a warmed-up parent (imports done, numba kernels compiled), so that a hang can be killed
 (``--timeout`` seconds, counted as a hang) and the child's own peak RSS read (``wait4``). Outcomes:
@@ -45,7 +46,8 @@ KINDS = (
     ("gguf_model", 26),
     ("gguf_model/typed", 10),
     ("gguf_types", 14),
-    ("imatrix_gguf", 10),
+    ("imatrix_gguf", 7),
+    ("imatrix_gguf/typed", 4),
     ("imatrix_dat", 8),
     ("safetensors", 9),
     ("safetensors/typed", 4),
@@ -65,6 +67,8 @@ def make_case(i: int) -> tuple[str, bytes]:
     kind = label.split("/")[0]
     if label == "gguf_model/typed":
         return kind, fuzz.typed_kv_variant(rng.randrange(1000), rng.randrange(1000), rng.random() < 0.1)
+    if label == "imatrix_gguf/typed":
+        return kind, fuzz.typed_imatrix_variant(rng.randrange(1000), rng.randrange(1000))
     if label.endswith("/typed"):
         return kind, fuzz.typed_json_variant(kind, rng.randrange(1000), rng.randrange(1000))
     ops = [
@@ -221,7 +225,9 @@ def save(state: dict, path_json: str) -> None:
         "",
         "Runs: "
         + "; ".join(
-            f"{r['started']}: cases {r['from']}..{r['to'] - 1} in {r['seconds']:.0f} s" for r in state["runs"]
+            f"{r['started']} (commit {r.get('commit', '?')}): cases {r['from']}..{r['to'] - 1} in "
+            f"{r['seconds']:.0f} s"
+            for r in state["runs"]
         ),
         "",
     ]
@@ -254,6 +260,7 @@ def main() -> int:
     base = tempfile.mkdtemp(prefix="edgequant-fuzz-")
     run = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": state["machine"]["commit"],
         "from": state["next_case"],
         "to": state["next_case"],
         "seconds": 0.0,
