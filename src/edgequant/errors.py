@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class EdgequantError(Exception):
-    """Base class of every error edgequant raises on purpose."""
+    """Base class of every error edgequant raises on purpose.
+
+    ``option``: the library parameter at fault (``"allow_requantize"``, ``"outtype"``...) when the message
+    names one, so that a front end can show its own spelling of it (the CLI's ``--allow-requantize``).
+    """
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ConfigError(EdgequantError, ValueError):

@@ -95,6 +95,11 @@ def test_dequantize_to_gguf_and_safetensors(tiny, tmp_path):
         (["quantize", "{tiny}", "{out}", "IQ2_XXS"], "IQ1/IQ2/IQ3"),
         (["quantize", "--output-tensor-type", "q4_k_m", "{tiny}", "{out}", "Q4_0"], "is a file mixture"),
         (["quantize", "--token-embedding-type", "q6_k", "{bad_width}", "{out}", "Q4_0"], "not a multiple"),
+        (
+            ["quantize", "--token-embedding-type", "q6_k", "{bad_width}", "{out}", "Q4_0"],
+            "--token-embedding-type q6_k",
+        ),
+        (["quantize", "{quantized}", "{out}", "Q8_0"], "set --allow-requantize to do it anyway"),
         (["quantize", "{missing}", "{out}", "Q4_0"], "No such file"),
         (["quantize", "{tiny}", "/nonexistent-dir/out.gguf", "Q4_0"], "does not exist"),
         (["quantize", "{truncated}", "{out}", "Q4_0"], "truncated"),
@@ -121,7 +126,12 @@ def test_bad_input_one_line_error_nonzero_exit_no_output(tiny, tmp_path, args, w
         "not_gguf": tmp_path / "zip.gguf",
         "nan": write_tiny_llama(str(tmp_path / "nan.gguf"), poison=("blk.1.attn_q.weight", 7)),
         "bad_width": write_tiny_llama(str(tmp_path / "w.gguf"), width=288, ff=320),
+        "quantized": tmp_path / "q.gguf",
     }
+    if "{quantized}" in args:
+        from edgequant.workflows.quantize import quantize_model
+
+        quantize_model(tiny, paths["quantized"], "Q4_0")
     proc = run(*[a.format(**paths) for a in args], check=False)
     assert proc.returncode == 1
     assert words in proc.stderr

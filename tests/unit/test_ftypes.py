@@ -5,7 +5,8 @@ from collections import Counter
 import pytest
 
 from edgequant.errors import ConfigError, UnsupportedTypeError
-from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype, use_more_bits
+from edgequant.gguf.ftypes import FType, ModelInfo, QuantizeOptions, parse_ftype
+from edgequant.gguf.type_rules import choose_types, use_more_bits
 
 
 def llama_like(n_layer, d_model, d_ff, tied):
@@ -45,7 +46,9 @@ def test_use_more_bits_matches_spec_examples(n, layers):
 
 def test_smollm2_q4_k_m_type_counts_match_llama_cpp():
     # llamacpp.md: the Q4_K_M file llama.cpp writes for SmolLM2-135M has F32 61, Q5_0 166, Q4_K 16, Q6_K 14, Q8_0 15.
-    choices = choose_types(llama_like(30, 576, 1536, tied=True), "Q4_K_M", SMOL, QuantizeOptions(), False)
+    choices = choose_types(
+        llama_like(30, 576, 1536, tied=True), FType.parse("Q4_K_M"), SMOL, QuantizeOptions(), False
+    )
     counts = Counter(c.new_type for c in choices)
     assert counts == {"F32": 61, "Q5_0": 166, "Q4_K": 16, "Q6_K": 14, "Q8_0": 15}
     assert sum(c.fallback_from is not None for c in choices) == 180  # llamacpp.md: 180 fallback tensors
@@ -56,7 +59,7 @@ def test_llama3_8b_like_q4_k_m_worked_example():
     choices = {
         c.name: c.new_type
         for c in choose_types(
-            llama_like(32, 4096, 14336, tied=False), "Q4_K_M", model, QuantizeOptions(), False
+            llama_like(32, 4096, 14336, tied=False), FType.parse("Q4_K_M"), model, QuantizeOptions(), False
         )
     }
     more = {0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31}
@@ -73,7 +76,9 @@ def test_llama3_8b_like_q4_k_m_worked_example():
 def test_output_order_is_layer_then_bytewise_name():
     names = [
         c.name
-        for c in choose_types(llama_like(12, 256, 512, tied=True), "Q8_0", SMOL, QuantizeOptions(), False)
+        for c in choose_types(
+            llama_like(12, 256, 512, tied=True), FType.parse("Q8_0"), SMOL, QuantizeOptions(), False
+        )
     ]
     assert names[:2] == ["output_norm.weight", "token_embd.weight"]
     assert names.index("blk.2.attn_k.weight") < names.index("blk.10.attn_k.weight")
@@ -88,7 +93,9 @@ def test_overrides_precedence_and_pure():
         token_embedding_type="F16",
         tensor_types=(("attn_v", "Q8_0"), ("blk\\.0\\.", "Q2_K")),
     )
-    got = {c.name: c for c in choose_types(ts, "Q4_K_M", ModelInfo("llama", 4, 8, 2), opts, False)}
+    got = {
+        c.name: c for c in choose_types(ts, FType.parse("Q4_K_M"), ModelInfo("llama", 4, 8, 2), opts, False)
+    }
     assert got["output.weight"].new_type == "Q8_0"
     assert got["token_embd.weight"].new_type == "F16"
     assert got["blk.0.attn_v.weight"].new_type == "Q8_0"  # first matching pattern wins
@@ -100,7 +107,7 @@ def test_q4_0_with_imatrix_upgrades_first_eighth_of_ffn_down():
     ts = llama_like(16, 512, 1024, tied=False)
     got = {
         c.name: c.new_type
-        for c in choose_types(ts, "Q4_0", ModelInfo("llama", 16, 8, 8), QuantizeOptions(), True)
+        for c in choose_types(ts, FType.parse("Q4_0"), ModelInfo("llama", 16, 8, 8), QuantizeOptions(), True)
     }
     assert [got[f"blk.{i}.ffn_down.weight"] for i in range(3)] == ["Q4_1", "Q4_1", "Q4_0"]
     assert got["output.weight"] == "Q6_K"
@@ -109,7 +116,7 @@ def test_q4_0_with_imatrix_upgrades_first_eighth_of_ffn_down():
 def test_fallback_to_f16_when_row_length_fits_no_block():
     got = choose_types(
         [("blk.0.ffn_down.weight", (100, 64), "F32")],
-        "Q4_K_M",
+        FType.parse("Q4_K_M"),
         ModelInfo("llama", 1, 1, 1),
         QuantizeOptions(),
         False,

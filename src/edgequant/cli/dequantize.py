@@ -32,10 +32,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.workflows.dequantize import dequantize_model
 
-    with tensor_progress(f"dequantize → {os.path.basename(args.dst)}") as advance:
+    with tensor_progress(f"dequantize → {os.path.basename(args.dst)}") as advance, flag_names():
         rep = dequantize_model(args.src, args.dst, args.outtype, on_tensor=advance)
     if args.json:
         print(dumps(rep))

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+from edgequant.cli.flags import flag_names
 from edgequant.cli.progress import tensor_progress
 from edgequant.core.text import dumps, quote
 from edgequant.errors import ConfigError
@@ -161,7 +162,8 @@ def run(args) -> int:
     if args.dry_run:
         from edgequant.workflows.quantize import plan_model
 
-        plan = plan_model(src, ftype, imatrix=imatrix, options=opts)
+        with flag_names():
+            plan = plan_model(src, ftype, imatrix=imatrix, options=opts)
         if args.json:
             print(dumps(plan))
         else:
@@ -169,7 +171,7 @@ def run(args) -> int:
 
             print_plan(plan)
         return 0
-    with tensor_progress(f"quantize → {os.path.basename(dst)}") as advance:
+    with tensor_progress(f"quantize → {os.path.basename(dst)}") as advance, flag_names():
         report = quantize_model(
             src,
             dst,

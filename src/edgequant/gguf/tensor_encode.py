@@ -2,7 +2,8 @@
 
 - ``tensor_rows_f32``: a stored tensor widened to float32 rows (NaN/Inf refused);
 - ``imatrix_for_tensor``: a tensor's importance vector, its length checked;
-- ``encode_tensor``: rows quantized (one imatrix slice per expert of a 3-D tensor), fp16-scale overflow refused;
+- ``encode_tensor``: rows quantized (one imatrix slice per expert of a 3-D tensor), fp16 scale overflow
+  refused;
 - ``add_imatrix_kvs``: llama-quantize's imatrix provenance keys.
 """
 
@@ -74,8 +75,9 @@ def encode_tensor(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, thread
         if bad.size:
             raise NonFiniteError(
                 f"tensor '{t.name}': {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 scale of "
-                f"{new_type} (|w| too large); llama.cpp rejects such data too. Use --tensor-type "
-                f"'{t.name}=f16' (or q8_0) for this tensor"
+                f"{new_type} (|w| too large); llama.cpp rejects such data too. Give this tensor another "
+                f"type with a tensor_types override such as '{t.name}=f16' (or q8_0)",
+                option="tensor_types",
             )
     return out
 

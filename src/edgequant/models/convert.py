@@ -8,7 +8,7 @@ permuted for llama/mistral (:mod:`edgequant.models.architectures`), ``lm_head`` 
 embeddings are tied.
 
 Types: the file is what ``convert_hf_to_gguf.py --outtype f32`` followed by ``llama-quantize FTYPE`` would
-give: every tensor goes through ``ftypes.choose_types`` (llama-quantize's mixtures, fallbacks, imatrix)
+give: every tensor goes through ``type_rules.choose_types`` (llama-quantize's mixtures, fallbacks, imatrix)
 and the codecs, in llama.cpp's sorted tensor order, and for a quantized ftype the KV layout is
 llama-quantize's (``general.quantization_version``, ``general.file_type`` and the imatrix keys last).
 For F16/BF16 that equals the converter's own ``--outtype`` (2-D weights in F16/BF16, 1-D tensors F32).
@@ -28,9 +28,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from edgequant.gguf.codecs import get_codec
-from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
+from edgequant.gguf.ftypes import FType, ModelInfo, QuantizeOptions
 from edgequant.gguf.imatrix import Imatrix, load_imatrix
 from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
+from edgequant.gguf.type_rules import choose_types
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 from edgequant.models.architectures import arch_from_config, permute_qk
 from edgequant.models.convert_plan import expected_shapes, gguf_metadata, map_names
@@ -76,7 +77,8 @@ def convert_hf_to_gguf(
     """
     t0 = time.perf_counter()
     src, dst = os.fspath(hf_dir), os.fspath(out_path)
-    ftype, ftype_id = parse_ftype(outtype)
+    ft = FType.parse(outtype)
+    ftype, ftype_id = ft.name, ft.id
     check_writable(dst)
     if isinstance(imatrix, (str, os.PathLike)):
         imatrix = load_imatrix(imatrix)
@@ -96,7 +98,7 @@ def convert_hf_to_gguf(
         )
         listing = [(g, tuple(reversed(ckpt.shape(h))), "F32") for g, h in names.items()]
         qmap = imatrix.entries if imatrix is not None else {}
-        choices = choose_types(listing, ftype, info, options or QuantizeOptions(), has_imatrix=bool(qmap))
+        choices = choose_types(listing, ft, info, options or QuantizeOptions(), has_imatrix=bool(qmap))
         tmp = _temp_name(dst)
         counts: dict[str, int] = {}
         try:

@@ -16,8 +16,8 @@ from gguf.constants import GGUFValueType
 
 from edgequant.errors import ConfigError
 from edgequant.gguf.codecs import dequantize, get_codec
-from edgequant.gguf.ftypes import ggml_n_dims
 from edgequant.gguf.reader import GGUFFile
+from edgequant.gguf.type_rules import ggml_n_dims
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 from edgequant.models.safetensors import SafetensorsStreamWriter
 
@@ -45,7 +45,7 @@ def dequantize_model(
     src, dst = os.fspath(src), os.fspath(dst)
     outtype = outtype.lower()
     if outtype not in ("f32", "f16"):
-        raise ConfigError(f"--outtype must be f32 or f16, got '{outtype}'")
+        raise ConfigError(f"outtype must be f32 or f16, got '{outtype}'", option="outtype")
     if not dst.endswith((".gguf", ".safetensors")):
         raise ConfigError(f"output {dst}: give a .gguf or .safetensors file name")
     check_writable(dst)

@@ -21,11 +21,12 @@ from gguf.constants import GGUFValueType
 
 from edgequant.errors import ConfigError
 from edgequant.gguf.codecs import dequantize, get_codec
-from edgequant.gguf.ftypes import ModelInfo, QuantizeOptions, choose_types, parse_ftype
+from edgequant.gguf.ftypes import FType, ModelInfo, QuantizeOptions
 from edgequant.gguf.imatrix import Imatrix
 from edgequant.gguf.metadata import Metadata
 from edgequant.gguf.reader import GGUFFile
 from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
+from edgequant.gguf.type_rules import choose_types
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 
 GGML_QNT_VERSION = 2
@@ -109,7 +110,7 @@ def model_info(meta: Metadata) -> ModelInfo:
 def quantize_model(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    ftype: str | int,
+    ftype: str | int | FType,
     *,
     imatrix: Imatrix | None = None,
     options: QuantizeOptions | None = None,
@@ -126,23 +127,23 @@ def quantize_model(
     ``dst`` cannot be written. On any error or interrupt no file is left at ``dst``.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    ftype_name, ftype_id = parse_ftype(ftype)
+    ft = FType.parse(ftype)
     opts = options or QuantizeOptions()
     check_writable(dst)
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ConfigError(f"output {dst} is the input file; choose another output path")
     t_start = time.perf_counter()
-    report = QuantizeReport(src, dst, ftype_name, ftype_id)
+    report = QuantizeReport(src, dst, ft.name, ft.id)
     with GGUFFile(src) as reader:
         info = model_info(reader.meta)
-        plan = _plan(reader, src, ftype_name, info, imatrix, opts, allow_requantize)
+        plan = _plan(reader, src, ft, info, imatrix, opts, allow_requantize)
         with GGUFStreamWriter(dst) as w:
             for key, rec in reader.kvs.items():
                 if key in _SPLIT_KEYS or key in ("general.quantization_version", "general.file_type"):
                     continue
                 w.add_kv(key, rec.vtype, rec.value, rec.array_type)
             w.add_kv("general.quantization_version", GGUFValueType.UINT32, GGML_QNT_VERSION)
-            w.add_kv("general.file_type", GGUFValueType.UINT32, ftype_id)
+            w.add_kv("general.file_type", GGUFValueType.UINT32, ft.id)
             if imatrix is not None:
                 add_imatrix_kvs(w, imatrix)
             for t, c, requant, _ in plan:
@@ -191,7 +192,7 @@ def quantize_model(
 def _plan(
     reader: GGUFFile,
     src: str,
-    ftype: str,
+    ftype: FType,
     info: ModelInfo,
     imatrix: Imatrix | None,
     opts: QuantizeOptions,
@@ -210,7 +211,8 @@ def _plan(
         if requant and t.type_name not in _FLOAT_TYPES and not allow_requantize:
             raise ConfigError(
                 f"{src}: tensor '{t.name}' is {t.type_name}; requantizing from it is disabled "
-                "(it loses quality); pass --allow-requantize to do it anyway"
+                "(it loses quality); set allow_requantize to do it anyway",
+                option="allow_requantize",
             )
         qw = imatrix_for_tensor(qmap, t) if requant else None
         plan.append((t, c, requant, qw))
@@ -219,17 +221,17 @@ def _plan(
 
 def plan_model(
     src: str | os.PathLike,
-    ftype: str | int,
+    ftype: str | int | FType,
     *,
     imatrix: Imatrix | None = None,
     options: QuantizeOptions | None = None,
 ) -> list[dict]:
     """What ``quantize_model`` would do to every tensor (``--dry-run``), without encoding anything."""
     src = os.fspath(src)
-    ftype_name, _ = parse_ftype(ftype)
+    ft = FType.parse(ftype)
     with GGUFFile(src) as reader:
         info = model_info(reader.meta)
-        plan = _plan(reader, src, ftype_name, info, imatrix, options or QuantizeOptions(), True)
+        plan = _plan(reader, src, ft, info, imatrix, options or QuantizeOptions(), True)
         out = []
         for t, c, requant, qw in plan:
             new = get_codec(c.new_type) if requant else None

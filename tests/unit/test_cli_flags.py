@@ -1,0 +1,40 @@
+"""Library errors name library options; the CLI shows its flags instead (``cli/flags.py``)."""
+
+import pytest
+
+from edgequant.cli.flags import flag_names, with_flag_names
+from edgequant.errors import ConfigError, NonFiniteError
+
+
+def test_option_is_renamed_to_its_flag_and_the_type_is_kept():
+    e = with_flag_names(ConfigError("outtype must be f32 or f16, got 'x'", option="outtype"))
+    assert type(e) is ConfigError
+    assert str(e) == "--outtype must be f32 or f16, got 'x'"
+    assert e.option == "outtype"
+    e = with_flag_names(NonFiniteError("use a tensor_types override 'w=f16'", option="tensor_types"))
+    assert type(e) is NonFiniteError
+    assert "--tensor-type override" in str(e)
+
+
+def test_errors_without_a_known_option_pass_unchanged():
+    plain = ConfigError("no option here")
+    assert with_flag_names(plain) is plain
+    unknown = ConfigError("threads=0", option="threads")
+    assert with_flag_names(unknown) is unknown
+
+
+def test_flag_names_reraises_renamed():
+    with pytest.raises(ConfigError, match="set --allow-requantize to do it"), flag_names():
+        raise ConfigError("disabled; set allow_requantize to do it anyway", option="allow_requantize")
+
+
+def test_library_requantize_error_names_the_parameter(tmp_path):
+    from edgequant.testing.tiny import write_tiny_llama
+    from edgequant.workflows.quantize import quantize_model
+
+    src = str(tmp_path / "q.gguf")
+    quantize_model(write_tiny_llama(str(tmp_path / "f32.gguf")), src, "Q4_0")
+    with pytest.raises(ConfigError, match="set allow_requantize") as info:
+        quantize_model(src, tmp_path / "out.gguf", "Q8_0")
+    assert info.value.option == "allow_requantize"
+    assert "--" not in str(info.value)
