@@ -45,8 +45,7 @@ def run(args) -> int:
         f"{s['n_tensors']} tensors, {s['n_params']:,} parameters, {s['bits_per_weight']:.3f} bits/weight; "
         "types: " + ", ".join(f"{k} {v}" for k, v in sorted(s["type_counts"].items()))
     )
-    for problem in s["problems"]:
-        console.print(f"[yellow]warning:[/yellow] {safe(problem)}")
+
     if s["n_fallback"]:
         console.print(
             f"[yellow]{s['n_fallback']} tensors fell back[/yellow] (row length not a multiple of 256)"

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 
-from edgequant.errors import FormatError
 from edgequant.gguf.ftypes import FTYPE_NAMES_BY_ID, FTYPES
 from edgequant.gguf.reader import Array, GGUFFile
 
@@ -42,27 +41,19 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
     IQ4_XS), the tensor's row length is not a multiple of 256, and its type is one llama.cpp falls back
     to (Q4_0, Q5_0, Q5_1, Q8_0, IQ4_NL, F16): the rule of llama-quantize's ``tensor_type_fallback``.
 
-    A well-known key holding a value of the wrong type (``general.file_type`` as a string, NaN...) does not
-    stop the summary: the field is None and ``problems`` holds the reader's one-line message for it.
-    Values may hold non-finite floats: print with ``edgequant.core.text.dumps`` for strict JSON.
+    Well-known keys are read through the typed getters: ``general.file_type`` that is not an integer
+    (a string, NaN, an array...) or ``general.architecture`` / ``general.name`` that is not a string raise a
+    FormatError naming the key. Other values may hold non-finite floats: print with
+    ``edgequant.core.text.dumps`` for strict JSON.
     """
     path = os.fspath(path)
     with GGUFFile(path) as r:
         kv = {k: v.value for k, v in r.kvs.items()}
-        problems: list[str] = []
-
-        def typed(getter, key, **kw):
-            try:
-                return getter(key, None, **kw)
-            except FormatError as e:
-                problems.append(str(e))
-                return None
-
-        ftype_id = typed(r.meta.get_int, "general.file_type", min=0, max=2**32 - 1)
+        ftype_id = r.meta.get_int("general.file_type", None, min=0, max=2**32 - 1)
         ftype = FTYPE_NAMES_BY_ID.get(ftype_id) if ftype_id is not None else None
         default = FTYPES[ftype][1] if ftype else None
-        architecture = typed(r.meta.get_str, "general.architecture")
-        name = typed(r.meta.get_str, "general.name")
+        architecture = r.meta.get_str("general.architecture", None)
+        name = r.meta.get_str("general.name", None)
         tensors, counts, n_params, n_bytes, n_fallback = [], {}, 0, 0, 0
         for t in r.tensors:
             fb = bool(
@@ -105,5 +96,4 @@ def summarize(path: str | os.PathLike, full_arrays: bool = False) -> dict:
             "n_fallback": n_fallback,
             "metadata": {k: (_full(v) if full_arrays else _short(v)) for k, v in kv.items()},
             "tensors": tensors,
-            "problems": problems,
         }
