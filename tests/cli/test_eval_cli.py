@@ -109,3 +109,13 @@ def test_text_too_short_is_one_clear_line(tiny, tmp_path):
     assert p.returncode == 1
     assert "tokenizes to" in p.stderr
     assert not os.path.exists(tmp_path / "x.gguf")
+
+
+def test_bad_chunking_names_the_flags(tiny, tmp_path):
+    model, text, _ = tiny
+    p = run("perplexity", model, "-f", text, "--ctx", 2, check=False)
+    assert p.returncode == 1
+    assert "--ctx must be an integer >= 4" in p.stderr
+    p = run("imatrix", model, "-f", text, "-o", tmp_path / "x.gguf", "--ctx", 32, "--chunks", 0, check=False)
+    assert p.returncode == 1
+    assert "--chunks must be a positive integer" in p.stderr

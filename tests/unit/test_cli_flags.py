@@ -38,3 +38,13 @@ def test_library_requantize_error_names_the_parameter(tmp_path):
         quantize_model(src, tmp_path / "out.gguf", "Q8_0")
     assert info.value.option == "allow_requantize"
     assert "--" not in str(info.value)
+
+
+def test_only_whole_words_are_renamed_and_overrides_win():
+    e = ConfigError("/data/n_ctx/x.txt: n_ctx must be an integer >= 4", option="n_ctx")
+    assert str(with_flag_names(e)) == "/data/n_ctx/x.txt: --ctx must be an integer >= 4"
+    assert str(with_flag_names(e, {"n_ctx": "--quality-ctx"})).endswith(
+        "--quality-ctx must be an integer >= 4"
+    )
+    e = ConfigError("not written. Re-run with verify=False to keep it", option="verify=False")
+    assert str(with_flag_names(e)) == "not written. Re-run with --no-verify to keep it"

@@ -39,10 +39,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.models.convert import convert_hf_to_gguf
 
-    with tensor_progress(f"convert → {os.path.basename(args.dst)}") as advance:
+    with tensor_progress(f"convert → {os.path.basename(args.dst)}") as advance, flag_names():
         res = convert_hf_to_gguf(
             args.src,
             args.dst,

@@ -58,6 +58,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
     from edgequant.workflows.demo import QualityOptions, run_demo
@@ -69,15 +70,18 @@ def run(args) -> int:
                 f"{e['seconds']:.1f} s); quantizing with {e['threads']} thread(s)"
             )
 
-    res = run_demo(
-        args.model,
-        [f for f in args.ftypes.split(",") if f.strip()],
-        threads=args.threads,
-        workdir=args.workdir,
-        quality=None if args.no_quality else QualityOptions(args.text, args.quality_ctx, args.quality_chunks),
-        progress=tensor_progress,
-        on_expanded=expanded,
-    )
+    with flag_names(n_ctx="--quality-ctx", n_chunks="--quality-chunks"):
+        res = run_demo(
+            args.model,
+            [f for f in args.ftypes.split(",") if f.strip()],
+            threads=args.threads,
+            workdir=args.workdir,
+            quality=None
+            if args.no_quality
+            else QualityOptions(args.text, args.quality_ctx, args.quality_chunks),
+            progress=tensor_progress,
+            on_expanded=expanded,
+        )
     src, threads, rows, qinfo = res["model"], res["threads"], res["results"], res["quality"]
     if args.json:
         print(json.dumps({"model": src, "threads": threads, "results": rows, "quality": qinfo}, indent=1))

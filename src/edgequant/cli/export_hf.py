@@ -34,10 +34,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.models.export import export_hf
 
-    with tensor_progress(f"export-hf → {os.path.basename(os.path.abspath(args.dst))}") as advance:
+    with (
+        tensor_progress(f"export-hf → {os.path.basename(os.path.abspath(args.dst))}") as advance,
+        flag_names(),
+    ):
         res = export_hf(args.src, args.dst, args.dtype, on_tensor=advance)
     if args.json:
         print(dumps(res.__dict__))

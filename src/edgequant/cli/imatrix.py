@@ -55,6 +55,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
     from edgequant.errors import ConfigError
@@ -63,7 +64,7 @@ def run(args) -> int:
     if args.model is None and not args.in_file:
         raise ConfigError("give a MODEL to collect from, or --in-file files to merge")
 
-    with tensor_progress("collect") as advance:
+    with tensor_progress("collect") as advance, flag_names():
         res = make_imatrix(
             args.model,
             args.output,

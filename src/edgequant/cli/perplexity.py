@@ -54,11 +54,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.cli.tables import console
     from edgequant.eval.scoring import perplexity
 
-    with tensor_progress("evaluate", disable=False) as advance:
+    with tensor_progress("evaluate", disable=False) as advance, flag_names():
         res = perplexity(
             args.model,
             args.file,

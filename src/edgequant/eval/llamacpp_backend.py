@@ -38,7 +38,8 @@ class LlamaCppBackend:
             import llama_cpp
         except Exception as e:
             raise ConfigError(
-                f"--backend llama.cpp needs llama-cpp-python, which cannot be imported here ({e})"
+                f"backend llama.cpp needs llama-cpp-python, which cannot be imported here ({e})",
+                option="backend",
             ) from None
         self._lc = llama_cpp
         self.path = os.fspath(path)

@@ -132,7 +132,9 @@ def open_backend(
         from edgequant.eval.llamacpp_backend import LlamaCppBackend
 
         if os.path.isdir(path):
-            raise ConfigError(f"--backend llama.cpp needs a GGUF file, {path} is a folder; convert it first")
+            raise ConfigError(
+                f"backend llama.cpp needs a GGUF file, {path} is a folder; convert it first", option="backend"
+            )
         b = LlamaCppBackend(path, n_ctx, threads or 2)
         return b, b.tokenize
     raise ConfigError(f"unknown backend '{backend}' (choose one of {', '.join(BACKENDS)})")

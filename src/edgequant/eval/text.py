@@ -50,9 +50,11 @@ class Chunking:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_ctx, int) or self.n_ctx < 4:
-            raise ConfigError(f"--ctx must be an integer >= 4, got {self.n_ctx!r}")
+            raise ConfigError(f"n_ctx must be an integer >= 4, got {self.n_ctx!r}", option="n_ctx")
         if self.n_chunks is not None and (not isinstance(self.n_chunks, int) or self.n_chunks < 1):
-            raise ConfigError(f"--chunks must be a positive integer, got {self.n_chunks!r}")
+            raise ConfigError(
+                f"n_chunks must be a positive integer, got {self.n_chunks!r}", option="n_chunks"
+            )
 
     @property
     def first_scored(self) -> int:

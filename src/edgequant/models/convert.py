@@ -100,25 +100,9 @@ def convert_hf_to_gguf(
         qmap = imatrix.entries if imatrix is not None else {}
         choices = choose_types(listing, ft, info, options or QuantizeOptions(), has_imatrix=bool(qmap))
         tmp = _temp_name(dst)
-        counts: dict[str, int] = {}
         try:
             with GGUFStreamWriter(tmp) as w:
-                for k in kvs:
-                    w.add_kv(k.name, k.vtype, k.value, k.array_type)
-                if imatrix is not None:
-                    add_imatrix_kvs(w, imatrix)
-                for c in choices:
-                    ne = tuple(reversed(ckpt.shape(names[c.name])))
-                    codec = get_codec(c.new_type)
-                    rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
-                    w.add_tensor_info(c.name, ne, codec.type_id, codec.row_bytes(ne[0]) * rows)
-                w.write_header()
-                for i, c in enumerate(choices):
-                    out = _encode_tensor(ckpt, names[c.name], c, hp, spec, qmap, threads)
-                    w.write_tensor_data(c.name, out)
-                    counts[c.new_type] = counts.get(c.new_type, 0) + 1
-                    if on_tensor:
-                        on_tensor(i, len(choices), c.name)
+                counts = _write(w, kvs, imatrix, choices, ckpt, names, spec, threads, on_tensor)
             verification = None
             if verify:
                 from edgequant.models.verify import verify_conversion
@@ -142,6 +126,30 @@ def convert_hf_to_gguf(
         counts,
         verification,
     )
+
+
+def _write(
+    w: GGUFStreamWriter, kvs, imatrix, choices, ckpt, names, spec, threads, on_tensor
+) -> dict[str, int]:
+    """Metadata, tensor infos, then every tensor encoded in order; returns the count of each tensor type."""
+    for k in kvs:
+        w.add_kv(k.name, k.vtype, k.value, k.array_type)
+    if imatrix is not None:
+        add_imatrix_kvs(w, imatrix)
+    for c in choices:
+        ne = tuple(reversed(ckpt.shape(names[c.name])))
+        codec = get_codec(c.new_type)
+        rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+        w.add_tensor_info(c.name, ne, codec.type_id, codec.row_bytes(ne[0]) * rows)
+    w.write_header()
+    qmap = imatrix.entries if imatrix is not None else {}
+    counts: dict[str, int] = {}
+    for i, c in enumerate(choices):
+        w.write_tensor_data(c.name, _encode_tensor(ckpt, names[c.name], c, ckpt.config, spec, qmap, threads))
+        counts[c.new_type] = counts.get(c.new_type, 0) + 1
+        if on_tensor:
+            on_tensor(i, len(choices), c.name)
+    return counts
 
 
 def _temp_name(dst: str) -> str:

@@ -64,7 +64,7 @@ def export_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: s
     src, out_dir = os.fspath(gguf_path), os.fspath(out_dir)
     key = dtype.lower()
     if key not in _DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'", option="dtype")
     st_dtype = _DTYPES[key]
     with GGUFFile(src) as reader:
         kv = gguf_kv(reader)

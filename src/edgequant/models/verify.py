@@ -126,6 +126,7 @@ def verify_conversion(hf_dir: str, gguf_path: str, ftype: str) -> dict:
                 f"{gguf_path}: llama.cpp's logits disagree with {name}: max |Δ| {which['max_abs_diff']:.4g} "
                 f"(relative {which['rel_diff']:.4g}, tolerance {tol} for {ftype}), top-1 agreement "
                 f"{which['top1_agreement']:.3f} (minimum {MIN_TOP1}); the file was not written. Re-run with "
-                "--no-verify to keep it for inspection"
+                "verify=False to keep it for inspection",
+                option="verify=False",
             )
     return report

@@ -54,41 +54,13 @@ def make_imatrix(
         datasets += ds
     summary = {"output": out_path, "format": fmt, "n_ctx": n_ctx, "in_files": list(in_files or [])}
     if model_path is not None:
-        import torch
-
-        from edgequant.models import load_causal_lm
-
         model_path = os.fspath(model_path)
-        if not os.path.exists(model_path):
-            raise ConfigError(f"model {model_path} does not exist")
-        text, text_path = read_text(text_path)
-        if threads:
-            torch.set_num_threads(int(threads))
-        t0 = time.perf_counter()
-        model, tokenizer = load_causal_lm(model_path, dtype=torch.float32)
-        load_s = time.perf_counter() - t0
-        if stats:
-            check_fits(stats, expected_entries(model), ", ".join(in_files or []), model_path)
-        tokens, bos = hf_tokenize(tokenizer, text)
-        chunks = split_chunks(tokens, chunking, bos, source=text_path)
-        collector = ImatrixCollector(model, process_output=process_output)
-        t0 = time.perf_counter()
-        collector.run(chunks, on_chunk)
-        collect_s = time.perf_counter() - t0
-        merge_into(stats, collector.stats(), model_path)
-        datasets.append(text_path)
-        summary.update(
-            {
-                "model": model_path,
-                "text": text_path,
-                "text_tokens": int(tokens.size),
-                "n_chunks": len(chunks),
-                "collected_tokens": len(chunks) * n_ctx,
-                "load_seconds": load_s,
-                "collect_seconds": collect_s,
-                "tokens_per_second": len(chunks) * n_ctx / collect_s if collect_s > 0 else None,
-            }
+        new, text_path, info = _collect(
+            model_path, text_path, chunking, stats, in_files, process_output, threads, on_chunk
         )
+        merge_into(stats, new, model_path)
+        datasets.append(text_path)
+        summary.update(info)
     if not stats:
         raise ConfigError("nothing was collected: no entry to write")
     write_stats(out_path, stats, fmt, n_ctx, datasets)
@@ -100,3 +72,39 @@ def make_imatrix(
         }
     )
     return summary
+
+
+def _collect(model_path, text_path, chunking, stats, in_files, process_output, threads, on_chunk):
+    """Run the model on the text's chunks with the collector; (its stats, the text path, a summary dict)."""
+    import torch
+
+    from edgequant.models import load_causal_lm
+
+    if not os.path.exists(model_path):
+        raise ConfigError(f"model {model_path} does not exist")
+    text, text_path = read_text(text_path)
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    model, tokenizer = load_causal_lm(model_path, dtype=torch.float32)
+    load_s = time.perf_counter() - t0
+    if stats:
+        check_fits(stats, expected_entries(model), ", ".join(in_files or []), model_path)
+    tokens, bos = hf_tokenize(tokenizer, text)
+    chunks = split_chunks(tokens, chunking, bos, source=text_path)
+    collector = ImatrixCollector(model, process_output=process_output)
+    t0 = time.perf_counter()
+    collector.run(chunks, on_chunk)
+    collect_s = time.perf_counter() - t0
+    n_ctx = chunking.n_ctx
+    info = {
+        "model": model_path,
+        "text": text_path,
+        "text_tokens": int(tokens.size),
+        "n_chunks": len(chunks),
+        "collected_tokens": len(chunks) * n_ctx,
+        "load_seconds": load_s,
+        "collect_seconds": collect_s,
+        "tokens_per_second": len(chunks) * n_ctx / collect_s if collect_s > 0 else None,
+    }
+    return collector.stats(), text_path, info
