@@ -27,7 +27,7 @@ from _common import machine_info, write_results
 
 from edgequant.gguf.ftypes import FTYPES, parse_ftype
 from edgequant.models.packaged import smollm2_gguf_path
-from edgequant.testing import ggml_peer
+from edgequant.testing import ggml_peer, llama_peer
 from edgequant.testing.compare import compare_gguf
 from edgequant.workflows.dequantize import dequantize_model
 from edgequant.workflows.quantize import quantize_model
@@ -41,8 +41,9 @@ if tool == "edgequant":
     quantize_model(src, dst, ftype, threads=int(threads))
 else:
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.testing import ggml_peer
-    rc = ggml_peer.llama_quantize_file(src, dst, parse_ftype(ftype)[1], nthread=int(threads))["rc"]
+    from edgequant.testing import llama_peer
+
+    rc = llama_peer.llama_quantize_file(src, dst, parse_ftype(ftype)[1], nthread=int(threads))["rc"]
     assert rc == 0
 # VmHWM is this process image's own high-water mark; ru_maxrss would carry over the parent's RSS from before
 # exec (the parent here holds the whole speed benchmark) and show the same number for every child.
@@ -73,7 +74,7 @@ def speed(workdir: str, ftypes: list[str], threads: list[int], repeats: int) -> 
         for n in threads:
             t_ours = best_of(lambda n=n, name=name: quantize_model(f32, ours, name, threads=n), repeats)
             t_theirs = best_of(
-                lambda n=n, fid=fid: ggml_peer.llama_quantize_file(f32, theirs, fid, nthread=n), repeats
+                lambda n=n, fid=fid: llama_peer.llama_quantize_file(f32, theirs, fid, nthread=n), repeats
             )
             cmp = compare_gguf(ours, theirs)
             rows.append(

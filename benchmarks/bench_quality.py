@@ -294,7 +294,7 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.testing import ggml_peer
+    from edgequant.testing import llama_peer
     from edgequant.workflows.quantize import quantize_model
 
     name = f"{ftype}{'+imatrix' if use_im else ''}"
@@ -309,7 +309,7 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     }
     if args.verify_bytes:
         ref = os.path.join(work, "ref.gguf")
-        r = ggml_peer.llama_quantize_file(
+        r = llama_peer.llama_quantize_file(
             f32, ref, parse_ftype(ftype)[1], args.threads, imatrix=imat if use_im else None
         )
         row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and sha(ref) == sha(out)

@@ -86,7 +86,7 @@ def test_a_wrong_rope_layout_fails_the_check(tmp_path, monkeypatch):
 
 def test_quantized_convert_equals_llama_quantize_of_the_f32_conversion(tmp_path):
     from edgequant.testing.compare import compare_gguf
-    from edgequant.testing.ggml_peer import llama_quantize_file
+    from edgequant.testing.llama_peer import llama_quantize_file
 
     d = write_tiny_hf(str(tmp_path / "m"), "llama", "bpe")
     f32 = str(tmp_path / "f32.gguf")
@@ -176,7 +176,7 @@ def test_convert_with_an_imatrix_equals_llama_quantize_with_it(tmp_path):
     """``convert --imatrix``: the importance matrix reaches every tensor as llama-quantize applies it."""
     from edgequant.gguf.imatrix import ImatrixEntry, save_imatrix_gguf
     from edgequant.testing.compare import compare_gguf
-    from edgequant.testing.ggml_peer import llama_quantize_file
+    from edgequant.testing.llama_peer import llama_quantize_file
 
     d = write_tiny_hf(str(tmp_path / "m"), "llama", "bpe")
     f32 = str(tmp_path / "f32.gguf")

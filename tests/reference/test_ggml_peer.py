@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgequant.testing import ggml_peer
+from edgequant.testing import ggml_peer, llama_peer
 
 pytestmark = [
     pytest.mark.reference,
@@ -108,7 +108,7 @@ def test_load_imatrix_dat(tmp_path: Path) -> None:
     buf += struct.pack("<ii", 7, 3) + b"cal"
     p = tmp_path / "im.dat"
     p.write_bytes(buf)
-    im = ggml_peer.load_imatrix_file(p)
+    im = llama_peer.load_imatrix_file(p)
     assert im.chunk_count == 7
     assert im.datasets == ["cal"]
     np.testing.assert_array_equal(im.data["a.bcd"], vals / np.float32(4))
@@ -130,7 +130,7 @@ def test_load_imatrix_gguf(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    im = ggml_peer.load_imatrix_file(p)
+    im = llama_peer.load_imatrix_file(p)
     assert im.datasets == ["calib.txt"]
     assert im.chunk_count == 3
     np.testing.assert_array_equal(im.data["blk.0.ffn_down.weight"], [0, 0.25, 0.5, 0.75, 1, 1, 1, 1])
@@ -158,7 +158,7 @@ def test_llama_quantize_file_passes_imatrix_and_tensor_types(tmp_path: Path) -> 
         if len(t.shape) == 2 and t.name.startswith("blk.")
     }
     dst = tmp_path / "out.gguf"
-    r = ggml_peer.llama_quantize_file(
+    r = llama_peer.llama_quantize_file(
         src, dst, 15, nthread=2, allow_requantize=True, imatrix=im, tensor_types={"attn_q": "q8_0"}
     )
     assert r["rc"] == 0, r["log"][-2000:]
@@ -175,6 +175,6 @@ def test_llama_quantize_file_passes_imatrix_and_tensor_types(tmp_path: Path) -> 
     assert np.array_equal(got, ggml_peer.ggml_quantize(x, o.tensor_type.name, im[name]))
     assert not np.array_equal(got, ggml_peer.ggml_quantize(x, o.tensor_type.name))
     # Without allow_requantize llama.cpp refuses a quantized input and returns 1 (no abort).
-    r2 = ggml_peer.llama_quantize_file(src, tmp_path / "x.gguf", 7)
+    r2 = llama_peer.llama_quantize_file(src, tmp_path / "x.gguf", 7)
     assert r2["rc"] == 1
     assert "requantizing" in r2["log"]

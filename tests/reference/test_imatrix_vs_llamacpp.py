@@ -44,6 +44,8 @@ def test_llama_cpp_quantizer_gives_edgequant_bytes(imatrices, smollm2_f32, tmp_p
     ours, ref = tmp_path / "edgequant.gguf", tmp_path / "llama.gguf"
     rep = quantize_model(smollm2_f32, ours, ftype, imatrix=load_imatrix(path), threads=2)
     assert sum(t.used_imatrix for t in rep.tensors) == 210  # every block matmul found its entry
-    r = ggml_peer.llama_quantize_file(smollm2_f32, ref, ftype_id, 2, imatrix=path)
+    from edgequant.testing import llama_peer
+
+    r = llama_peer.llama_quantize_file(smollm2_f32, ref, ftype_id, 2, imatrix=path)
     assert r["rc"] == 0, r["log"][-2000:]
     assert _sha(ours) == _sha(ref)

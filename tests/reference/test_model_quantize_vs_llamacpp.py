@@ -14,7 +14,7 @@ import pytest
 from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype
 from edgequant.gguf.imatrix import ImatrixEntry, load_imatrix, save_imatrix_dat, save_imatrix_gguf
 from edgequant.gguf.reader import GGUFFile
-from edgequant.testing import ggml_peer
+from edgequant.testing import ggml_peer, llama_peer
 from edgequant.testing.compare import compare_gguf
 from edgequant.workflows.quantize import quantize_model
 
@@ -28,7 +28,7 @@ pytestmark = [
 def _both(src, tmp_path, ftype, imatrix_path=None, llama_kw=None, opts=None):
     name, fid = parse_ftype(ftype)
     theirs, ours = str(tmp_path / f"llama-{name}.gguf"), str(tmp_path / f"ours-{name}.gguf")
-    res = ggml_peer.llama_quantize_file(src, theirs, fid, nthread=2, imatrix=imatrix_path, **(llama_kw or {}))
+    res = llama_peer.llama_quantize_file(src, theirs, fid, nthread=2, imatrix=imatrix_path, **(llama_kw or {}))
     assert res["rc"] == 0, res["log"][-2000:]
     imat = load_imatrix(imatrix_path) if imatrix_path else None
     quantize_model(src, ours, name, imatrix=imat, options=opts, threads=2)

@@ -13,9 +13,7 @@ What it wraps (all via ``ctypes``, declarations of llama.cpp's public C API only
 * ``ggml_dequantize(data, type_name, shape)``: ``type_traits->to_float`` (Q8_K: ``dequantize_row_q8_K``;
   F32: a copy; Q8_1, which has no ``to_float`` in ggml: ``d * q`` in numpy float32).
 * ``validate_row_data(type_name, data)``: ``ggml_validate_row_data`` (its stderr is captured).
-* ``llama_quantize_file(src, dst, ftype_id, ...)``: ``llama_model_quantize`` with the default params,
-  including importance matrices (``llama_model_imatrix_data[]``) and ``--tensor-type`` overrides
-  (``llama_model_tensor_override[]``), which this llama.cpp version takes as plain C arrays.
+* whole files through ``llama_model_quantize``: :mod:`edgequant.testing.llama_peer`.
 * ``bench_ggml(type_name, x)``: best-of-N wall time of one single-threaded ``ggml_quantize_chunk`` call.
 
 The library directory is ``<site-packages>/llama_cpp/lib`` (found with ``importlib.util.find_spec``,
@@ -35,7 +33,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,6 @@ import numpy as np
 __all__ = [
     "GGML_LOG_LEVELS",
     "GgmlType",
-    "ImatrixFile",
     "available",
     "bench_ggml",
     "ggml_dequantize",
@@ -53,8 +50,6 @@ __all__ = [
     "ggml_type",
     "ggml_types",
     "lib_dir",
-    "llama_quantize_file",
-    "load_imatrix_file",
     "requires_imatrix",
     "validate_row_data",
 ]
@@ -429,183 +424,3 @@ def bench_ggml(type_name: str, x: np.ndarray, imatrix: np.ndarray | None = None,
         call()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-# ---------------------------------------------------------------------------------------------
-# importance matrix files (read exactly as tools/quantize/quantize.cpp's load_imatrix does)
-
-
-@dataclass
-class ImatrixFile:
-    """A loaded llama-imatrix file: per-tensor quant weights, datasets and chunk count."""
-
-    data: dict[str, np.ndarray]
-    datasets: list[str]
-    chunk_count: int
-
-
-def load_imatrix_file(path: str | os.PathLike[str]) -> ImatrixFile:
-    """Read a GGUF (``<name>.in_sum2`` / ``<name>.counts``) or legacy ``.dat`` imatrix file.
-
-    GGUF: ``qw = in_sum2 / f32(count)`` per expert slice, 1.0 for experts with count 0.
-    Legacy: ``qw = values / f32(ncall)`` if ncall > 0 else ``values``.
-    The file format has one reader, :func:`edgequant.gguf.imatrix.load_imatrix`; the peer passes its
-    ``qw`` to ``llama_model_quantize``, so both sides quantize with the same weights.
-    """
-    from edgequant.gguf.imatrix import load_imatrix
-
-    im = load_imatrix(path)
-    return ImatrixFile(im.entries, im.datasets, im.chunk_count)
-
-
-# ---------------------------------------------------------------------------------------------
-# llama_model_quantize
-
-
-def _llama():
-    if not available():
-        _require()
-    import llama_cpp
-
-    with _lock:
-        if not _state.get("backend"):
-            llama_cpp.llama_backend_init()
-            _state["backend"] = True
-    return llama_cpp
-
-
-def llama_quantize_file(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    ftype_id: int,
-    nthread: int = 1,
-    imatrix: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
-    pure: bool = False,
-    leave_output: bool = False,
-    allow_requantize: bool = False,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    tensor_types: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-    verbose: bool = False,
-) -> dict:
-    """Run ``llama_model_quantize`` (what ``llama-quantize`` does) and return ``{seconds, log, rc}``.
-
-    ``ftype_id``: llama ftype number (Q4_0=2, Q8_0=7, Q4_K_M=15, Q6_K=18, IQ4_XS=30 ... see llamacpp.md).
-    ``imatrix``: a llama-imatrix file path (GGUF or legacy ``.dat``) or ``{tensor_name: float32[]}``.
-    With a file, the same ``quantize.imatrix.*`` KV overrides as the CLI are added (file, dataset,
-    entries_count, chunks_count), so the output matches ``llama-quantize --imatrix FILE``.
-    ``tensor_types``: ordered ``{regex: type}`` or ``[(regex, type)]`` (``--tensor-type NAME=TYPE``; the
-    pattern is lower-cased like the CLI does; first match wins).
-    ``pure`` / ``leave_output`` / ``allow_requantize`` / ``output_tensor_type`` /
-    ``token_embedding_type``: ``--pure``, ``--leave-output-tensor``, ``--allow-requantize``,
-    ``--output-tensor-type``, ``--token-embedding-type``.
-    The llama.cpp log is captured (not printed unless ``verbose``) and returned in ``log``;
-    ``rc`` is the return code (0 = success).
-    """
-    llama_cpp = _llama()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = int(nthread)
-    params.ftype = int(ftype_id)
-    params.pure = bool(pure)
-    params.quantize_output_tensor = not leave_output
-    params.allow_requantize = bool(allow_requantize)
-    if output_tensor_type is not None:
-        params.output_tensor_type = ggml_type(output_tensor_type).type_id
-    if token_embedding_type is not None:
-        params.token_embedding_type = ggml_type(token_embedding_type).type_id
-
-    keep: list[object] = []  # everything ctypes points at must outlive the call
-    kvs: list[tuple[str, int, object]] = []
-    if imatrix is not None:
-        if isinstance(imatrix, Mapping):
-            entries = {str(k): np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in imatrix.items()}
-            datasets, chunks, fname = [], 0, None
-        else:
-            loaded = load_imatrix_file(imatrix)
-            entries = {k: np.ascontiguousarray(v, np.float32) for k, v in loaded.data.items()}
-            datasets, chunks, fname = loaded.datasets, loaded.chunk_count, str(imatrix)
-        if entries:
-            arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-            for i, (name, v) in enumerate(entries.items()):
-                bname = name.encode()
-                keep += [bname, v]
-                arr[i].name = bname
-                arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-                arr[i].size = v.size
-            arr[len(entries)].name = None  # terminator
-            keep.append(arr)
-            params.imatrix = arr
-            if fname is not None:
-                kvs.append(("quantize.imatrix.file", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, fname))
-                if datasets:
-                    kvs.append(
-                        ("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, datasets[0])
-                    )
-                kvs.append(
-                    ("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(entries))
-                )
-                if chunks > 0:
-                    kvs.append(
-                        ("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, chunks)
-                    )
-    if kvs:
-        arr = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
-        for i, (key, tag, val) in enumerate(kvs):
-            arr[i].tag = tag
-            arr[i].key = key.encode()[:127]
-            if tag == llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR:
-                arr[i].value.val_str = str(val).encode()[:127]
-            else:
-                arr[i].value.val_i64 = int(val)
-        arr[len(kvs)].key = b""  # terminator: key[0] == 0
-        keep.append(arr)
-        params.kv_overrides = arr
-    if tensor_types:
-        items = list(tensor_types.items()) if isinstance(tensor_types, Mapping) else list(tensor_types)
-        arr = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
-        for i, (pat, typ) in enumerate(items):
-            bpat = str(pat).lower().encode()
-            keep.append(bpat)
-            arr[i].pattern = bpat
-            arr[i].type = ggml_type(typ).type_id
-        arr[len(items)].pattern = None
-        keep.append(arr)
-        params.tt_overrides = arr
-
-    log: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        s = text.decode(errors="replace") if text else ""
-        log.append(s)
-        if verbose:
-            os.write(2, s.encode())
-
-    with _lock:
-        llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
-        try:
-            t0 = time.perf_counter()
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-            seconds = time.perf_counter() - t0
-        finally:
-            _restore_log(llama_cpp)
-    del keep
-    return {"seconds": seconds, "log": "".join(log), "rc": int(rc)}
-
-
-def _restore_log(llama_cpp) -> None:
-    """Put back llama-cpp-python's own log callback (or a silent one if it is not there)."""
-    try:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-    except Exception:  # pragma: no cover
-        llama_cpp.llama_log_set(_silent_cb(llama_cpp), ctypes.c_void_p(0))
-
-
-def _silent_cb(llama_cpp):
-    cb = _state.get("silent")
-    if cb is None:
-        cb = llama_cpp.llama_log_callback(lambda level, text, ud: None)
-        _state["silent"] = cb
-    return cb
