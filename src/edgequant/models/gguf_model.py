@@ -12,37 +12,54 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from edgequant.core.text import quote
 from edgequant.errors import ConfigError, FormatError
 from edgequant.gguf.codecs import dequantize
 from edgequant.gguf.reader import GGUFFile
 from edgequant.models.architectures import ArchSpec, arch_from_gguf, unpermute_qk
 
+_TOKENIZER_IDS = ("bos", "eos", "unknown", "padding", "separator", "mask", "eot", "eom")
+
 
 def gguf_kv(reader: GGUFFile) -> dict:
+    """Metadata values by key, the tokenizer's keys first checked through the typed getters (so that the
+    vocabulary builders below only ever see the types llama.cpp's loader accepts)."""
+    meta = reader.meta
+    meta.get_str("tokenizer.ggml.model", None)
+    meta.get_str("tokenizer.ggml.pre", None)
+    meta.get_str("tokenizer.chat_template", None)
+    tokens = meta.get_array("tokenizer.ggml.tokens", None, etype="str")
+    n = len(tokens) if tokens is not None else None
+    meta.get_array("tokenizer.ggml.merges", None, etype="str")
+    for key, etype in (("scores", "float"), ("token_type", "int")):
+        meta.get_array(f"tokenizer.ggml.{key}", None, etype=etype, min_len=n or 0, max_len=n, finite=True)
+    for key in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        meta.get_bool(f"tokenizer.ggml.{key}", None)
+    for key in _TOKENIZER_IDS:  # llama.cpp only warns about an out-of-range id; bos/eos are looked up here
+        hi = n - 1 if n and key in ("bos", "eos") else 2**32 - 1
+        meta.get_int(f"tokenizer.ggml.{key}_token_id", None, min=0, max=hi)
     return {k: v.value for k, v in reader.kvs.items()}
 
 
-def _hp(kv: dict, arch: str, key: str, where: str, default=None):
-    v = kv.get(f"{arch}.{key}", default)
-    if v is None:
-        raise FormatError(f"{where}: metadata lacks {arch}.{key}; cannot build a Hugging Face config")
-    if isinstance(v, (list, tuple, np.ndarray)):
-        v = v[0]
-    return v
+def _hp(reader: GGUFFile, arch: str, key: str, *default, lo: int = 1, hi: int = 1 << 24) -> int:
+    """An ``<arch>.<key>`` integer hyper-parameter (first element of a per-layer array), typed and bounded."""
+    if not default and f"{arch}.{key}" not in reader.meta:
+        raise FormatError(f"{reader.path}: metadata lacks {arch}.{key}; cannot build a Hugging Face config")
+    return reader.meta.get_int(f"{arch}.{key}", *default, min=lo, max=hi, first_of_array=True)
 
 
 def hf_config_dict(reader: GGUFFile) -> tuple[ArchSpec, dict]:
-    """(ArchSpec, config.json dict) for the model in ``reader``."""
-    kv, where = gguf_kv(reader), reader.path
-    arch = str(kv.get("general.architecture", ""))
+    """(ArchSpec, config.json dict) for the model in ``reader`` (metadata read through the typed getters)."""
+    meta, where = reader.meta, reader.path
+    arch = meta.get_str("general.architecture", "")
     spec = arch_from_gguf(arch, where)
     names = {t.name for t in reader.tensors}
-    n_embd = int(_hp(kv, arch, "embedding_length", where))
-    n_head = int(_hp(kv, arch, "attention.head_count", where))
-    n_head_kv = int(_hp(kv, arch, "attention.head_count_kv", where, n_head))
-    head_dim = int(_hp(kv, arch, "attention.key_length", where, n_embd // n_head))
-    tokens = kv.get("tokenizer.ggml.tokens")
-    n_vocab = int(_hp(kv, arch, "vocab_size", where, len(tokens) if tokens is not None else None))
+    n_embd = _hp(reader, arch, "embedding_length")
+    n_head = _hp(reader, arch, "attention.head_count")
+    n_head_kv = _hp(reader, arch, "attention.head_count_kv", n_head)
+    head_dim = _hp(reader, arch, "attention.key_length", n_embd // n_head)
+    tokens = meta.get_array("tokenizer.ggml.tokens", None, etype="str")
+    n_vocab = _hp(reader, arch, "vocab_size", *([len(tokens)] if tokens is not None else []), hi=1 << 28)
     if "token_embd.weight" in names:
         n_vocab = reader.tensor("token_embd.weight").shape_ne[1]
     cfg = {
@@ -50,27 +67,29 @@ def hf_config_dict(reader: GGUFFile) -> tuple[ArchSpec, dict]:
         "model_type": spec.model_type,
         "vocab_size": n_vocab,
         "hidden_size": n_embd,
-        "intermediate_size": int(_hp(kv, arch, "feed_forward_length", where)),
-        "num_hidden_layers": int(_hp(kv, arch, "block_count", where)),
+        "intermediate_size": _hp(reader, arch, "feed_forward_length"),
+        "num_hidden_layers": _hp(reader, arch, "block_count", hi=512),
         "num_attention_heads": n_head,
         "num_key_value_heads": n_head_kv,
         "head_dim": head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": int(_hp(kv, arch, "context_length", where, 2048)),
-        "rms_norm_eps": float(_hp(kv, arch, "attention.layer_norm_rms_epsilon", where, 1e-6)),
-        "rope_theta": float(_hp(kv, arch, "rope.freq_base", where, 10000.0)),
+        "max_position_embeddings": _hp(reader, arch, "context_length", 2048, hi=1 << 40),
+        "rms_norm_eps": meta.get_float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, min=0),
+        "rope_theta": meta.get_float(f"{arch}.rope.freq_base", 10000.0, min=0),
         "tie_word_embeddings": "output.weight" not in names,
         "use_cache": True,
         "torch_dtype": "float32",
     }
-    scaling = kv.get(f"{arch}.rope.scaling.type")
+    scaling = meta.get_str(f"{arch}.rope.scaling.type", None)
     if scaling not in (None, "none"):
         if scaling != "linear":
-            raise ConfigError(f"{where}: rope scaling '{scaling}' is not supported for export (only linear)")
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(kv[f"{arch}.rope.scaling.factor"])}
+            raise ConfigError(
+                f"{where}: rope scaling {quote(scaling)} is not supported for export (only linear)"
+            )
+        factor = meta.get_float(f"{arch}.rope.scaling.factor", min=0)
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
-        tid = kv.get(f"tokenizer.ggml.{key}_token_id")
-        cfg[f"{name}_token_id"] = int(tid) if tid is not None else None
+        cfg[f"{name}_token_id"] = meta.get_int(f"tokenizer.ggml.{key}_token_id", None, min=0, max=2**32 - 1)
     if spec.model_type == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in names
         cfg["mlp_bias"] = False
