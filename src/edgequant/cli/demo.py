@@ -13,8 +13,9 @@ KL divergence, top-token agreement and RMS Δp against the F32 file, on a short 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from edgequant.core.text import dumps
 
 DEFAULT_FTYPES = "Q8_0,Q6_K,Q4_K_M,Q3_K_M,Q2_K"
 
@@ -84,7 +85,7 @@ def run(args) -> int:
         )
     src, threads, rows, qinfo = res["model"], res["threads"], res["results"], res["quality"]
     if args.json:
-        print(json.dumps({"model": src, "threads": threads, "results": rows, "quality": qinfo}, indent=1))
+        print(dumps({"model": src, "threads": threads, "results": rows, "quality": qinfo}))
         return 0
     _print_sizes(console, src, threads, rows)
     if qinfo is not None:

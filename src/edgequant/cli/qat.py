@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from edgequant.core.text import dumps
 from edgequant.workflows.qat import FORMATS
 
 EXAMPLES = """examples:
@@ -88,7 +88,7 @@ def run(args) -> int:
             on_step=lambda rec: advance(rec["step"] - 1, args.steps, f"kd {rec['kd']:.4f}"),
         )
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(dumps(report))
     else:
         _print_report(report, args.format, args.steps)
     sys.stdout.flush()
