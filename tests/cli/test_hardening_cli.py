@@ -386,3 +386,49 @@ def test_bad_hf_folders(tiny_hf, tmp_path, bad):
     p = run("convert", d, tmp_path / "out.gguf", "--no-verify")
     assert_one_line_error(p, tmp_path, keep=["in"])
     assert "L,l,a,m,a" not in p.stderr.replace(" ", "")
+
+
+# -- kills (item 5) --
+
+
+@pytest.mark.slow
+def test_thirty_sigkills_mid_write_then_one_run_leave_nothing(tmp_path_factory):
+    """30 runs killed with SIGKILL while their temporary output exists, then one normal run: no temporary
+    file and no partial target remain, and the last run's output is complete."""
+    from edgequant.testing.tiny import write_tiny_llama
+
+    d = tmp_path_factory.mktemp("kills")
+    src = write_tiny_llama(str(d / "in.gguf"), n_layer=4, width=1024, ff=2048, vocab=4096)
+    out = d / "out.gguf"
+    killed_mid_write = 0
+    for i in range(30):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgequant", "quantize", src, out, "Q2_K", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            temps = [d / n for n in os.listdir(d) if n.startswith(".out.gguf.tmp-")]
+            try:
+                if any(t.stat().st_size > 1 << 20 for t in temps):  # data written: mid-write
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        time.sleep(0.05 * (i % 5))  # at different points of the write
+        if proc.poll() is None:
+            proc.kill()
+            killed_mid_write += 1
+        proc.wait(timeout=60)
+        assert not out.exists() or proc.returncode == 0
+        if out.exists():
+            out.unlink()
+    assert killed_mid_write >= 25, killed_mid_write
+    p = run("quantize", src, out, "Q8_0", "1")
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(d)) == ["in.gguf", "out.gguf"]
+    from edgequant.gguf.reader import GGUFFile
+
+    with GGUFFile(out) as r:
+        assert all(t.type_name in ("F32", "Q8_0") for t in r.tensors)
