@@ -57,7 +57,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
-    from edgequant.cli.tables import console
+    from edgequant.cli.tables import console, safe
     from edgequant.errors import ConfigError
     from edgequant.workflows.imatrix import make_imatrix
 
@@ -83,14 +83,14 @@ def run(args) -> int:
     if args.model:
         note = " (default text, no download)" if args.file is None else ""
         console.print(
-            f"model: {res['model']}\ntext: {res['text']}{note}: {res['text_tokens']} tokens; "
+            f"model: {safe(res['model'])}\ntext: {safe(res['text'])}{note}: {res['text_tokens']} tokens; "
             f"{res['n_chunks']} chunks of {res['n_ctx']} collected in {res['collect_seconds']:.1f} s "
             f"({res['tokens_per_second']:.0f} tokens/s)"
         )
     if res["in_files"]:
-        console.print(f"merged: {', '.join(res['in_files'])}")
+        console.print(f"merged: {safe(', '.join(res['in_files']), None)}")
     console.print(
-        f"wrote {res['output']} ({res['format']}): {res['entries']} entries, {res['chunk_count']} chunks, "
-        f"datasets {res['datasets']}"
+        f"wrote {safe(res['output'])} ({res['format']}): {res['entries']} entries, {res['chunk_count']} chunks, "
+        f"datasets {safe(res['datasets'])}"
     )
     return 0

@@ -56,7 +56,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
-    from edgequant.cli.tables import console
+    from edgequant.cli.tables import console, safe
     from edgequant.eval.scoring import perplexity
 
     with tensor_progress("evaluate", disable=False) as advance, flag_names():
@@ -76,8 +76,8 @@ def run(args) -> int:
         return 0
     note = " (default text, no download)" if args.file is None else ""
     console.print(
-        f"model: {res['model']}  backend: {res['backend']}\n"
-        f"text: {res['text']}{note}: {res['text_tokens']} tokens; "
+        f"model: {safe(res['model'])}  backend: {res['backend']}\n"
+        f"text: {safe(res['text'])}{note}: {res['text_tokens']} tokens; "
         f"{res['n_chunks']} chunks of {res['n_ctx']}, "
         f"{res['n_scored_tokens']} tokens scored (second half of each chunk)"
     )
@@ -85,7 +85,7 @@ def run(args) -> int:
     if res.get("base"):
         kp = res["kld_percentiles"]
         console.print(
-            f"base: {res['base']}  PPL(base) = {res['ppl_base']:.4f}\n"
+            f"base: {safe(res['base'])}  PPL(base) = {res['ppl_base']:.4f}\n"
             f"Δppl = {res['delta_ppl']:+.4f} +/- {res['delta_ppl_uncertainty']:.4f}   "
             f"ln(PPL/PPL(base)) = {res['ln_ppl_ratio']:+.5f}\n"
             f"mean KLD = {res['mean_kld']:.6f} +/- {res['mean_kld_uncertainty']:.6f}   "
