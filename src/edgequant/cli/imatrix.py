@@ -90,7 +90,7 @@ def run(args) -> int:
     if res["in_files"]:
         console.print(f"merged: {safe(', '.join(res['in_files']), None)}")
     console.print(
-        f"wrote {safe(res['output'])} ({res['format']}): {res['entries']} entries, {res['chunk_count']} chunks, "
-        f"datasets {safe(res['datasets'])}"
+        f"wrote {safe(res['output'])} ({res['format']}): {res['entries']} entries, "
+        f"{res['chunk_count']} chunks, datasets {safe(res['datasets'])}"
     )
     return 0
