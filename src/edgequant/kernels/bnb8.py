@@ -41,17 +41,24 @@ def _count_below(mids, t):
 
 
 @jit
+def _block_absmax(x, start, end):
+    """max |x[i]| over ``start <= i < end`` (0 for an empty or all-NaN block; NaN is skipped)."""
+    am = np.float32(0.0)
+    for i in range(start, end):
+        a = abs(x[i])
+        if a > am:
+            am = a
+    return am
+
+
+@jit
 def quantize_blockwise_nearest(x, blocksize, mids, q, absmax, first_block, last_block):
     n = x.shape[0]
     one = np.float32(1.0)
     for b in range(first_block, last_block):
         start = b * blocksize
         end = min(start + blocksize, n)
-        am = np.float32(0.0)
-        for i in range(start, end):
-            a = abs(x[i])
-            if a > am:
-                am = a
+        am = _block_absmax(x, start, end)
         amc = max(am, _TINY)
         if end - start == blocksize:
             absmax[b] = am
@@ -75,11 +82,7 @@ def quantize_blockwise_lut(x, blocksize, lut, q, absmax, first_block, last_block
     for b in range(first_block, last_block):
         start = b * blocksize
         end = min(start + blocksize, n)
-        am = np.float32(0.0)
-        for i in range(start, end):
-            a = abs(x[i])
-            if a > am:
-                am = a
+        am = _block_absmax(x, start, end)
         absmax[b] = am
         if am == 0:
             for i in range(start, end):

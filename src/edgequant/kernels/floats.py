@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgequant.kernels.primitives import (
-    F,
     fp16_bits_to_fp32,
     fp32_to_bf16_bits,
     fp32_to_fp16_bits,
@@ -21,59 +20,40 @@ from edgequant.kernels.primitives import (
 
 @jit
 def quantize_f32(x, qw, out):
-    rows, n = x.shape
-    for r in range(rows):
-        o = out[r].view(np.float32)
-        for i in range(n):
-            o[i] = x[r, i]
+    for r in range(x.shape[0]):
+        out[r].view(np.float32)[:] = x[r]
 
 
 @jit
 def dequantize_f32(data, out):
-    rows, n = out.shape
-    for r in range(rows):
-        src = data[r].view(np.float32)
-        for i in range(n):
-            out[r, i] = src[i]
+    for r in range(out.shape[0]):
+        out[r] = data[r].view(np.float32)
 
 
-@jit
-def quantize_f16(x, qw, out):
-    rows, n = x.shape
-    for r in range(rows):
-        o = out[r].view(np.uint16)
-        for i in range(n):
-            o[i] = fp32_to_fp16_bits(x[r, i])
+def _words16(bf16):
+    """The (quantize, dequantize) row kernels of BF16 (``bf16``) or F16; ``bf16`` is constant to numba."""
+
+    @jit
+    def quantize(x, qw, out):
+        rows, n = x.shape
+        for r in range(rows):
+            o = out[r].view(np.uint16)
+            for i in range(n):
+                o[i] = fp32_to_bf16_bits(x[r, i]) if bf16 else fp32_to_fp16_bits(x[r, i])
+
+    @jit
+    def dequantize(data, out):
+        for r in range(out.shape[0]):
+            src = data[r].view(np.uint16)
+            for i in range(src.size):
+                h = src[i]
+                out[r, i] = i32_as_f32(np.int32(np.int64(h) << 16)) if bf16 else fp16_bits_to_fp32(h)
+
+    return quantize, dequantize
 
 
-@jit
-def dequantize_f16(data, out):
-    rows, n = out.shape
-    for r in range(rows):
-        src = data[r].view(np.uint16)
-        for i in range(n):
-            out[r, i] = fp16_bits_to_fp32(src[i])
-
-
-@jit
-def quantize_bf16(x, qw, out):
-    rows, n = x.shape
-    for r in range(rows):
-        o = out[r].view(np.uint16)
-        for i in range(n):
-            o[i] = fp32_to_bf16_bits(x[r, i])
-
-
-@jit
-def dequantize_bf16(data, out):
-    rows, n = out.shape
-    for r in range(rows):
-        src = data[r].view(np.uint16)
-        for i in range(n):
-            out[r, i] = i32_as_f32(np.int32(np.int64(src[i]) << 16))
-
-
-_ = F  # float32 alias kept for symmetry with the other kernel modules
+quantize_f16, dequantize_f16 = _words16(False)
+quantize_bf16, dequantize_bf16 = _words16(True)
 
 
 @jit
@@ -99,7 +79,7 @@ def first_nonfinite(x):
 
 @jit
 def rows_with_overflowed_scales(out, type_size, fields):
-    """Rows of ggml blocks whose fp16 scale fields (byte offsets in a block) hold inf/NaN (exponent all ones)."""
+    """Rows of ggml blocks whose fp16 scale fields (byte offsets in a block) hold inf/NaN (exponent 31)."""
     rows, row_bytes = out.shape
     bad = np.zeros(rows, np.bool_)
     for r in range(rows):
