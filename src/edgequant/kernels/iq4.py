@@ -111,105 +111,95 @@ def _put_indices(xr, s, idl, o, at):
         o[at + j] = np.uint8(a | (b << 4))
 
 
-@jit
-def quantize_iq4_nl(x, qw, out):
-    rows, n = x.shape
-    use_qw = qw.shape[0] > 0
-    w = np.zeros(32, np.float32)
-    sc = np.zeros((3, 16), np.float32)
-    for r in range(rows):
-        xr = x[r]
-        xi = xr.view(np.int32)
-        o = out[r]
-        for ib in range(n // 32):
-            s = ib * 32
-            sigma2 = _sigma2(xr, s, 32) if use_qw else F(0.0)
-            _weights(xr, s, qw, sigma2, w, use_qw)
-            scale = _block_scale(xr, xi, s, w, sc[0], sc[1], sc[2])
-            put_fp16(o, ib * 18, scale)
-            idd = F(F(1.0) / scale) if scale != 0 else F(0.0)  # the unrounded float32 scale
-            _put_indices(xr, s, idd, o, ib * 18 + 2)
+@inline
+def _put_xs(xr, base, scales, o, off):
+    """IQ4_XS's second level: d, the 6-bit sub-block scales and the indices of the super-block at ``base``."""
+    max_scale = F(0.0)
+    amax_scale = F(0.0)
+    for ib in range(8):
+        if abs(scales[ib]) > amax_scale:
+            amax_scale = abs(scales[ib])
+            max_scale = scales[ib]
+    d = F(F(-max_scale) / F(32.0))
+    put_fp16(o, off, d)
+    idd = F(F(1.0) / d) if d != 0 else F(0.0)
+    scales_h = 0
+    for ib in range(8):
+        l = max(-32, min(31, nearest_int(F(idd * scales[ib]))))
+        dl = F(d * F(l))  # the unrounded float32 d
+        idl = F(F(1.0) / dl) if dl != 0 else F(0.0)
+        _put_indices(xr, base + ib * 32, idl, o, off + 8 + 16 * ib)
+        l += 32
+        if ib % 2 == 0:
+            o[off + 4 + ib // 2] = np.uint8(l & 0xF)
+        else:
+            o[off + 4 + ib // 2] |= np.uint8((l & 0xF) << 4)
+        scales_h |= (l >> 4) << (2 * ib)
+    o[off + 2] = np.uint8(scales_h & 0xFF)
+    o[off + 3] = np.uint8((scales_h >> 8) & 0xFF)
 
 
-@jit
-def quantize_iq4_xs(x, qw, out):
-    rows, n = x.shape
-    use_qw = qw.shape[0] > 0
-    w = np.zeros(32, np.float32)
-    sc = np.zeros((3, 16), np.float32)
-    scales = np.zeros(8, np.float32)
-    for r in range(rows):
-        xr = x[r]
-        xi = xr.view(np.int32)
-        o = out[r]
-        for ibl in range(n // 256):
-            base = ibl * 256
-            off = ibl * 136
-            sigma2 = _sigma2(xr, base, 256) if use_qw else F(0.0)
-            max_scale = F(0.0)
-            amax_scale = F(0.0)
-            for ib in range(8):
-                s = base + ib * 32
-                _weights(xr, s, qw, sigma2, w, use_qw)
-                d = _block_scale(xr, xi, s, w, sc[0], sc[1], sc[2])
-                scales[ib] = d
-                if abs(d) > amax_scale:
-                    amax_scale = abs(d)
-                    max_scale = d
-            d = F(F(-max_scale) / F(32.0))
-            put_fp16(o, off, d)
-            idd = F(F(1.0) / d) if d != 0 else F(0.0)
-            scales_h = 0
-            for ib in range(8):
-                l = max(-32, min(31, nearest_int(F(idd * scales[ib]))))
-                dl = F(d * F(l))  # the unrounded float32 d
-                idl = F(F(1.0) / dl) if dl != 0 else F(0.0)
-                _put_indices(xr, base + ib * 32, idl, o, off + 8 + 16 * ib)
-                l += 32
-                if ib % 2 == 0:
-                    o[off + 4 + ib // 2] = np.uint8(l & 0xF)
+def _codec(xs):
+    """The (quantize, dequantize) row kernels of IQ4_XS (``xs``) or IQ4_NL; ``xs`` is constant to numba.
+
+    IQ4_NL is handled as a "super-block" of one 32-block whose scale is stored as is.
+    """
+    bn = 256 if xs else 32  # weights per block
+    bsize = 136 if xs else 18  # bytes per block
+
+    @jit
+    def quantize(x, qw, out):
+        rows, n = x.shape
+        use_qw = qw.shape[0] > 0
+        w = np.zeros(32, np.float32)
+        sc = np.zeros((3, 16), np.float32)
+        scales = np.zeros(8, np.float32)
+        for r in range(rows):
+            xr = x[r]
+            xi = xr.view(np.int32)
+            o = out[r]
+            for ibl in range(n // bn):
+                base = ibl * bn
+                off = ibl * bsize
+                sigma2 = _sigma2(xr, base, bn) if use_qw else F(0.0)
+                for ib in range(bn // 32):
+                    s = base + ib * 32
+                    _weights(xr, s, qw, sigma2, w, use_qw)
+                    scales[ib] = _block_scale(xr, xi, s, w, sc[0], sc[1], sc[2])
+                if xs:
+                    _put_xs(xr, base, scales, o, off)
                 else:
-                    o[off + 4 + ib // 2] |= np.uint8((l & 0xF) << 4)
-                scales_h |= (l >> 4) << (2 * ib)
-            o[off + 2] = np.uint8(scales_h & 0xFF)
-            o[off + 3] = np.uint8((scales_h >> 8) & 0xFF)
+                    put_fp16(o, off, scales[0])
+                    idd = F(F(1.0) / scales[0]) if scales[0] != 0 else F(0.0)  # the unrounded scale
+                    _put_indices(xr, base, idd, o, off + 2)
+
+    @jit
+    def dequantize(data, out):
+        rows, n = out.shape
+        H = opaque(16)
+        for r in range(rows):
+            src = data[r]
+            y = out[r]
+            for ibl in range(n // bn):
+                off = ibl * bsize
+                d = get_fp16(src, off)
+                sh = (np.int64(src[off + 2]) | (np.int64(src[off + 3]) << 8)) if xs else np.int64(0)
+                for ib in range(bn // 32):
+                    dl = d
+                    if xs:
+                        ls = ((np.int64(src[off + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (
+                            ((sh >> (2 * ib)) & 3) << 4
+                        )
+                        dl = F(d * F(ls - 32))
+                    q = off + (8 + 16 * ib if xs else 2)
+                    s = ibl * bn + ib * 32
+                    for j in range(H):
+                        b = src[q + j]
+                        y[s + j] = F(dl * KVALUES[b & 0xF])
+                        y[s + 16 + j] = F(dl * KVALUES[b >> 4])
+
+    return quantize, dequantize
 
 
-@jit
-def dequantize_iq4_nl(data, out):
-    rows, n = out.shape
-    H = opaque(16)
-    for r in range(rows):
-        src = data[r]
-        y = out[r]
-        for ib in range(n // 32):
-            off = ib * 18
-            d = get_fp16(src, off)
-            for j in range(H):
-                b = src[off + 2 + j]
-                y[ib * 32 + j] = F(d * KVALUES[b & 0xF])
-                y[ib * 32 + 16 + j] = F(d * KVALUES[b >> 4])
-
-
-@jit
-def dequantize_iq4_xs(data, out):
-    rows, n = out.shape
-    H = opaque(16)
-    for r in range(rows):
-        src = data[r]
-        y = out[r]
-        for ibl in range(n // 256):
-            off = ibl * 136
-            d = get_fp16(src, off)
-            sh = np.int64(src[off + 2]) | (np.int64(src[off + 3]) << 8)
-            for ib in range(8):
-                ls = ((np.int64(src[off + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (
-                    ((sh >> (2 * ib)) & 3) << 4
-                )
-                dl = F(d * F(ls - 32))
-                q = off + 8 + 16 * ib
-                s = ibl * 256 + ib * 32
-                for j in range(H):
-                    b = src[q + j]
-                    y[s + j] = F(dl * KVALUES[b & 0xF])
-                    y[s + 16 + j] = F(dl * KVALUES[b >> 4])
+quantize_iq4_nl, dequantize_iq4_nl = _codec(False)
+quantize_iq4_xs, dequantize_iq4_xs = _codec(True)
