@@ -11,53 +11,56 @@ Block layouts (little-endian; ``qs`` byte j holds element j in the low nibble, j
 
 Without an importance vector the ``_ref`` quantizers run (truncating casts, Q8 ``roundf``); with one,
 Q4_0/Q5_0 run ``make_qx_quants`` and Q4_1/Q5_1 ``make_qkx3`` with a row-level sigma2 (§5). Those
-searches run on 32 blocks at once, one block per SIMD lane: each lane performs ggml's sequential float32
-algorithm on its own block, so the bytes are ggml's while the loops vectorize across blocks.
-Float->int casts follow x86 ``cvttss2si`` (NaN / out of range -> INT_MIN) before wrapping to 8 bits.
+searches (``legacy_search``) run on 32 blocks at once, one block per SIMD lane: each lane performs ggml's
+sequential float32 algorithm on its own block, so the bytes are ggml's while the loops vectorize across
+blocks. Float->int casts follow x86 ``cvttss2si`` (NaN / out of range -> INT_MIN) before wrapping to 8
+bits. This module holds the 4/5-bit types; Q8_0 and Q8_1 are in ``legacy_q8`` and re-exported here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgequant.kernels.legacy_q8 import (
+    FLT_MAX,
+    dequantize_q8_0,
+    dequantize_q8_1,
+    quantize_q8_0,
+    quantize_q8_1,
+)
+from edgequant.kernels.legacy_search import clamp_code, qkx_blocks, qx_blocks
 from edgequant.kernels.primitives import (
     GROUP_MAX_EPS,
     F,
+    cvt_i32,
     f32_as_i32,
     get_fp16,
     i32_as_f32,
     jit,
     put_fp16,
-    roundf_away,
+    wrap_i8,
 )
 from edgequant.kernels.simd import ABS_MASK as _ABS
 from edgequant.kernels.simd import INF_BITS as _INF
 from edgequant.kernels.simd import block_absmax as _absmax
 from edgequant.kernels.simd import inline, opaque
-from edgequant.kernels.simd import nint32 as _nint
 
-FLT_MAX = F(3.4028234663852886e38)
+__all__ = [
+    "dequantize_q4_0",
+    "dequantize_q4_1",
+    "dequantize_q5_0",
+    "dequantize_q5_1",
+    "dequantize_q8_0",
+    "dequantize_q8_1",
+    "quantize_q4_0",
+    "quantize_q4_1",
+    "quantize_q5_0",
+    "quantize_q5_1",
+    "quantize_q8_0",
+    "quantize_q8_1",
+]
+
 _G = 32  # blocks searched together (SIMD lanes) by the imatrix paths
-
-
-@jit
-def _cvt(t):
-    """C float->int32 as x86 does it: truncate toward zero; NaN or out of range -> INT_MIN."""
-    if t >= F(-2147483648.0) and t < F(2147483648.0):
-        return np.int64(np.int32(t))
-    return np.int64(-2147483648)
-
-
-@jit
-def _i8(c):
-    """Wrap an integer to int8 (C conversion to int8_t)."""
-    return ((c + 128) & 0xFF) - 128
-
-
-@inline
-def _code(v, lo, hi):
-    """clamp(nearest_int(v), lo, hi) as float32."""
-    return F(np.int32(max(lo, min(hi, _nint(v)))))
 
 
 @inline
@@ -90,131 +93,7 @@ def _pack(L, o, qs_at, qh_at, H):
             o[qh_at + b] = np.uint8((qh >> (8 * b)) & 0xFF)
 
 
-# --- importance-weighted searches, one block per lane -----------------------------------------------
-
-
-@jit
-def _qx_lanes(X, W, nmax, S, G):
-    """``make_qx_quants(32, nmax, x, w)`` (§3.1) for G blocks (X[i, l] = element i of block l).
-
-    Writes each lane's scale to S[0], its winning inverse scale to S[1] and max |x| to S[2].
-    """
-    fnmax = F(nmax)
-    lo = np.int32(-nmax)
-    hi = np.int32(nmax - 1)
-    am, m, scale, best, wis, isc, slx, sl2 = S[2], S[3], S[0], S[4], S[1], S[5], S[6], S[7]
-    for l in range(G):
-        am[l] = F(0.0)
-        m[l] = F(0.0)
-    for i in range(32):
-        for l in range(G):
-            ax = abs(X[i, l])
-            gt = ax > am[l]
-            am[l] = ax if gt else am[l]
-            m[l] = X[i, l] if gt else m[l]
-    for step in range(19):  # the initial iscale, then is = -9..-1, 1..9
-        t = F(F(0.1) * F(step - 10 if step <= 9 else step - 9))
-        for l in range(G):
-            isc[l] = F(F(-fnmax) / m[l]) if step == 0 else F(F(-F(fnmax + t)) / m[l])
-            slx[l] = F(0.0)
-            sl2[l] = F(0.0)
-        for i in range(32):
-            for l in range(G):
-                x = X[i, l]
-                fl = _code(F(isc[l] * x), lo, hi)
-                slx[l] = F(slx[l] + F(F(W[i, l] * x) * fl))
-                sl2[l] = F(sl2[l] + F(F(W[i, l] * fl) * fl))
-        for l in range(G):
-            if step == 0:
-                scale[l] = F(slx[l] / sl2[l]) if sl2[l] != 0 else F(0.0)
-                best[l] = F(scale[l] * slx[l])
-                wis[l] = isc[l]
-            else:
-                acc = sl2[l] > 0 and F(slx[l] * slx[l]) > F(best[l] * sl2[l])
-                sc = F(slx[l] / sl2[l])
-                scale[l] = sc if acc else scale[l]
-                best[l] = F(sc * slx[l]) if acc else best[l]
-                wis[l] = isc[l] if acc else wis[l]
-    for l in range(G):
-        scale[l] = F(0.0) if am[l] < GROUP_MAX_EPS else scale[l]
-
-
-@jit
-def _qkx_lanes(X, W, nmax, S, G):
-    """``make_qkx3_quants(32, nmax, x, w, -0.9, 0.05, 36, false)`` (§3.3) for G blocks.
-
-    Each lane replays the sequential C loop, including an accepted grid point's fitted min replacing
-    ``mn`` for the later points. Writes the scale to S[0], the winning inverse scale and the ``mn`` the
-    codes were taken with to S[1], S[2], and the stored min (-the_min) to S[3]. A flat block (max <= min)
-    needs no special case: its inverse scale is inf, no grid point is accepted (D = 0), and inf * 0 gives
-    code 0 and scale 1/inf = 0, which is what the C early return stores.
-    """
-    fnmax = F(nmax)
-    hi = np.int32(nmax)
-    scale, wis, wmn, mn, mx, sw, sx, isc = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
-    best, sl, sl2, sxl, cur, ts, tm, dd = S[8], S[9], S[10], S[11], S[12], S[13], S[14], S[15]
-    for l in range(G):
-        mn[l] = X[0, l]
-        mx[l] = X[0, l]
-        sw[l] = W[0, l]
-        sx[l] = F(W[0, l] * X[0, l])
-    for i in range(1, 32):
-        for l in range(G):
-            x = X[i, l]
-            mn[l] = x if x < mn[l] else mn[l]
-            mx[l] = x if x > mx[l] else mx[l]
-            sw[l] = F(sw[l] + W[i, l])
-            sx[l] = F(sx[l] + F(W[i, l] * x))
-    for l in range(G):
-        m = F(0.0) if mn[l] > 0 else mn[l]
-        mn[l] = m
-        wmn[l] = m
-        isc[l] = F(fnmax / F(mx[l] - m))
-        wis[l] = isc[l]
-        scale[l] = F(F(1.0) / isc[l])
-        best[l] = F(0.0)
-    for i in range(32):
-        for l in range(G):
-            x = X[i, l]
-            diff = F(F(F(scale[l] * _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)) + mn[l]) - x)
-            best[l] = F(best[l] + F(W[i, l] * F(diff * diff)))
-    for step in range(37):
-        rs = F(F(F(-0.9) + F(F(0.05) * F(step))) + fnmax)
-        for l in range(G):
-            isc[l] = F(rs / F(mx[l] - mn[l]))
-            sl[l] = F(0.0)
-            sl2[l] = F(0.0)
-            sxl[l] = F(0.0)
-            cur[l] = F(0.0)
-        for i in range(32):
-            for l in range(G):
-                x = X[i, l]
-                fl = _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)
-                wl = F(W[i, l] * fl)
-                sl[l] = F(sl[l] + wl)
-                sl2[l] = F(sl2[l] + F(wl * fl))
-                sxl[l] = F(sxl[l] + F(wl * x))
-        for l in range(G):
-            D = F(F(sw[l] * sl2[l]) - F(sl[l] * sl[l]))
-            t_s = F(F(F(sw[l] * sxl[l]) - F(sx[l] * sl[l])) / D)
-            t_m = F(F(F(sl2[l] * sx[l]) - F(sl[l] * sxl[l])) / D)
-            pos = t_m > 0
-            ts[l] = F(sxl[l] / sl2[l]) if pos else t_s
-            tm[l] = F(0.0) if pos else t_m
-            dd[l] = D
-        for i in range(32):
-            for l in range(G):
-                x = X[i, l]
-                fl = _code(F(isc[l] * F(x - mn[l])), np.int32(0), hi)
-                diff = F(F(F(ts[l] * fl) + tm[l]) - x)
-                cur[l] = F(cur[l] + F(W[i, l] * F(diff * diff)))
-        for l in range(G):
-            acc = dd[l] > 0 and cur[l] < best[l]
-            best[l] = cur[l] if acc else best[l]
-            scale[l] = ts[l] if acc else scale[l]
-            wis[l] = isc[l] if acc else wis[l]
-            wmn[l] = mn[l] if acc else wmn[l]
-            mn[l] = tm[l] if acc else mn[l]
+# --- importance-weighted path (searches in ``legacy_search``) ----------------------------------------
 
 
 @jit
@@ -249,9 +128,9 @@ def _quantize_imat(x, qw, out, nmax, bsize, sym):
                 X[i, l] = xv
                 W[i, l] = F(qw[s + i] * np.sqrt(F(sig[r] + F(xv * xv))))
         if sym:
-            _qx_lanes(X, W, nmax, S, G)
+            qx_blocks(X, W, nmax, S, G)
         else:
-            _qkx_lanes(X, W, nmax, S, G)
+            qkx_blocks(X, W, nmax, S, G)
         for l in range(min(_G, total - g0)):
             gb = g0 + l
             o = out[gb // nb]
@@ -262,7 +141,7 @@ def _quantize_imat(x, qw, out, nmax, bsize, sym):
                 put_fp16(o, off + 2, S[3, l])
             zero = sym and S[2, l] < GROUP_MAX_EPS  # make_qx_quants: all codes 0
             for i in range(32):  # the codes of the winning candidate, as the C search stored them
-                L[i] = 0 if zero else np.int32(_code(F(S[1, l] * F(X[i, l] - shift)), lo, hi)) - lo
+                L[i] = 0 if zero else np.int32(clamp_code(F(S[1, l] * F(X[i, l] - shift)), lo, hi)) - lo
             _pack(L, o, off + qs_at, off + qh_at if qh_at >= 0 else -1, H)
 
 
@@ -304,7 +183,7 @@ def _sym_ref(x, out, nmax, bsize):
                         o[off + 2 + k] = np.uint8((qh >> (8 * k)) & 0xFF)
                 continue
             for j in range(32):
-                L[j] = min(top, _i8(_cvt(F(F(xr[s + j] * idd) + shift)))) & 0xFF
+                L[j] = min(top, wrap_i8(cvt_i32(F(F(xr[s + j] * idd) + shift)))) & 0xFF
             _pack(L, o, off + qs_at, off + 2 if nmax == 16 else -1, H)
 
 
@@ -369,107 +248,17 @@ def _asym_ref(x, out, nmax, bsize):
                     L[j] = min(top, np.int32(F(F(F(xr[s + j] - mn) * idd) + F(0.5))))
             else:  # Q4_1: MIN(15, (int8_t)v); Q5_1: (uint8_t)v, no clamp
                 for j in range(32):
-                    c = _cvt(F(F(F(xr[s + j] - mn) * idd) + F(0.5)))
-                    L[j] = (min(15, _i8(c)) if nmax == 15 else c) & 0xFF
+                    c = cvt_i32(F(F(F(xr[s + j] - mn) * idd) + F(0.5)))
+                    L[j] = (min(15, wrap_i8(c)) if nmax == 15 else c) & 0xFF
             _pack(L, o, off + (8 if nmax == 31 else 4), off + 4 if nmax == 31 else -1, H)
 
 
-@jit
-def quantize_q4_0(x, qw, out):
-    if qw.shape[0]:
-        _quantize_imat(x, qw, out, 8, 18, True)
-    else:
-        _sym_ref(x, out, 8, 18)
-
-
-@jit
-def quantize_q5_0(x, qw, out):
-    if qw.shape[0]:
-        _quantize_imat(x, qw, out, 16, 22, True)
-    else:
-        _sym_ref(x, out, 16, 22)
-
-
-@jit
-def quantize_q4_1(x, qw, out):
-    if qw.shape[0]:
-        _quantize_imat(x, qw, out, 15, 20, False)
-    else:
-        _asym_ref(x, out, 15, 20)
-
-
-@jit
-def quantize_q5_1(x, qw, out):
-    if qw.shape[0]:
-        _quantize_imat(x, qw, out, 31, 24, False)
-    else:
-        _asym_ref(x, out, 31, 24)
-
-
-@jit
-def _quantize_q8(x, out, bsize, with_sum):
-    """``quantize_row_q8_0_ref`` / ``q8_1_ref``: d = amax/127, q = roundf(x/d); Q8_1 adds s = sum(q)*d."""
-    rows, n = x.shape
-    B = opaque(32)
-    qo = bsize - 32
-    for r in range(rows):
-        xr = x[r]
-        xi = xr.view(np.int32)
-        o = out[r]
-        o8 = o.view(np.int8)
-        for ib in range(n // 32):
-            s = ib * 32
-            off = ib * bsize
-            mb = np.int32(0)
-            for j in range(B):
-                mb = np.int32(max(mb, np.int32(xi[s + j] & _ABS)))
-            amax = i32_as_f32(np.int32(mb))
-            if mb > _INF:  # NaN: C's MAX(amax, |v|) scan
-                amax = F(0.0)
-                for j in range(32):
-                    v = abs(xr[s + j])
-                    amax = amax if amax > v else v
-            d = F(amax / F(127.0))
-            idd = F(F(1.0) / d) if d != 0 else F(0.0)
-            put_fp16(o, off, d)
-            sm = 0
-            if mb < _INF and abs(idd) <= FLT_MAX:  # finite block, |x*id| <= 127: plain casts are exact
-                for j in range(B):
-                    v = F(xr[s + j] * idd)
-                    a = abs(v)
-                    t = np.int32(a)
-                    t += np.int32(1) if F(a - F(t)) >= F(0.5) else np.int32(0)
-                    t = -t if v < 0 else t
-                    o8[off + qo + j] = np.int8(t)
-                    sm += t
-            else:
-                for j in range(32):
-                    t = _i8(_cvt(roundf_away(F(xr[s + j] * idd))))
-                    o8[off + qo + j] = np.int8(t)
-                    sm += t
-            if with_sum:
-                put_fp16(o, off + 2, F(F(sm) * d))
-
-
-@jit
-def quantize_q8_0(x, qw, out):
-    """The importance vector is ignored (as in ggml)."""
-    _quantize_q8(x, out, 34, False)
-
-
-@jit
-def quantize_q8_1(x, qw, out):
-    """``quantize_row_q8_1_ref``: Q8_0's codes plus s = fp16(f32(sum of codes) * unrounded d)."""
-    _quantize_q8(x, out, 36, True)
-
-
-# --- dequantizers (ggml's dequantize_row_*) -----------------------------------------------------------------
+# --- dequantizers (ggml's dequantize_row_*) and the row kernels -----------------------------------------
 
 
 @jit
 def _dequantize(data, out, bsize, bits, has_min):
     rows, n = out.shape
-    B = opaque(32)
     H = opaque(16)
     offset = 0 if has_min else 1 << (bits - 1)
     q_off = (4 if has_min else 2) + (4 if bits == 5 else 0)
@@ -480,11 +269,6 @@ def _dequantize(data, out, bsize, bits, has_min):
             off = ib * bsize
             s = ib * 32
             d = get_fp16(src, off)
-            if bits == 8:
-                qs = src.view(np.int8)
-                for j in range(B):
-                    y[s + j] = F(F(qs[off + bsize - 32 + j]) * d)
-                continue
             m = get_fp16(src, off + 2) if has_min else F(0.0)
             qh = np.int64(0)
             if bits == 5:
@@ -507,32 +291,30 @@ def _dequantize(data, out, bsize, bits, has_min):
                     y[s + j + 16] = F(F(c1 - offset) * d)
 
 
-@jit
-def dequantize_q4_0(data, out):
-    _dequantize(data, out, 18, 4, False)
+def _codec(nmax, bsize, sym):
+    """The (quantize, dequantize) row kernels of one 4/5-bit type; the arguments are constant to numba.
+
+    ``nmax``: 8 (Q4_0), 16 (Q5_0), 15 (Q4_1), 31 (Q5_1); ``sym``: the ``_0`` types (no min).
+    """
+    bits = 5 if nmax in (16, 31) else 4
+
+    @jit
+    def quantize(x, qw, out):
+        if qw.shape[0]:
+            _quantize_imat(x, qw, out, nmax, bsize, sym)
+        elif sym:
+            _sym_ref(x, out, nmax, bsize)
+        else:
+            _asym_ref(x, out, nmax, bsize)
+
+    @jit
+    def dequantize(data, out):
+        _dequantize(data, out, bsize, bits, not sym)
+
+    return quantize, dequantize
 
 
-@jit
-def dequantize_q4_1(data, out):
-    _dequantize(data, out, 20, 4, True)
-
-
-@jit
-def dequantize_q5_0(data, out):
-    _dequantize(data, out, 22, 5, False)
-
-
-@jit
-def dequantize_q5_1(data, out):
-    _dequantize(data, out, 24, 5, True)
-
-
-@jit
-def dequantize_q8_0(data, out):
-    _dequantize(data, out, 34, 8, False)
-
-
-@jit
-def dequantize_q8_1(data, out):
-    """Not in ggml; the obvious decode y = q * d (``s`` is ignored)."""
-    _dequantize(data, out, 36, 8, False)
+quantize_q4_0, dequantize_q4_0 = _codec(8, 18, True)
+quantize_q4_1, dequantize_q4_1 = _codec(15, 20, False)
+quantize_q5_0, dequantize_q5_0 = _codec(16, 22, True)
+quantize_q5_1, dequantize_q5_1 = _codec(31, 24, False)

@@ -9,7 +9,7 @@ never ``np.sum`` (pairwise summation flips last bits).
 
 The scalar searches ``make_qx_quants`` and ``make_qkx`` (llama.cpp's ``make_qx_quants`` and
 ``make_qkx2/3_quants``) and ``best_index`` are the one-block-at-a-time reference forms. The codecs run
-lane-parallel versions of them (``kquants_search``, ``legacy``, ``iq4``) that do the same float32
+lane-parallel versions of them (``kquants_search``, ``legacy_search``, ``iq4``) that do the same float32
 operations for 16 or 32 blocks at once; the unit tests check those against these.
 """
 
@@ -80,6 +80,20 @@ def roundf_away(v):
     if a - r >= F(0.5):
         r = r + F(1.0)
     return -r if v < 0 else r
+
+
+@jit
+def cvt_i32(t):
+    """C float->int32 as x86 does it: truncate toward zero; NaN or out of range -> INT_MIN (``cvttss2si``)."""
+    if t >= F(-2147483648.0) and t < F(2147483648.0):
+        return np.int64(np.int32(t))
+    return np.int64(-2147483648)
+
+
+@jit
+def wrap_i8(c):
+    """Wrap an integer to int8 (C conversion to int8_t)."""
+    return ((c + 128) & 0xFF) - 128
 
 
 # --- fp16 / bf16 -------------------------------------------------------------------------------------
