@@ -3,10 +3,11 @@ characters, ``--json`` output parses strictly, no file is left behind.
 
     nice -n 15 .venv/bin/python benchmarks/fuzz_cli.py --files 1000
 
-Files come from the seeds and mutations of ``edgequant.testing.fuzz``, GGUF and imatrix kinds only (``convert``
-of a Hugging Face folder imports torch: seconds per run), case ``i`` seeded by ``i``. Each GGUF file gets ``inspect --json`` and, in turn, plain
-``inspect``, ``quantize --json`` (Q4_0) or ``quantize --dry-run --json`` (Q4_K_M) then ``dequantize``; each
-imatrix file gets ``quantize --imatrix`` on the valid seed model. Results: ``benchmarks/results/fuzz_cli.{json,md}``.
+Files come from the seeds and mutations of ``edgequant.testing.fuzz``, GGUF and imatrix kinds only
+(``convert`` of a Hugging Face folder imports torch: seconds per run), case ``i`` seeded by ``i``. Each GGUF
+file gets ``inspect --json`` and, in turn, plain ``inspect``, ``quantize --json`` (Q4_0), ``quantize
+--dry-run --json`` (Q4_K_M) or ``dequantize``; each imatrix file gets ``quantize --imatrix`` on the valid
+seed model. Results: ``benchmarks/results/fuzz_cli.{json,md}``.
 """
 
 from __future__ import annotations
@@ -155,8 +156,8 @@ def main() -> int:
     md = [
         "# The command line on fuzzed files (`benchmarks/fuzz_cli.py`)",
         "",
-        f"{stats['date']}, commit {stats['machine']['commit']}, {stats['machine']['cpu']}: {stats['files']:,} "
-        f"files, {stats['commands']:,} commands in {stats['seconds']:.0f} s; exit codes "
+        f"{stats['date']}, commit {stats['machine']['commit']}, {stats['machine']['cpu']}: "
+        f"{stats['files']:,} files, {stats['commands']:,} commands in {stats['seconds']:.0f} s; exit codes "
         + ", ".join(f"{k}: {v:,}" for k, v in sorted(stats["exit_codes"].items()))
         + ".",
         "",
@@ -164,8 +165,8 @@ def main() -> int:
         "|---|---|---|",
         *[f"| `{k}` | {v['runs']:,} | {v['failed']:,} |" for k, v in sorted(stats["by_command"].items())],
         "",
-        f"Problems (a failing command with other than one clean stderr line, non-strict `--json`, a file left "
-        f"behind, an exit code other than 0/1): **{len(stats['problems'])}**.",
+        "Problems (a failing command with other than one clean stderr line, non-strict `--json`, a file "
+        f"left behind, an exit code other than 0/1): **{len(stats['problems'])}**.",
         "",
     ]
     for pr in stats["problems"][:20]:
