@@ -14,8 +14,8 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from edgequant.gguf.reader import GGUFFile  # noqa: E402
 from edgequant.models import convert_hf_to_gguf, export_hf  # noqa: E402
-from edgequant.testing.tiny import write_tiny_hf  # noqa: E402
 from edgequant.models.verify import CHECK_PROMPTS, compare_logits, hf_logits, llama_cpp_logits  # noqa: E402
+from edgequant.testing.tiny import write_tiny_hf  # noqa: E402
 
 TEXTS = (
     "Hello world! The capital of France is Paris; 12345 apples cost $3.50.",

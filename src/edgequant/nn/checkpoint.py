@@ -6,8 +6,8 @@ transformers write: for a 4-bit layer ``<name>.weight`` (packed uint8 column), `
 ``.weight.quant_state.bitsandbytes__nf4|fp4``; for LLM.int8 ``<name>.weight`` int8, ``<name>.SCB``,
 ``<name>.weight_format``. Header metadata: ``format = "pt"`` and, when given, ``edgequant_quantization`` (the
 config as JSON). Loading infers each layer's kind from its keys, so checkpoints written by bitsandbytes /
-transformers (``save_pretrained`` of a ``load_in_4bit`` / ``load_in_8bit`` model) load too; when the file holds
-the config, each layer of that kind is rebuilt from it (compute dtype, int8 threshold, granularity, ...).
+transformers (``save_pretrained`` of a ``load_in_4bit`` / ``load_in_8bit`` model) load too; when the file
+holds the config, each layer of that kind is rebuilt from it (compute dtype, int8 threshold, granularity...).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def saved_config(metadata: dict[str, str], path: str | os.PathLike[str] = "check
     try:
         return config_from_dict(json.loads(metadata[CONFIG_KEY]))
     except (ValueError, TypeError, ConfigError) as exc:
-        raise FormatError(f"{path}: header entry {CONFIG_KEY!r} is not a quantization config ({exc})") from None
+        raise FormatError(
+            f"{path}: header entry {CONFIG_KEY!r} is not a quantization config ({exc})"
+        ) from None
 
 
 def prepare_for_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], config=None) -> list[str]:

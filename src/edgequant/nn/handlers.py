@@ -119,7 +119,9 @@ class FourBitHandler(LayerHandler):
     def build_for_checkpoint(self, linear, name, tensors, prefix):
         qt = next(k for k in tensors if k.startswith(prefix + "weight.quant_state.")).rsplit("__", 1)[-1]
         # blocksize and double quantization come from the checkpoint's quant_state when it is loaded
-        return Linear4bit.from_linear(linear, name=name, quant_type=qt, compress_statistics=False, blocksize=64)
+        return Linear4bit.from_linear(
+            linear, name=name, quant_type=qt, compress_statistics=False, blocksize=64
+        )
 
     def transformers_entry(self, config):
         return _bitsandbytes_entry(

@@ -4,9 +4,10 @@
 forward runs ``edgequant.bnb.quantize_4bit`` then ``dequantize_4bit`` on the flattened weight (blocks of
 ``group_size`` consecutive values, absmax scaling, optional double quantization of the absmax values:
 byte-identical to bitsandbytes 0.50.2 by that package's own tests) and passes the gradient straight through.
-``edgequant.qat.export.to_linear4bit(model)`` swaps those QAT modules for ``edgequant.nn.Linear4bit`` built
-from the trained float weights with the same settings; its ``dequantize()`` equals the trained fake weights bit
-for bit, because quantization is deterministic and both sides run the same codec on the same values.
+``edgequant.qat.export.to_linear4bit(model)`` swaps those QAT modules for ``edgequant.nn.Linear4bit``
+built from the trained float weights with the same settings; its ``dequantize()`` equals the trained fake
+weights bit for bit, because quantization is deterministic and both sides run the same codec on the same
+values.
 """
 
 from __future__ import annotations
@@ -46,4 +47,3 @@ class BnbQuantizer(FakeQuantizer):
         packed, state = quantize_4bit(w, name=self.name or "weight", **self.codec_args())
         y = dequantize_4bit(packed, state).reshape(v.shape).to(v.device, v.dtype)
         return straight_through(v, y)
-

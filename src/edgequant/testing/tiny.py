@@ -1,7 +1,7 @@
 """Tiny models built in code for tests and examples (random weights, seeded, nothing downloaded).
 
-``write_tiny_llama(path)`` writes a llama-layout GGUF file (``tiny_llama_tensors``: its tensor names and shapes
-in llama.cpp's converter order).
+``write_tiny_llama(path)`` writes a llama-layout GGUF file (``tiny_llama_tensors``: its tensor names and
+shapes in llama.cpp's converter order).
 
 ``write_tiny_hf(folder, arch, tokenizer)`` writes a complete Hugging Face model folder as ``save_pretrained``
 does (config.json, model.safetensors, generation_config.json) plus either a byte-level BPE ``tokenizer.json``

@@ -38,7 +38,8 @@ def test_the_caller_runs_the_first_range_and_errors_come_back():
     calls = []
     run_ranges(_record, 8, 4, np.zeros(8, np.int64), calls)
     first = min(calls)
-    assert first[:2] == (0, 2) and first[2] == threading.current_thread().name
+    assert first[:2] == (0, 2)
+    assert first[2] == threading.current_thread().name
 
     def boom(first, last):
         if first > 0:

@@ -1,4 +1,5 @@
-"""save_quantized / load_quantized: round trip of every config, atomic output, key-based layer inference, errors."""
+"""save_quantized / load_quantized: round trip of every config, atomic output, key-based layer inference,
+errors."""
 
 import pytest
 import torch

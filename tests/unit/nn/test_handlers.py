@@ -33,14 +33,17 @@ from edgequant.nn.handlers import handler_for, handler_for_checkpoint
 def test_each_config_builds_its_layer_and_the_layer_is_found_in_its_state_dict(config, layer):
     handler = handler_for(config)
     built = handler.build(config, nn.Linear(64, 16), "blk.0")
-    assert type(built) is layer and built.layer_name == "blk.0"
+    assert type(built) is layer
+    assert built.layer_name == "blk.0"
     tensors = {"blk.0." + k: v for k, v in built.state_dict().items()}
     assert handler_for_checkpoint(tensors, "blk.0.") is handler
     assert handler_for_checkpoint({"blk.0.weight": torch.zeros(16, 64)}, "blk.0.") is None
 
 
 def test_unknown_config_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"quantize_: config must be one of NF4Config, FP4Config, .*got dict"):
+    with pytest.raises(
+        ConfigError, match=r"quantize_: config must be one of NF4Config, FP4Config, .*got dict"
+    ):
         quantize_(nn.Sequential(nn.Linear(8, 8)), {"bits": 4})
 
 

@@ -30,7 +30,8 @@ def test_from_linear_copies_the_bias(cls):
     lin = nn.Linear(64, 8)
     lin.bias.requires_grad_(False)
     layer = cls.from_linear(lin, name="x")
-    assert torch.equal(layer.bias, lin.bias) and layer.layer_name == "x"
+    assert torch.equal(layer.bias, lin.bias)
+    assert layer.layer_name == "x"
     assert layer.bias.requires_grad is (cls is not Linear4bit)  # only Linear4bit keeps the float bias' flag
     assert cls.from_linear(nn.Linear(64, 8, bias=False)).bias is None
 
