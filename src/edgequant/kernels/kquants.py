@@ -1,22 +1,19 @@
 """K-quant row kernels (Q2_K … Q6_K, Q8_K), byte-exact with llama.cpp's ``quantize_q*_K``.
 
 Without an importance vector the ``quantize_row_q*_K_ref`` algorithms run; with one the ``*_impl``
-algorithms (``shared/reference/ggml-quants.md`` §4.7–4.12, §5). Q2_K and Q3_K live in
-``kquants_low`` and are re-exported here; the per-sub-block searches run lane-parallel
-(``kquants_lanes``, ``kquants_search``). Every float is float32 and every sum sequential (§2.1);
-integer stores wrap to uint8/int8 exactly where the C code stores into them. Exact for finite
-inputs (the public API rejects NaN/inf by default).
+algorithms (``shared/reference/ggml-quants.md`` §4.7–4.12, §5). Q2_K, Q3_K and Q6_K (16-weight
+sub-blocks) live in ``kquants_low`` and are re-exported here; the per-sub-block searches run
+lane-parallel (``kquants_lanes``, ``kquants_search``). Every float is float32 and every sum
+sequential (§2.1); integer stores wrap to uint8/int8 exactly where the C code stores into them.
+Exact for finite inputs (the public API rejects NaN/inf by default).
 
-Block layouts (256 weights, little-endian):
+Block layouts (256 weights, little-endian; Q2_K, Q3_K, Q6_K in ``kquants_low``):
 
 * Q4_K, 144 bytes: ``d`` fp16 @0, ``dmin`` fp16 @2, ``scales[12]`` @4 (eight 6-bit scales and mins,
   §3.6), ``qs[128]`` @16 (byte ``32c+l``: low nibble = element ``64c+l``, high = ``64c+32+l``).
   ``y = (d*sc)*q - dmin*mn``.
 * Q5_K, 176 bytes: ``d`` @0, ``dmin`` @2, ``scales[12]`` @4, ``qh[32]`` @16 (bit ``i//32`` of byte
   ``i%32`` = 5th bit), ``qs[128]`` @48 (low 4 bits, Q4_K layout).
-* Q6_K, 210 bytes: ``ql[128]`` @0, ``qh[64]`` @128, ``scales[16]`` int8 @192, ``d`` fp16 @208. Code
-  ``L`` (0..63) of element ``128h + 32k + l`` (k = 0..3): low 4 bits in ``ql[64h + 32*(k&1) + l]`` (low
-  nibble for k < 2, high for k >= 2), top 2 bits at bit ``2k`` of ``qh[32h + l]``. ``y = (d*sc)*(L-32)``.
 * Q8_K, 292 bytes: ``d`` **f32** @0, ``qs[256]`` int8 @4, ``bsums[16]`` int16 @260. ``y = d*q``.
   No imatrix (``quantize_row_q8_K_ref``); an all-zero block writes zero ``bsums`` (ggml leaves them
   untouched).
@@ -26,29 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgequant.kernels.kquants_lanes import (
-    MINS,
-    RQD,
-    RQM,
-    SCL,
-    SCRATCH_SIZE,
-    SIG,
-    SW,
-    WT,
-    WXT,
-    XT,
-    block_sumsq,
-    imatrix_weights,
-    lane_codes,
-    lane_weight_sums,
-    load_lanes,
-    load_lanes_w,
-    requant_lanes,
+from edgequant.kernels import kquants_lanes as lanes
+from edgequant.kernels.kquants_low import (
+    dequantize_q2_k,
+    dequantize_q3_k,
+    dequantize_q6_k,
+    quantize_q2_k,
+    quantize_q3_k,
+    quantize_q6_k,
 )
-from edgequant.kernels.kquants_low import dequantize_q2_k, dequantize_q3_k, quantize_q2_k, quantize_q3_k
-from edgequant.kernels.kquants_search import qkx_lanes, qp_quants_u8, qx_lanes
+from edgequant.kernels.kquants_search import qkx_lanes, qp_quants_u8
 from edgequant.kernels.primitives import (
-    GROUP_MAX_EPS,
     F,
     f32_as_i32,
     get_fp16,
@@ -95,64 +80,49 @@ def _q45_load(S, x, qw, use_qw, g, nb, j0):
     """Super-block ``g`` (row-major over the tensor) into lanes ``j0..j0+7`` (x, and qw/sigma2 if used)."""
     xr = x[g // nb]
     base = (g % nb) * QK_K
-    load_lanes(S, xr, base, 32, 16, j0, 8)
+    lanes.load_lanes(S, xr, base, 32, 16, j0, 8)
     if use_qw:
-        sigma2 = F(F(F(2.0) * block_sumsq(xr, base)) / F(256.0))
-        for j in range(8):
-            S[SIG + j0 + j] = sigma2
-        load_lanes_w(S, qw, base, 32, 16, j0, 8)
+        lanes.load_weights(S, qw, base, 32, 16, j0, 8, F(F(F(2.0) * lanes.block_sumsq(xr, base)) / F(256.0)))
 
 
 @jit
 def _q45_search(S, use_qw, nmax, rmin, rdelta, nstep):
     """Weights and the ``make_qkx`` search for the 16 loaded sub-blocks (two super-blocks)."""
     if use_qw:
-        imatrix_weights(S, 32, 16)
-        lane_weight_sums(S, 32, 16)
+        lanes.imatrix_weights(S, 32, 16)
         qkx_lanes(S, 32, nmax, 16, F(-0.9), F(0.05), 36, False)
         return
     for j in range(16):
-        S[SW + j] = F(0.0)
+        S[lanes.SW + j] = F(0.0)
     for i in range(32):
         for j in range(16):
-            xv = S[XT + 16 * i + j]
-            S[SW + j] = F(S[SW + j] + F(xv * xv))  # per-sub-block sum of squares
+            xv = S[lanes.XT + 16 * i + j]
+            S[lanes.SW + j] = F(S[lanes.SW + j] + F(xv * xv))  # per-sub-block sum of squares
     for j in range(16):
-        S[SW + j] = np.sqrt(F(S[SW + j] / F(32.0)))  # av_x
+        S[lanes.SW + j] = np.sqrt(F(S[lanes.SW + j] / F(32.0)))  # av_x
     for i in range(32):
         for j in range(16):
             k = 16 * i + j
-            S[WT + k] = F(S[SW + j] + abs(S[XT + k]))
+            S[lanes.WT + k] = F(S[lanes.SW + j] + abs(S[lanes.XT + k]))
     qkx_lanes(S, 32, nmax, 16, rmin, rdelta, nstep, False)
 
 
 @jit
-def _q45_scales(S, use_qw, orow, o, j0, clamp63, scales, mins, sw, Ls, Lm):
+def _q45_scales(S, use_qw, orow, o, j0, clamp63, Ls, Lm):
     """Scales/mins of lanes ``j0..j0+7``: 6-bit packing, fp16 d/dmin, per-lane re-quantization scales."""
     if not use_qw:
-        max_scale = F(0.0)
-        max_min = F(0.0)
-        for j in range(8):
-            s = S[SCL + j0 + j]
-            m = S[MINS + j0 + j]
-            if s > max_scale:
-                max_scale = s
-            if m > max_min:
-                max_min = m
+        max_scale = lanes.lane_max(S, lanes.SCL + j0, 8)
+        max_min = lanes.lane_max(S, lanes.MINS + j0, 8)
         inv_scale = F(F(63.0) / max_scale) if max_scale > 0 else F(0.0)
         inv_min = F(F(63.0) / max_min) if max_min > 0 else F(0.0)
         for j in range(8):
-            Ls[j] = min(63, nearest_int(F(inv_scale * S[SCL + j0 + j])) & 0xFF)
-            Lm[j] = min(63, nearest_int(F(inv_min * S[MINS + j0 + j])) & 0xFF)
+            Ls[j] = min(63, nearest_int(F(inv_scale * S[lanes.SCL + j0 + j])) & 0xFF)
+            Lm[j] = min(63, nearest_int(F(inv_min * S[lanes.MINS + j0 + j])) & 0xFF)
         dval = F(max_scale / F(63.0))
         mval = F(max_min / F(63.0))
     else:
-        for j in range(8):
-            scales[j] = S[SCL + j0 + j]
-            mins[j] = S[MINS + j0 + j]
-            sw[j] = S[SW + j0 + j]
-        dval = qp_quants_u8(8, 63, scales, sw, Ls)
-        mval = qp_quants_u8(8, 63, mins, sw, Lm)
+        dval = qp_quants_u8(8, 63, S, lanes.SCL + j0, S, lanes.SW + j0, Ls)
+        mval = qp_quants_u8(8, 63, S, lanes.MINS + j0, S, lanes.SW + j0, Lm)
         if clamp63:
             for j in range(8):
                 Ls[j] = min(63, Ls[j])
@@ -172,200 +142,77 @@ def _q45_scales(S, use_qw, orow, o, j0, clamp63, scales, mins, sw, Ls, Lm):
     dmin = put_fp16(orow, o + 2, mval)
     for j in range(8):
         sc, mn = get_scale_min_k4(j, orow, so)
-        S[RQD + j0 + j] = F(d * F(sc))
-        S[RQM + j0 + j] = F(dmin * F(mn))
+        S[lanes.RQD + j0 + j] = F(d * F(sc))
+        S[lanes.RQM + j0 + j] = F(dmin * F(mn))
 
 
-@jit
-def _quantize_q45(x, qw, out, q5):
-    rows, n = x.shape
-    nb = n // QK_K
-    total = rows * nb
-    use_qw = qw.shape[0] > 0
-    S = np.zeros(SCRATCH_SIZE, np.float32)
-    L = np.zeros(QK_K, np.int32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
-    sw = np.zeros(8, np.float32)
-    Ls = np.zeros(8, np.int32)
-    Lm = np.zeros(8, np.int32)
+def _q45_codec(q5):
+    """The (quantize, dequantize) row kernels of Q5_K (``q5``) or Q4_K; ``q5`` is constant to numba."""
     nmax = 31 if q5 else 15
     bsize = 176 if q5 else 144
-    for g in range(0, total, 2):  # two super-blocks per search: 16 lanes
-        g2 = g + 1 if g + 1 < total else g
-        _q45_load(S, x, qw, use_qw, g, nb, 0)
-        _q45_load(S, x, qw, use_qw, g2, nb, 8)
-        if q5:
-            _q45_search(S, use_qw, 31, F(-0.5), F(0.1), 15)
-        else:
-            _q45_search(S, use_qw, 15, F(-1.0), F(0.1), 20)
-        for half in range(2):
-            gg = g + half if half == 0 or g2 != g else g
-            _q45_scales(S, use_qw, out[gg // nb], (gg % nb) * bsize, 8 * half, q5, scales, mins, sw, Ls, Lm)
-        requant_lanes(S, 32, 16, 0, nmax)
-        for half in range(g2 - g + 1):
-            gg = g + half
-            orow = out[gg // nb]
-            o = (gg % nb) * bsize
-            for j in range(8):
-                lane_codes(S, L, 32 * j, 8 * half + j, 32, 16)
+    qs = 48 if q5 else 16  # offset of the low nibbles
+
+    @jit
+    def quantize(x, qw, out):
+        rows, n = x.shape
+        nb = n // QK_K
+        total = rows * nb
+        use_qw = qw.shape[0] > 0
+        S = np.zeros(lanes.SCRATCH_SIZE, np.float32)
+        L = np.zeros(2 * QK_K, np.int32)
+        Ls = np.zeros(8, np.int32)
+        Lm = np.zeros(8, np.int32)
+        for g in range(0, total, 2):  # two super-blocks per search: 16 lanes
+            g2 = g + 1 if g + 1 < total else g
+            _q45_load(S, x, qw, use_qw, g, nb, 0)
+            _q45_load(S, x, qw, use_qw, g2, nb, 8)
             if q5:
-                for l in range(32):  # qh: bit k of byte l is the 5th bit of element 32k+l
-                    h = 0
-                    for k in range(8):
-                        h |= ((L[32 * k + l] >> 4) & 1) << k
-                    orow[o + 16 + l] = np.uint8(h)
-            qs = o + (48 if q5 else 16)
-            for c in range(4):
-                for l in range(32):
-                    orow[qs + 32 * c + l] = np.uint8((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4))
-
-
-@jit
-def quantize_q4_k(x, qw, out):
-    """Q4_K, 144-byte blocks: d, dmin fp16 @0/@2, scales[12] (8 x 6-bit scale + min) @4, qs[128] @16."""
-    _quantize_q45(x, qw, out, False)
-
-
-@jit
-def quantize_q5_k(x, qw, out):
-    """Q5_K, 176-byte blocks: d, dmin @0/@2, scales[12] @4, qh[32] (5th bits) @16, qs[128] @48."""
-    _quantize_q45(x, qw, out, True)
-
-
-@jit
-def dequantize_q4_k(data, out):
-    """Q4_K blocks to float32: ``y = (d*sc)*q - dmin*mn``."""
-    rows, n = out.shape
-    nb = n // QK_K
-    for r in range(rows):
-        src = data[r]
-        y = out[r]
-        for b in range(nb):
-            o = b * 144
-            d = get_fp16(src, o)
-            dmin = get_fp16(src, o + 2)
-            for j in range(8):
-                sc, mn = get_scale_min_k4(j, src, o + 4)
-                d1 = F(d * F(sc))
-                m1 = F(dmin * F(mn))
-                c = j >> 1
-                shift = 4 * (j & 1)
-                for l in range(32):
-                    q = (np.int32(src[o + 16 + 32 * c + l]) >> shift) & 15
-                    y[b * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
-
-
-@jit
-def dequantize_q5_k(data, out):
-    """Q5_K blocks to float32: ``y = (d*sc)*(nibble + 16*hbit) - dmin*mn``."""
-    rows, n = out.shape
-    nb = n // QK_K
-    for r in range(rows):
-        src = data[r]
-        y = out[r]
-        for b in range(nb):
-            o = b * 176
-            d = get_fp16(src, o)
-            dmin = get_fp16(src, o + 2)
-            for j in range(8):
-                sc, mn = get_scale_min_k4(j, src, o + 4)
-                d1 = F(d * F(sc))
-                m1 = F(dmin * F(mn))
-                c = j >> 1
-                shift = 4 * (j & 1)
-                for l in range(32):
-                    q = (np.int32(src[o + 48 + 32 * c + l]) >> shift) & 15
-                    q += 16 * ((np.int32(src[o + 16 + l]) >> j) & 1)
-                    y[b * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
-
-
-# --- Q6_K ---------------------------------------------------------------------------------------------
-
-
-@jit
-def quantize_q6_k(x, qw, out):
-    """Q6_K, 210-byte blocks: ql[128] low nibbles @0, qh[64] top 2 bits @128, int8 scales[16] @192, d @208."""
-    rows, n = x.shape
-    nb = n // QK_K
-    use_qw = qw.shape[0] > 0
-    S = np.zeros(SCRATCH_SIZE, np.float32)
-    L = np.zeros(QK_K, np.int32)
-    sc = np.zeros(16, np.int32)
-    for r in range(rows):
-        xr = x[r]
-        orow = out[r]
-        for b in range(nb):
-            base = b * QK_K
-            o = b * 210
-            load_lanes(S, xr, base, 16, 16, 0, 16)
-            if use_qw:
-                load_lanes_w(S, qw, base, 16, 16, 0, 16)
+                _q45_search(S, use_qw, 31, F(-0.5), F(0.1), 15)
             else:
-                for k in range(QK_K):
-                    S[WT + k] = F(S[XT + k] * S[XT + k])
-            for k in range(QK_K):
-                S[WXT + k] = F(S[WT + k] * S[XT + k])
-            qx_lanes(S, 16, 32, 16)
-            max_scale = F(0.0)
-            max_abs = F(0.0)
-            for ib in range(16):
-                s = S[SCL + ib]
-                a = abs(s)
-                if a > max_abs:
-                    max_abs = a
-                    max_scale = s
-            if max_abs < GROUP_MAX_EPS:
-                for k in range(210):
-                    orow[o + k] = 0
-                continue
-            iscale = F(F(-128.0) / max_scale)
-            d = put_fp16(orow, o + 208, F(F(1.0) / iscale))
-            for ib in range(16):
-                v = min(127, nearest_int(F(iscale * S[SCL + ib])))
-                v = ((v + 128) & 0xFF) - 128  # int8_t store
-                sc[ib] = v
-                orow[o + 192 + ib] = np.uint8(v & 0xFF)
-            for j in range(16):
-                S[RQD + j] = F(d * F(sc[j]))
-                S[RQM + j] = F(0.0)
-            requant_lanes(S, 16, 16, -32, 31)
-            for j in range(16):
-                lane_codes(S, L, 16 * j, j, 16, 16)
-            for h in range(2):
-                bb = 128 * h
-                for l in range(32):
-                    q1 = L[bb + l]
-                    q2 = L[bb + l + 32]
-                    q3 = L[bb + l + 64]
-                    q4 = L[bb + l + 96]
-                    orow[o + 64 * h + l] = np.uint8((q1 & 15) | ((q3 & 15) << 4))
-                    orow[o + 64 * h + 32 + l] = np.uint8((q2 & 15) | ((q4 & 15) << 4))
-                    qh = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
-                    orow[o + 128 + 32 * h + l] = np.uint8(qh)
-
-
-@jit
-def dequantize_q6_k(data, out):
-    """Q6_K blocks to float32: ``y = (d*sc)*(L-32)``."""
-    rows, n = out.shape
-    nb = n // QK_K
-    for r in range(rows):
-        src = data[r]
-        y = out[r]
-        for b in range(nb):
-            o = b * 210
-            d = get_fp16(src, o + 208)
-            for h in range(2):
-                for k in range(4):
+                _q45_search(S, use_qw, 15, F(-1.0), F(0.1), 20)
+            for half in range(2):
+                gg = g + half if half == 0 or g2 != g else g
+                _q45_scales(S, use_qw, out[gg // nb], (gg % nb) * bsize, 8 * half, q5, Ls, Lm)
+            # codes: lanes 0-7 (super-block g) into L[:256], lanes 8-15 (g2) into L[256:]
+            lanes.final_codes(S, L, 32, 16, 0, nmax)
+            for half in range(g2 - g + 1):
+                gg = g + half
+                orow = out[gg // nb]
+                o = (gg % nb) * bsize
+                Lh = L[QK_K * half :]
+                if q5:
+                    lanes.pack_bit_plane(Lh, 4, orow, o + 16)  # qh: the 5th bits
+                for c in range(4):
                     for l in range(32):
-                        i = 128 * h + 32 * k + l
-                        qlb = np.int32(src[o + 64 * h + 32 * (k & 1) + l])
-                        lo = (qlb >> 4) if k >= 2 else (qlb & 15)
-                        hi = (np.int32(src[o + 128 + 32 * h + l]) >> (2 * k)) & 3
-                        sv = np.int32(src[o + 192 + i // 16])
-                        sv = sv - 256 if sv > 127 else sv
-                        y[b * QK_K + i] = F(F(d * F(sv)) * F((lo | (hi << 4)) - 32))
+                        lo = Lh[64 * c + l] & 15
+                        orow[o + qs + 32 * c + l] = np.uint8(lo | ((Lh[64 * c + 32 + l] & 15) << 4))
+
+    @jit
+    def dequantize(data, out):
+        nb = out.shape[1] // QK_K
+        for g in range(out.shape[0] * nb):  # super-block g % nb of row g // nb
+            src = data[g // nb]
+            y = out[g // nb]
+            o = (g % nb) * bsize
+            d = get_fp16(src, o)
+            dmin = get_fp16(src, o + 2)
+            for j in range(8):
+                sc, mn = get_scale_min_k4(j, src, o + 4)
+                d1 = F(d * F(sc))
+                m1 = F(dmin * F(mn))
+                c = j >> 1
+                shift = 4 * (j & 1)
+                for l in range(32):
+                    q = (np.int32(src[o + qs + 32 * c + l]) >> shift) & 15
+                    if q5:
+                        q += 16 * ((np.int32(src[o + 16 + l]) >> j) & 1)
+                    y[(g % nb) * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
+
+    return quantize, dequantize
+
+
+quantize_q4_k, dequantize_q4_k = _q45_codec(False)
+quantize_q5_k, dequantize_q5_k = _q45_codec(True)
 
 
 # --- Q8_K ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ which LLVM vectorizes across lanes. Each lane still performs exactly the C opera
 float32 operations, sums sequential in element order); data-dependent choices become per-lane
 selects, and the refinement of ``make_q3_quants`` (sequential accept/reject) runs lane by lane. The
 results are the ones of the one-at-a-time helpers in ``primitives`` (and of ggml), bit for bit. The
-searches are in ``kquants_search``; this module holds the scratch layout and the per-block plumbing.
+searches are in ``kquants_search``; this module holds the scratch layout, the per-block plumbing
+(loading lanes, weights, re-quantization) and the bit packing of codes that several types share.
 
 Everything lives in one float32 scratch array ``S`` (allocated once per kernel call) at constant
 offsets, so LLVM sees one base pointer and needs no runtime alias checks. Per-element regions hold a
@@ -84,11 +85,22 @@ def load_lanes(S, xr, base, n, lanes, j0, nsub):
 
 
 @jit
-def load_lanes_w(S, w, base, n, lanes, j0, nsub):
-    """Same as ``load_lanes`` into ``S[WT]`` (importance weights)."""
+def load_weights(S, qw, base, n, lanes, j0, nsub, sigma2):
+    """The importance vector ``qw[base:]`` into ``S[WT]`` as ``load_lanes`` lays out x, and ``sigma2`` into
+    ``S[SIG]`` for those lanes (read by ``imatrix_weights``; Q6_K, which uses ``qw`` as is, passes 0)."""
     for j in range(nsub):
+        S[SIG + j0 + j] = sigma2
         for i in range(n):
-            S[WT + i * lanes + j0 + j] = w[base + n * j + i]
+            S[WT + i * lanes + j0 + j] = qw[base + n * j + i]
+
+
+@jit
+def weights_x(S, count, squares):
+    """``S[WXT] = w*x`` for the first ``count`` entries; with ``squares`` first ``S[WT] = x*x``."""
+    for k in range(count):
+        if squares:
+            S[WT + k] = F(S[XT + k] * S[XT + k])
+        S[WXT + k] = F(S[WT + k] * S[XT + k])
 
 
 @jit
@@ -121,23 +133,37 @@ def requant_lanes(S, n, lanes, lo, hi):
 
 
 @jit
+def final_codes(S, L, n, lanes, lo, hi):
+    """``requant_lanes``, then the codes of every lane ``j`` into ``L[n*j : n*j+n]`` (``lane_codes``)."""
+    requant_lanes(S, n, lanes, lo, hi)
+    for j in range(lanes):
+        lane_codes(S, L, n * j, j, n, lanes)
+
+
+@jit
 def imatrix_weights(S, n, lanes):
-    """``S[WT] = qw * sqrt(sigma2 + x*x)`` with the lane's ``S[SIG]``; ``S[WT]`` holds ``qw`` on entry."""
+    """``S[WT] = qw * sqrt(sigma2 + x*x)`` with the lane's ``S[SIG]`` (``S[WT]`` holds ``qw`` on entry), then
+    ``S[SW + j]`` = the sequential sum of lane j's weights."""
     for i in range(n):
         for j in range(lanes):
             k = i * lanes + j
             xv = S[XT + k]
             S[WT + k] = F(S[WT + k] * np.sqrt(F(S[SIG + j] + F(xv * xv))))
-
-
-@jit
-def lane_weight_sums(S, n, lanes):
-    """``S[SW + j]`` = sequential sum of lane j's weights."""
     for j in range(lanes):
         S[SW + j] = F(0.0)
     for i in range(n):
         for j in range(lanes):
             S[SW + j] = F(S[SW + j] + S[WT + i * lanes + j])
+
+
+@jit
+def lane_max(S, R, n):
+    """``max(0, S[R], ..., S[R+n-1])`` with C's ``if (v > max) max = v`` scan (the ``_ref`` second levels)."""
+    mx = F(0.0)
+    for j in range(n):
+        if S[R + j] > mx:
+            mx = S[R + j]
+    return mx
 
 
 @jit
@@ -148,3 +174,29 @@ def block_sumsq(xr, base):
         xv = xr[base + i]
         s = F(s + F(xv * xv))
     return s
+
+
+# --- code packing (byte layouts in ``kquants`` / ``kquants_low``) ---------------------------------------
+
+
+@jit
+def pack_2bit_planes(L, shift, out, off):
+    """§3.7: bits ``shift, shift+1`` of 256 codes into 64 bytes at ``out[off:]``: byte ``32h + l``, bits
+    ``2k``, holds element ``128h + 32k + l`` (Q2_K/Q3_K low bits with shift 0, Q6_K's top bits with 4)."""
+    for h in range(2):
+        b = 128 * h
+        for l in range(32):
+            v = ((L[b + l] >> shift) & 3) | (((L[b + l + 32] >> shift) & 3) << 2)
+            v |= (((L[b + l + 64] >> shift) & 3) << 4) | (((L[b + l + 96] >> shift) & 3) << 6)
+            out[off + 32 * h + l] = np.uint8(v)
+
+
+@jit
+def pack_bit_plane(L, bit, out, off):
+    """Bit ``bit`` of 256 codes into 32 bytes at ``out[off:]``: bit k of byte l is that of element 32k + l
+    (Q3_K's hmask with bit 2, Q5_K's qh with bit 4)."""
+    for l in range(32):
+        h = 0
+        for k in range(8):
+            h |= ((L[32 * k + l] >> bit) & 1) << k
+        out[off + l] = np.uint8(h)

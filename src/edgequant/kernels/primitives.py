@@ -194,6 +194,28 @@ def signed_absmax(x, start, n):
 
 
 @jit
+def _qx_codes(n, nmax, x, xs, iscale, L, ls):
+    """``L[ls+i] = clamp(nearest_int(iscale * x[xs+i]), -nmax, nmax-1) + nmax``."""
+    for i in range(n):
+        L[ls + i] = max(-nmax, min(nmax - 1, nearest_int(F(iscale * x[xs + i])))) + nmax
+
+
+@jit
+def _qx_sums(n, nmax, x, xs, w, ws, iscale):
+    """(sum (w*x)*l, sum (w*l)*l), sequential, for the codes l of ``iscale`` (w = x*x where ``ws < 0``)."""
+    sumlx = F(0.0)
+    suml2 = F(0.0)
+    for i in range(n):
+        xi = x[xs + i]
+        l = max(-nmax, min(nmax - 1, nearest_int(F(iscale * xi))))
+        wi = w[ws + i] if ws >= 0 else F(xi * xi)
+        fl = F(l)
+        sumlx = F(sumlx + F(F(wi * xi) * fl))
+        suml2 = F(suml2 + F(F(wi * fl) * fl))
+    return sumlx, suml2
+
+
+@jit
 def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
     """Symmetric weighted scale search (rmse_type 1); codes 0..2*nmax-1 into ``L[ls:ls+n]``.
 
@@ -207,17 +229,8 @@ def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
         return F(0.0)
     fnmax = F(nmax)
     iscale = F(F(-fnmax) / m)
-    sumlx = F(0.0)
-    suml2 = F(0.0)
-    for i in range(n):
-        xi = x[xs + i]
-        l = nearest_int(F(iscale * xi))
-        l = max(-nmax, min(nmax - 1, l))
-        L[ls + i] = l + nmax
-        wi = w[ws + i] if ws >= 0 else F(xi * xi)
-        fl = F(l)
-        sumlx = F(sumlx + F(F(wi * xi) * fl))
-        suml2 = F(suml2 + F(F(wi * fl) * fl))
+    _qx_codes(n, nmax, x, xs, iscale, L, ls)
+    sumlx, suml2 = _qx_sums(n, nmax, x, xs, w, ws, iscale)
     scale = F(sumlx / suml2) if suml2 != 0 else F(0.0)
     best = F(scale * sumlx)
     for step in range(-9, 10):
@@ -225,20 +238,9 @@ def make_qx_quants(n, nmax, x, xs, w, ws, L, ls):
             continue
         t = F(F(0.1) * F(step))
         iscale = F(F(-F(fnmax + t)) / m)
-        sumlx = F(0.0)
-        suml2 = F(0.0)
-        for i in range(n):
-            xi = x[xs + i]
-            l = nearest_int(F(iscale * xi))
-            l = max(-nmax, min(nmax - 1, l))
-            wi = w[ws + i] if ws >= 0 else F(xi * xi)
-            fl = F(l)
-            sumlx = F(sumlx + F(F(wi * xi) * fl))
-            suml2 = F(suml2 + F(F(wi * fl) * fl))
+        sumlx, suml2 = _qx_sums(n, nmax, x, xs, w, ws, iscale)
         if suml2 > 0 and F(sumlx * sumlx) > F(best * suml2):
-            for i in range(n):
-                l = nearest_int(F(iscale * x[xs + i]))
-                L[ls + i] = max(-nmax, min(nmax - 1, l)) + nmax
+            _qx_codes(n, nmax, x, xs, iscale, L, ls)
             scale = F(sumlx / suml2)
             best = F(scale * sumlx)
     return scale
