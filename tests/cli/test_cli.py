@@ -150,6 +150,8 @@ def test_interrupted_run_leaves_no_partial_output(tmp_path, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored: restore the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not leftovers(tmp_path) and time.time() < deadline and proc.poll() is None:

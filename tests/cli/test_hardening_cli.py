@@ -301,6 +301,12 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert other.exists()
 
 
+def _default_sigint():
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it ignored:
+    # give the child the default disposition, as an interactive terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_start_up_is_one_line_and_130(tmp_path):
     src = small(tmp_path)
     outcomes = []
@@ -310,6 +316,7 @@ def test_sigint_during_start_up_is_one_line_and_130(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_default_sigint,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
