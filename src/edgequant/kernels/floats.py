@@ -18,42 +18,43 @@ from edgequant.kernels.primitives import (
 )
 
 
-@jit
-def quantize_f32(x, qw, out):
-    for r in range(x.shape[0]):
-        out[r].view(np.float32)[:] = x[r]
-
-
-@jit
-def dequantize_f32(data, out):
-    for r in range(out.shape[0]):
-        out[r] = data[r].view(np.float32)
-
-
-def _words16(bf16):
-    """The (quantize, dequantize) row kernels of BF16 (``bf16``) or F16; ``bf16`` is constant to numba."""
+def _codec(kind):
+    """The (quantize, dequantize) row kernels of F32 (``kind`` 0, copies), F16 (1) or BF16 (2); ``kind`` is
+    constant to numba."""
 
     @jit
     def quantize(x, qw, out):
         rows, n = x.shape
         for r in range(rows):
-            o = out[r].view(np.uint16)
-            for i in range(n):
-                o[i] = fp32_to_bf16_bits(x[r, i]) if bf16 else fp32_to_fp16_bits(x[r, i])
+            if kind == 0:
+                o32 = out[r].view(np.float32)
+                for i in range(n):
+                    o32[i] = x[r, i]
+            else:
+                o = out[r].view(np.uint16)
+                for i in range(n):
+                    o[i] = fp32_to_bf16_bits(x[r, i]) if kind == 2 else fp32_to_fp16_bits(x[r, i])
 
     @jit
     def dequantize(data, out):
-        for r in range(out.shape[0]):
-            src = data[r].view(np.uint16)
-            for i in range(src.size):
-                h = src[i]
-                out[r, i] = i32_as_f32(np.int32(np.int64(h) << 16)) if bf16 else fp16_bits_to_fp32(h)
+        rows, n = out.shape
+        for r in range(rows):
+            if kind == 0:
+                s32 = data[r].view(np.float32)
+                for i in range(n):
+                    out[r, i] = s32[i]
+            else:
+                src = data[r].view(np.uint16)
+                for i in range(n):
+                    h = src[i]
+                    out[r, i] = i32_as_f32(np.int32(np.int64(h) << 16)) if kind == 2 else fp16_bits_to_fp32(h)
 
     return quantize, dequantize
 
 
-quantize_f16, dequantize_f16 = _words16(False)
-quantize_bf16, dequantize_bf16 = _words16(True)
+quantize_f32, dequantize_f32 = _codec(0)
+quantize_f16, dequantize_f16 = _codec(1)
+quantize_bf16, dequantize_bf16 = _codec(2)
 
 
 @jit

@@ -174,7 +174,9 @@ def _q45_codec(q5):
                 gg = g + half if half == 0 or g2 != g else g
                 _q45_scales(S, use_qw, out[gg // nb], (gg % nb) * bsize, 8 * half, q5, Ls, Lm)
             # codes: lanes 0-7 (super-block g) into L[:256], lanes 8-15 (g2) into L[256:]
-            lanes.final_codes(S, L, 32, 16, 0, nmax)
+            lanes.requant_lanes(S, 32, 16, 0, nmax)
+            for j in range(16):
+                lanes.lane_codes(S, L, 32 * j, j, 32, 16)
             for half in range(g2 - g + 1):
                 gg = g + half
                 orow = out[gg // nb]
@@ -189,24 +191,24 @@ def _q45_codec(q5):
 
     @jit
     def dequantize(data, out):
-        nb = out.shape[1] // QK_K
-        for g in range(out.shape[0] * nb):  # super-block g % nb of row g // nb
-            src = data[g // nb]
-            y = out[g // nb]
-            o = (g % nb) * bsize
-            d = get_fp16(src, o)
-            dmin = get_fp16(src, o + 2)
-            for j in range(8):
-                sc, mn = get_scale_min_k4(j, src, o + 4)
-                d1 = F(d * F(sc))
-                m1 = F(dmin * F(mn))
-                c = j >> 1
-                shift = 4 * (j & 1)
-                for l in range(32):
-                    q = (np.int32(src[o + qs + 32 * c + l]) >> shift) & 15
-                    if q5:
-                        q += 16 * ((np.int32(src[o + 16 + l]) >> j) & 1)
-                    y[(g % nb) * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
+        for r in range(out.shape[0]):
+            src = data[r]
+            y = out[r]
+            for b in range(out.shape[1] // QK_K):
+                o = b * bsize
+                d = get_fp16(src, o)
+                dmin = get_fp16(src, o + 2)
+                for j in range(8):
+                    sc, mn = get_scale_min_k4(j, src, o + 4)
+                    d1 = F(d * F(sc))
+                    m1 = F(dmin * F(mn))
+                    c = j >> 1
+                    shift = 4 * (j & 1)
+                    for l in range(32):
+                        q = (np.int32(src[o + qs + 32 * c + l]) >> shift) & 15
+                        if q5:
+                            q += 16 * ((np.int32(src[o + 16 + l]) >> j) & 1)
+                        y[b * QK_K + 32 * j + l] = F(F(d1 * F(q)) - m1)
 
     return quantize, dequantize
 

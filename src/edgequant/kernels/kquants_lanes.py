@@ -97,9 +97,10 @@ def load_weights(S, qw, base, n, lanes, j0, nsub, sigma2):
 @jit
 def weights_x(S, count, squares):
     """``S[WXT] = w*x`` for the first ``count`` entries; with ``squares`` first ``S[WT] = x*x``."""
-    for k in range(count):
-        if squares:
+    if squares:
+        for k in range(count):
             S[WT + k] = F(S[XT + k] * S[XT + k])
+    for k in range(count):
         S[WXT + k] = F(S[WT + k] * S[XT + k])
 
 
@@ -130,14 +131,6 @@ def requant_lanes(S, n, lanes, lo, hi):
             S[LA + k] = F(max(lo, min(hi, nearest_int(F(F(S[XT + k] + m) / d)))) - lo)
             k2 = k + lanes
             S[LA + k2] = F(max(lo, min(hi, nearest_int(F(F(S[XT + k2] + m) / d)))) - lo)
-
-
-@jit
-def final_codes(S, L, n, lanes, lo, hi):
-    """``requant_lanes``, then the codes of every lane ``j`` into ``L[n*j : n*j+n]`` (``lane_codes``)."""
-    requant_lanes(S, n, lanes, lo, hi)
-    for j in range(lanes):
-        lane_codes(S, L, n * j, j, n, lanes)
 
 
 @jit

@@ -35,13 +35,14 @@ from edgequant.kernels.kquants_lanes import (
     WT,
     XT,
     block_sumsq,
-    final_codes,
     imatrix_weights,
+    lane_codes,
     lane_max,
     load_lanes,
     load_weights,
     pack_2bit_planes,
     pack_bit_plane,
+    requant_lanes,
     weights_x,
 )
 from edgequant.kernels.kquants_search import q3_lanes, qkx_lanes, qp_quants_u8, qx_lanes
@@ -202,26 +203,29 @@ def _codec(kind):
         S = np.zeros(SCRATCH_SIZE, np.float32)
         L = np.zeros(QK_K, np.int32)
         T = np.zeros((3, 16), np.int32)
-        for g in range(rows * nb):
-            xr = x[g // nb]
-            orow = out[g // nb]
-            base = (g % nb) * QK_K
-            o = (g % nb) * bsize
-            load_lanes(S, xr, base, 16, 16, 0, 16)
-            if kind == 2:
-                _q2_scales(S, qw, xr, base, use_qw, orow, o, T)
-            elif kind == 3:
-                _q3_scales(S, qw, xr, base, use_qw, orow, o, T)
-            elif not _q6_scales(S, qw, base, use_qw, orow, o):
-                continue
-            final_codes(S, L, 16, 16, lo, hi)
-            if kind == 2:
-                pack_2bit_planes(L, 0, orow, o + 16)
-            elif kind == 3:
-                pack_bit_plane(L, 2, orow, o)  # hmask: the high bit (code >= 4)
-                pack_2bit_planes(L, 0, orow, o + 32)
-            else:
-                _q6_pack(L, orow, o)
+        for r in range(rows):
+            xr = x[r]
+            orow = out[r]
+            for b in range(nb):
+                base = b * QK_K
+                o = b * bsize
+                load_lanes(S, xr, base, 16, 16, 0, 16)
+                if kind == 2:
+                    _q2_scales(S, qw, xr, base, use_qw, orow, o, T)
+                elif kind == 3:
+                    _q3_scales(S, qw, xr, base, use_qw, orow, o, T)
+                elif not _q6_scales(S, qw, base, use_qw, orow, o):
+                    continue
+                requant_lanes(S, 16, 16, lo, hi)
+                for j in range(16):
+                    lane_codes(S, L, 16 * j, j, 16, 16)
+                if kind == 2:
+                    pack_2bit_planes(L, 0, orow, o + 16)
+                elif kind == 3:
+                    pack_bit_plane(L, 2, orow, o)  # hmask: the high bit (code >= 4)
+                    pack_2bit_planes(L, 0, orow, o + 32)
+                else:
+                    _q6_pack(L, orow, o)
 
     @jit
     def dequantize(data, out):

