@@ -14,8 +14,13 @@ Byte layout (little-endian throughout; versions 2 and 3; version 1 used 32-bit c
     padding      zeros up to a multiple of ``general.alignment`` (default 32): the data section starts here
     data         each tensor's bytes at data_offset + offset; llama.cpp pads every tensor to the alignment
 
-Nothing is allocated from a count or length before checking it fits in the bytes left in the file.
-Every error is a ``FormatError`` naming the file and the key or tensor at fault.
+Nothing is allocated from a count or length before checking it fits in the bytes left in the file, so the
+number of values read is at most the file size (every value takes at least one byte) and reading is linear
+in it. What could still amplify, Python objects for arrays nested in arrays (hundreds of bytes each for 12
+bytes of file), is capped: nesting depth ``MAX_ARRAY_NESTING``, and at most ``MAX_NESTED_ITEMS_BASE`` + one
+per ``_NESTED_BYTES_PER_ITEM`` bytes of file of them (llama.cpp refuses nested arrays altogether).
+Every error is a ``FormatError`` naming the file and the key or tensor at fault; names from the file are
+shown through ``core.text.quote`` (control characters escaped, long names cut).
 """
 
 from __future__ import annotations
