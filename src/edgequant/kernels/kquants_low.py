@@ -185,15 +185,13 @@ def _q6_pack(L, orow, o):
 # --- the row kernels ----------------------------------------------------------------------------------
 
 
-def _codec(kind):
-    """The (quantize, dequantize) row kernels of Q2_K, Q3_K or Q6_K (``kind`` 2, 3, 6; constant to numba).
+_BSIZE = {2: 84, 3: 110, 6: 210}  # bytes per block, by kind (2, 3, 6 = Q2_K, Q3_K, Q6_K)
 
-    The decoder reads sub-block j's 16 two-bit fields from the plane layout (Q2_K/Q3_K codes, Q6_K's top
-    bits): byte ``qs + 32*(j//8) + 16*(j%2) + l``, bits ``2*((j%8)//2)``.
-    """
-    bsize = {2: 84, 3: 110, 6: 210}[kind]
+
+def _codec(kind):
+    """The (quantize, dequantize) row kernels of Q2_K, Q3_K or Q6_K (``kind`` 2, 3, 6; constant to numba)."""
+    bsize = _BSIZE[kind]
     lo, hi = {2: (0, 3), 3: (-4, 3), 6: (-32, 31)}[kind]  # code range of the re-quantization
-    qs = {2: 16, 3: 32, 6: 128}[kind]  # the 2-bit planes
 
     @jit
     def quantize(x, qw, out):
@@ -226,6 +224,18 @@ def _codec(kind):
                     pack_2bit_planes(L, 0, orow, o + 32)
                 else:
                     _q6_pack(L, orow, o)
+
+    return quantize, _decoder(kind)
+
+
+def _decoder(kind):
+    """The dequantize row kernel of Q2_K, Q3_K or Q6_K (``kind`` 2, 3, 6; constant to numba).
+
+    Sub-block j's 16 two-bit fields (Q2_K/Q3_K codes, Q6_K's top bits) come from the plane layout: byte
+    ``qs + 32*(j//8) + 16*(j%2) + l``, bits ``2*((j%8)//2)``.
+    """
+    bsize = _BSIZE[kind]
+    qs = {2: 16, 3: 32, 6: 128}[kind]  # the 2-bit planes
 
     @jit
     def dequantize(data, out):
@@ -265,7 +275,7 @@ def _codec(kind):
                             q = ((ql >> 4) if k >= 2 else (ql & 15)) | (q << 4)
                             y[b * QK_K + 16 * j + l] = F(dl * F(q - 32))
 
-    return quantize, dequantize
+    return dequantize
 
 
 quantize_q2_k, dequantize_q2_k = _codec(2)
