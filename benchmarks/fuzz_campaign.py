@@ -200,6 +200,11 @@ def save(state: dict, path_json: str) -> None:
         f"| {state['max_peak_rss_mb']:.1f} MB | {len(state['over_memory_limit'])} "
         f"| {state['max_seconds']:.2f} s |",
         "",
+        "RSS added by a case: the forked child's peak RSS (`wait4`) minus the parent's RSS at the fork, "
+        "i.e. what the case itself allocated beyond the warmed-up process (imports and compiled kernels: "
+        "the max peak RSS column); 0.0 means no case grew it. Seeds are 0.2-31 KB files; hangs are cases "
+        "killed at the per-case timeout.",
+        "",
         "## By seed kind",
         "",
         "| kind | files | accepted | refused | other exceptions | hangs |",
