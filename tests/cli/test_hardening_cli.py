@@ -128,6 +128,17 @@ def test_control_characters_in_names_never_reach_the_terminal(tmp_path):
     assert "\\x1b" in p.stderr  # shown escaped
 
 
+def test_fp16_scale_overflow_is_one_line_without_a_warning(tmp_path):
+    """Found by benchmarks/fuzz_cli.py: quantize's RuntimeWarning came before the error (3 stderr lines)."""
+    kvs, tensors = small_llama()
+    name, ne, _, _ = tensors[3]
+    big = np.full(ne[::-1], 1e30, np.float32).tobytes()
+    src = write_gguf(str(tmp_path / "in.gguf"), kvs, [*tensors[:3], (name, ne, 0, big), *tensors[4:]])
+    p = run("quantize", "--json", src, tmp_path / "out.gguf", "Q4_0")
+    assert_one_line_error(p, tmp_path, keep=["in.gguf"])
+    assert "overflow the fp16 scale" in p.stderr
+
+
 def test_newline_in_a_tensor_name_gives_a_one_line_error(tmp_path):
     kvs, tensors = small_llama()
     name, ne, _, data = tensors[3]

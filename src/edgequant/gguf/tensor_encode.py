@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from gguf.constants import GGUFValueType
 
+from edgequant.core.text import quote
 from edgequant.errors import NonFiniteError, ShapeError
 from edgequant.gguf.codecs import dequantize, get_codec, nonfinite_scale_rows, quantize
 from edgequant.gguf.imatrix import Imatrix
@@ -49,34 +52,42 @@ def tensor_rows_f32(raw: np.ndarray, t) -> np.ndarray:
     return x
 
 
+def _quantize_matrices(x, new_type, qw, ne, n_mat, threads) -> np.ndarray:
+    """Rows quantized; a 3-D (expert) tensor with an imatrix one expert at a time, each with its slice."""
+    if qw is None or n_mat == 1:
+        return quantize(x, new_type, qw, threads=threads, check_finite=False)
+    per = x.shape[0] // n_mat
+    return np.concatenate(
+        [
+            quantize(
+                x[e * per : (e + 1) * per],
+                new_type,
+                qw[e * ne[0] : (e + 1) * ne[0]],
+                threads=threads,
+                check_finite=False,
+            )
+            for e in range(n_mat)
+        ]
+    )
+
+
 def encode_tensor(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
     """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice."""
     ne = t.shape_ne
     n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
-    if qw is None or n_mat == 1:
-        out = quantize(x, new_type, qw, threads=threads, check_finite=False)
-    else:
-        per = x.shape[0] // n_mat
-        out = np.concatenate(
-            [
-                quantize(
-                    x[e * per : (e + 1) * per],
-                    new_type,
-                    qw[e * ne[0] : (e + 1) * ne[0]],
-                    threads=threads,
-                    check_finite=False,
-                )
-                for e in range(n_mat)
-            ]
-        )
+    with warnings.catch_warnings():
+        # quantize() warns about overflowed fp16 scales; here they are checked below and refused with a
+        # one-line error, so the warning would only add lines (issue 17: one stderr line per failure)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = _quantize_matrices(x, new_type, qw, ne, n_mat, threads)
     codec = get_codec(new_type)
     if codec.fp16_scale_fields:
         bad = nonfinite_scale_rows(out, codec)
         if bad.size:
             raise NonFiniteError(
-                f"tensor '{t.name}': {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 scale of "
-                f"{new_type} (|w| too large); llama.cpp rejects such data too. Give this tensor another "
-                f"type with a tensor_types override such as '{t.name}=f16' (or q8_0)",
+                f"tensor {quote(t.name)}: {bad.size} row(s) (first: row {int(bad[0])}) overflow the fp16 "
+                f"scale of {new_type} (|w| too large); llama.cpp rejects such data too. Give this tensor "
+                f"another type with a tensor_types override such as {quote(t.name + '=f16')} (or q8_0)",
                 option="tensor_types",
             )
     return out
