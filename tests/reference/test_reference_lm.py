@@ -11,6 +11,7 @@ import pytest
 
 from edgequant.errors import ConfigError
 from edgequant.gguf.codecs import dequantize, quantize
+from edgequant.gguf.ftypes import FTYPES, parse_ftype
 from edgequant.gguf.reader import GGUFFile
 from edgequant.models.packaged import reference_lm
 from edgequant.testing import ggml_peer
@@ -96,3 +97,23 @@ def test_llamacpp_perplexity_agrees_with_transformers(reflm_f32, tmp_path):
         reflm_f32, text, n_ctx=256, n_chunks=4, backend="torch", threads=2, ggml_rounding=False
     )
     assert abs(llama["ppl"] / torch_["ppl"] - 1) < 0.005, (llama["ppl"], torch_["ppl"])
+
+
+@pytest.mark.skipif(not ggml_peer.available(), reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("ftype", list(FTYPES))
+def test_every_ftype_without_fallbacks_and_byte_identical_to_llama_quantize(reflm_f32, tmp_path, ftype):
+    """Every row is a multiple of 256, so no mixture falls back from a K-quant (SmolLM2's 576-wide rows make
+    llama.cpp fall back for most tensors); edgequant's file equals llama.cpp's byte for byte."""
+    from edgequant.testing import llama_peer
+    from edgequant.testing.compare import compare_gguf
+    from edgequant.workflows.quantize import quantize_model
+
+    name, fid = parse_ftype(ftype)
+    ours, theirs = str(tmp_path / "ours.gguf"), str(tmp_path / "llama.gguf")
+    report = quantize_model(reflm_f32, ours, name, threads=2)
+    assert report.n_fallback == 0, [t for t in report.tensors if t.fallback_from]
+    res = llama_peer.llama_quantize_file(reflm_f32, theirs, fid, nthread=2)
+    assert res["rc"] == 0, res["log"][-2000:]
+    cmp = compare_gguf(ours, theirs)
+    assert cmp.mismatched == [], cmp.mismatched[:5]
+    assert cmp.files_identical
