@@ -13,8 +13,9 @@ wider (512) model would see 4x fewer tokens in the same time and end up worse.
 
 Budget (why 300 steps of 8 x 512 tokens, 1.2M tokens, ~0.15 epoch): on this project's machine (2 cores,
 shared with the rest of a working session) a step took 15-50 s, so this is what fits in the ~100 minutes
-the issue allows. The model reaches its goal (held-out code perplexity at most a third of the unigram
-baseline's) with a wide margin; more steps would lower both held-out losses further.
+the issue allows. The model reaches its goal: held-out code perplexity 238.2 against the unigram baseline's
+1,073.5 (0.22; the goal is at most 1/3). Both held-out losses were still falling at the end (loss.png), so
+more steps on a quiet machine would give a better model.
 
 One command, reproducible (fixed seeds; the batch of each step is a function of the step alone; resumable:
 rerun the same command after an interruption and it continues from ``ckpt.pt``):
