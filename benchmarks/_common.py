@@ -1,4 +1,4 @@
-"""What every benchmark records beside its numbers: machine, commit, date, versions; and how results are saved."""
+"""What every benchmark records beside its numbers (machine, commit, date, versions); saving results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import subprocess
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def machine_info() -> dict:
+def host_info() -> dict:
+    """CPU model, cores, Python and commit: what every result records (no heavy imports)."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -28,6 +29,11 @@ def machine_info() -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": commit}
+
+
+def machine_info() -> dict:
+    """``host_info`` plus the date and the versions of the numeric packages (imports them, torch included)."""
     versions = {}
     for mod in ("numpy", "numba", "llama_cpp", "gguf", "torch", "bitsandbytes"):
         try:
@@ -35,10 +41,7 @@ def machine_info() -> dict:
         except Exception:
             pass
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "commit": commit,
+        **host_info(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": versions,
     }

@@ -93,9 +93,9 @@ def prepare_subject(model: str, work: str) -> dict:
     with open(eval_text, "w") as f:
         f.write(corpus.heldout_code_text())
     root = sysconfig.get_paths()["stdlib"]
-    parts = []
+    parts, train = [], set(corpus.split()["train"])
     for rel in REFLM_CALIB_MODULES:
-        assert rel in corpus.split()["train"], rel
+        assert rel in train, rel
         with open(os.path.join(root, rel), encoding="utf-8") as f:
             parts.append(f.read())
     with open(calib_text, "w") as f:

@@ -26,12 +26,10 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import random
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,10 @@ import traceback
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from _common import host_info  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 KEEP_FAILURES = 40
 # (kind, weight): byte mutations and typed replacements of each seed
@@ -142,22 +144,6 @@ def run_one(kind: str, data: bytes, timeout: float, base: str) -> dict:
     return res
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": commit}
-
-
 def new_state() -> dict:
     return {
         "next_case": 0,
@@ -255,7 +241,7 @@ def main() -> int:
     if os.path.exists(args.out) and not args.fresh:
         with open(args.out) as f:
             state = json.load(f)
-    state["machine"] = machine()
+    state["machine"] = host_info()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as d:  # warm up: imports and numba compilation, in the parent
         for kind in fuzz.SEED_KINDS:
