@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+# the test helpers (tests/support) are not installed with the package: import them from the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import edgequant
 import edgequant.gguf as eg
-from edgequant.testing import ggml_peer
-from edgequant.testing.cases import imatrix_cases
+from tests.support import ggml_peer
+from tests.support.cases import imatrix_cases
 
-TYPES = list(eg.codec_names())
 ROOT = Path(__file__).resolve().parents[1]
+TYPES = list(eg.codec_names())
 
 
 def best_of(fn, repeats: int) -> float:

@@ -23,25 +23,29 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the test helpers (tests/support) are not installed with the package: import them from the repository
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import machine_info, write_results
 
 from edgequant.gguf.ftypes import FTYPES, parse_ftype
 from edgequant.models.packaged import smollm2_gguf_path
-from edgequant.testing import ggml_peer, llama_peer
-from edgequant.testing.compare import compare_gguf
 from edgequant.workflows.dequantize import dequantize_model
 from edgequant.workflows.quantize import quantize_model
+from tests.support import ggml_peer, llama_peer
+from tests.support.compare import compare_gguf
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CHILD = r"""
 import json, sys, time
-tool, src, dst, ftype, threads = sys.argv[1:6]
+tool, src, dst, ftype, threads, root = sys.argv[1:7]
+sys.path.insert(0, root)
 t0 = time.perf_counter()
 if tool == "edgequant":
     from edgequant.workflows.quantize import quantize_model
     quantize_model(src, dst, ftype, threads=int(threads))
 else:
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.testing import llama_peer
+    from tests.support import llama_peer
 
     rc = llama_peer.llama_quantize_file(src, dst, parse_ftype(ftype)[1], nthread=int(threads))["rc"]
     assert rc == 0
@@ -174,7 +178,7 @@ def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
         for tool in ("edgequant", "llama.cpp"):
             dst = os.path.join(workdir, f"mem-{tool}.gguf")
             out = subprocess.run(
-                [sys.executable, "-c", _CHILD, tool, src, dst, ftype, str(threads)],
+                [sys.executable, "-c", _CHILD, tool, src, dst, ftype, str(threads), ROOT],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -207,7 +211,8 @@ def to_markdown(res: dict) -> str:
         f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
         "best of {} runs.\n".format(res["repeats"]),
         "## SmolLM2-135M (F32 source, 539.8 MB)\n",
-        "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical | metadata equal | files identical |",
+        "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical "
+        "| metadata equal | files identical |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["speed"]:
@@ -220,7 +225,8 @@ def to_markdown(res: dict) -> str:
         lines += [
             "",
             f"## Peak resident memory, synthetic F16 model ({m['file_bytes'] / 2**30:.2f} GiB, "
-            f"{m['n_layer']} layers, largest tensor {m['largest_tensor_f32_bytes'] / 2**20:.0f} MiB as F32)\n",
+            f"{m['n_layer']} layers, largest tensor "
+            f"{m['largest_tensor_f32_bytes'] / 2**20:.0f} MiB as F32)\n",
             "| tool | ftype | threads | seconds | peak RSS MiB | peak RSS / file size |",
             "|---|---|---|---|---|---|",
         ]
@@ -241,7 +247,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-gib", type=float, default=3.0)
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--memory-only", action="store_true", help="rerun only the memory part; keep the speed table")
+    ap.add_argument(
+        "--memory-only", action="store_true", help="rerun only the memory part; keep the speed table"
+    )
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if not ggml_peer.available():
@@ -249,7 +257,9 @@ def main() -> None:
     ftypes = ["Q8_0", "Q4_K_M", "Q4_0"] if args.quick else list(FTYPES)
     with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
         if args.memory_only:  # keep the committed speed table, redo the memory runs
-            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "model_quantize.json")) as f:
+            with open(
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "model_quantize.json")
+            ) as f:
                 res = json.load(f)
             res["memory_machine"] = machine_info()
         else:

@@ -48,6 +48,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the test helpers (tests/support) are not installed with the package: import them from the repository
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import machine_info, write_results
 
@@ -294,8 +296,8 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
     from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.eval.scoring import load_torch_backend
     from edgequant.gguf.ftypes import parse_ftype
-    from edgequant.testing import llama_peer
     from edgequant.workflows.quantize import quantize_model
+    from tests.support import llama_peer
 
     name = f"{ftype}{'+imatrix' if use_im else ''}"
     out = os.path.join(work, f"{name}.gguf")

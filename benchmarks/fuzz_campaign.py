@@ -3,7 +3,7 @@
     nice -n 15 .venv/bin/python benchmarks/fuzz_campaign.py --files 100000 --timeout 20
 
 Case ``i`` is a pure function of ``i`` and of this script's version (seeded ``random.Random(i)``: a seed
-kind, then byte mutations or a typed metadata/JSON replacement, see ``edgequant.testing.fuzz``); each run
+kind, then byte mutations or a typed metadata/JSON replacement, see ``tests.support.fuzz``); each run
 records its commit. A campaign is cumulative: it resumes
 from the ``next_case`` recorded in ``benchmarks/results/fuzz.json`` and adds to its counts. Each case runs in
 a child forked from a warmed-up parent (imports done, numba kernels compiled), so that a hang can be killed
@@ -38,6 +38,7 @@ import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)  # tests/support: the test helpers are not installed with the package
 
 from _common import host_info  # noqa: E402
 
@@ -62,7 +63,7 @@ KINDS = (
 
 def make_case(i: int) -> tuple[str, bytes]:
     """Case ``i``: (seed kind, bytes)."""
-    from edgequant.testing import fuzz
+    from tests.support import fuzz
 
     rng = random.Random(i)
     label = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
@@ -85,7 +86,7 @@ def _rss_kb() -> int:
 
 
 def _child(kind: str, data: bytes, workdir: str, wfd: int) -> None:
-    from edgequant.testing import fuzz
+    from tests.support import fuzz
 
     warnings.simplefilter("ignore")
     try:
@@ -235,7 +236,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
     args = ap.parse_args()
 
-    from edgequant.testing import fuzz
+    from tests.support import fuzz
 
     state = new_state()
     if os.path.exists(args.out) and not args.fresh:

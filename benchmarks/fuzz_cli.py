@@ -3,7 +3,7 @@ characters, ``--json`` output parses strictly, no file is left behind.
 
     nice -n 15 .venv/bin/python benchmarks/fuzz_cli.py --files 1000
 
-Files come from the seeds and mutations of ``edgequant.testing.fuzz``, GGUF and imatrix kinds only
+Files come from the seeds and mutations of ``tests.support.fuzz``, GGUF and imatrix kinds only
 (``convert`` of a Hugging Face folder imports torch: seconds per run), case ``i`` seeded by ``i``. Each GGUF
 file gets ``inspect --json`` and, in turn, plain ``inspect``, ``quantize --json`` (Q4_0), ``quantize
 --dry-run --json`` (Q4_K_M) or ``dequantize``; each imatrix file gets ``quantize --imatrix`` on the valid
@@ -25,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)  # tests/support: the test helpers are not installed with the package
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
@@ -50,7 +51,7 @@ def main() -> int:
 
     from fuzz_campaign import machine
 
-    from edgequant.testing import fuzz
+    from tests.support import fuzz
 
     exe = [sys.executable, "-m", "edgequant"]
     stats = {"files": 0, "commands": 0, "exit_codes": {}, "problems": [], "by_command": {}}

@@ -1,7 +1,7 @@
 """Regenerate the golden codec fixtures in ``tests/golden/`` from llama.cpp (needs llama-cpp-python).
 
 For every type edgequant implements and every importance-vector variant, the inputs are the seeded
-rows of ``edgequant.testing.cases.row_cases`` (not stored: the test regenerates them and checks their
+rows of ``tests.support.cases.row_cases`` (not stored: the test regenerates them and checks their
 SHA-256). Stored per type, in ``tests/golden/<TYPE>.npz``:
 
 * ``bytes__<variant>``: ggml's ``ggml_quantize_chunk`` output, uint8 (rows, row_bytes);
@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+# the test helpers (tests/support) are not installed with the package: import them from the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgequant.gguf.codecs import codec_names
-from edgequant.testing import ggml_peer
-from edgequant.testing.cases import FAMILIES, imatrix_cases, random_blocks, row_cases, sha256
+from tests.support import ggml_peer
+from tests.support.cases import FAMILIES, imatrix_cases, random_blocks, row_cases, sha256
 
 SEED = 1234
 N_PER_ROW = 256

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from edgequant.testing.tiny import write_tiny_llama
+from tests.support.tiny import write_tiny_llama
 
 
 def run(*args, check=True):

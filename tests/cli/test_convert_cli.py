@@ -18,7 +18,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     return write_tiny_hf(str(tmp_path_factory.mktemp("hf") / "tiny"), "llama", "bpe")
 

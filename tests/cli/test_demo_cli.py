@@ -23,7 +23,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
-    from edgequant.testing.tiny import TRAIN_TEXT, write_tiny_hf
+    from tests.support.tiny import TRAIN_TEXT, write_tiny_hf
 
     d = tmp_path_factory.mktemp("demo-cli")
     hf = write_tiny_hf(str(d / "hf"), "llama", "bpe", seed=3)

@@ -22,7 +22,7 @@ def run(*args, check=True):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from edgequant.testing.tiny import TRAIN_TEXT, write_tiny_hf
+    from tests.support.tiny import TRAIN_TEXT, write_tiny_hf
 
     d = tmp_path_factory.mktemp("eval-cli")
     model = write_tiny_hf(str(d / "hf"), "llama", "bpe", seed=1)

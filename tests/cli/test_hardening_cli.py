@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf.constants import GGUFValueType as V
 
-from edgequant.testing.gguf_bytes import replace_kv, small_llama, write_gguf
+from tests.support.gguf_bytes import replace_kv, small_llama, write_gguf
 
 
 def run(*args, timeout=300):
@@ -350,7 +350,7 @@ def test_sigint_during_start_up_is_one_line_and_130(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     return write_tiny_hf(str(tmp_path_factory.mktemp("hf") / "tiny"), "llama", "bpe")
 
@@ -413,7 +413,7 @@ def test_bad_hf_folders(tiny_hf, tmp_path, bad):
 def test_thirty_sigkills_mid_write_then_one_run_leave_nothing(tmp_path_factory):
     """30 runs killed with SIGKILL while their temporary output exists, then one normal run: no temporary
     file and no partial target remain, and the last run's output is complete."""
-    from edgequant.testing.tiny import write_tiny_llama
+    from tests.support.tiny import write_tiny_llama
 
     d = tmp_path_factory.mktemp("kills")
     src = write_tiny_llama(str(d / "in.gguf"), n_layer=4, width=1024, ff=2048, vocab=4096)

@@ -28,7 +28,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     d = tmp_path_factory.mktemp("qat_cli")
     (d / "train.txt").write_text(TEXT)

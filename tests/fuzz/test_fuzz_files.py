@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from edgequant.testing import fuzz
+from tests.support import fuzz
 
 # examples per test when no budget is given (deterministic; sized for about 60 s in all)
 DEFAULT_EXAMPLES = {"gguf": 500, "imatrix": 250, "hf": 1500}

@@ -19,8 +19,8 @@ import pytest
 from gguf.constants import GGUFValueType as V
 
 from edgequant.errors import EdgequantError
-from edgequant.testing import fuzz
-from edgequant.testing.gguf_bytes import gguf_bytes, replace_kv, small_llama
+from tests.support import fuzz
+from tests.support.gguf_bytes import gguf_bytes, replace_kv, small_llama
 
 _KVS, _TENSORS = small_llama(width=32, ff=32)
 

@@ -1,7 +1,7 @@
 """Every edgequant codec against llama.cpp's own (``ggml_quantize_chunk`` / ``to_float``), byte for byte.
 
-Skipped when llama-cpp-python is not installed (``edgequant.testing.ggml_peer.available()``).
-Inputs: ``edgequant.testing.cases`` (29 row families x 16 rows at row lengths 256 and 512, plus
+Skipped when llama-cpp-python is not installed (``tests.support.ggml_peer.available()``).
+Inputs: ``tests.support.cases`` (29 row families x 16 rows at row lengths 256 and 512, plus
 N(0,1) rows of 4096) under six importance vectors (none, random, all-zero, sparse, ones, 1e-6..1e4).
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edgequant.gguf.codecs import codec_names
-from edgequant.testing import ggml_peer
-from edgequant.testing.cases import imatrix_cases, random_blocks, row_cases
+from tests.support import ggml_peer
+from tests.support.cases import imatrix_cases, random_blocks, row_cases
 
 pytestmark = [
     pytest.mark.reference,

@@ -15,7 +15,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from edgequant.gguf.reader import GGUFFile  # noqa: E402
 from edgequant.models import convert_hf_to_gguf, export_hf  # noqa: E402
 from edgequant.models.verify import CHECK_PROMPTS, compare_logits, hf_logits, llama_cpp_logits  # noqa: E402
-from edgequant.testing.tiny import write_tiny_hf  # noqa: E402
+from tests.support.tiny import write_tiny_hf  # noqa: E402
 
 TEXTS = (
     "Hello world! The capital of France is Paris; 12345 apples cost $3.50.",
@@ -85,8 +85,8 @@ def test_a_wrong_rope_layout_fails_the_check(tmp_path, monkeypatch):
 
 
 def test_quantized_convert_equals_llama_quantize_of_the_f32_conversion(tmp_path):
-    from edgequant.testing.compare import compare_gguf
-    from edgequant.testing.llama_peer import llama_quantize_file
+    from tests.support.compare import compare_gguf
+    from tests.support.llama_peer import llama_quantize_file
 
     d = write_tiny_hf(str(tmp_path / "m"), "llama", "bpe")
     f32 = str(tmp_path / "f32.gguf")
@@ -175,8 +175,8 @@ def test_smollm2_round_trip_gguf_hf_gguf(smollm2_f32, smollm2_hf, tmp_path):
 def test_convert_with_an_imatrix_equals_llama_quantize_with_it(tmp_path):
     """``convert --imatrix``: the importance matrix reaches every tensor as llama-quantize applies it."""
     from edgequant.gguf.imatrix import ImatrixEntry, save_imatrix_gguf
-    from edgequant.testing.compare import compare_gguf
-    from edgequant.testing.llama_peer import llama_quantize_file
+    from tests.support.compare import compare_gguf
+    from tests.support.llama_peer import llama_quantize_file
 
     d = write_tiny_hf(str(tmp_path / "m"), "llama", "bpe")
     f32 = str(tmp_path / "f32.gguf")

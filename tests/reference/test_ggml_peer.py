@@ -1,4 +1,4 @@
-"""The llama.cpp peer itself (``edgequant.testing.ggml_peer``): that it calls ggml correctly.
+"""The llama.cpp peer itself (``tests.support.ggml_peer``): that it calls ggml correctly.
 
 Known-answer vectors come from shared/reference/ggml-quants.md §9 (independently reproduced there).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgequant.testing import ggml_peer, llama_peer
+from tests.support import ggml_peer, llama_peer
 
 pytestmark = [
     pytest.mark.reference,

@@ -34,7 +34,7 @@ def imatrices(smollm2_f32, tmp_path_factory):
 
 @pytest.mark.parametrize(("which", "ftype", "ftype_id"), [(0, "Q4_K_M", 15), (1, "Q4_0", 2)])
 def test_llama_cpp_quantizer_gives_edgequant_bytes(imatrices, smollm2_f32, tmp_path, which, ftype, ftype_id):
-    ggml_peer = pytest.importorskip("edgequant.testing.ggml_peer")
+    ggml_peer = pytest.importorskip("tests.support.ggml_peer")
     if not ggml_peer.available():
         pytest.skip("llama-cpp-python is not installed")
     from edgequant.gguf.imatrix import load_imatrix
@@ -44,7 +44,7 @@ def test_llama_cpp_quantizer_gives_edgequant_bytes(imatrices, smollm2_f32, tmp_p
     ours, ref = tmp_path / "edgequant.gguf", tmp_path / "llama.gguf"
     rep = quantize_model(smollm2_f32, ours, ftype, imatrix=load_imatrix(path), threads=2)
     assert sum(t.used_imatrix for t in rep.tensors) == 210  # every block matmul found its entry
-    from edgequant.testing import llama_peer
+    from tests.support import llama_peer
 
     r = llama_peer.llama_quantize_file(smollm2_f32, ref, ftype_id, 2, imatrix=path)
     assert r["rc"] == 0, r["log"][-2000:]

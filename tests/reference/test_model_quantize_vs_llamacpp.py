@@ -14,9 +14,9 @@ import pytest
 from edgequant.gguf.ftypes import FTYPES, QuantizeOptions, parse_ftype
 from edgequant.gguf.imatrix import ImatrixEntry, load_imatrix, save_imatrix_dat, save_imatrix_gguf
 from edgequant.gguf.reader import GGUFFile
-from edgequant.testing import ggml_peer, llama_peer
-from edgequant.testing.compare import compare_gguf
 from edgequant.workflows.quantize import quantize_model
+from tests.support import ggml_peer, llama_peer
+from tests.support.compare import compare_gguf
 
 pytestmark = [
     pytest.mark.reference,
@@ -28,7 +28,9 @@ pytestmark = [
 def _both(src, tmp_path, ftype, imatrix_path=None, llama_kw=None, opts=None):
     name, fid = parse_ftype(ftype)
     theirs, ours = str(tmp_path / f"llama-{name}.gguf"), str(tmp_path / f"ours-{name}.gguf")
-    res = llama_peer.llama_quantize_file(src, theirs, fid, nthread=2, imatrix=imatrix_path, **(llama_kw or {}))
+    res = llama_peer.llama_quantize_file(
+        src, theirs, fid, nthread=2, imatrix=imatrix_path, **(llama_kw or {})
+    )
     assert res["rc"] == 0, res["log"][-2000:]
     imat = load_imatrix(imatrix_path) if imatrix_path else None
     quantize_model(src, ours, name, imatrix=imat, options=opts, threads=2)
@@ -37,7 +39,8 @@ def _both(src, tmp_path, ftype, imatrix_path=None, llama_kw=None, opts=None):
         f"{len(cmp.mismatched)} of {cmp.tensors_total} tensors differ: {cmp.mismatched[:5]}"
     )
     assert cmp.kv_diffs == [], cmp.kv_diffs
-    assert cmp.tensor_order_equal and cmp.kv_order_equal
+    assert cmp.tensor_order_equal
+    assert cmp.kv_order_equal
     assert cmp.files_identical
     os.remove(theirs)
     os.remove(ours)

@@ -1,7 +1,7 @@
 """Fake equals real: a QAT-trained tiny llama exported to GGUF holds exactly the trained fake-quantized
 weights, and llama.cpp running the file gives the PyTorch QAT model's logits.
 
-The model (``edgequant.testing.tiny.write_tiny_hf``: 2 layers, width 256, ff 512, tied embeddings, BPE vocab)
+The model (``tests.support.tiny.write_tiny_hf``: 2 layers, width 256, ff 512, tied embeddings, BPE vocab)
 gets a mix of formats: Q4_0 / Q4_1 with learned fp16 block scales, Q8_0 and Q4_0 with ggml's own scale rule,
 Q4_K through the real codec. It is distilled from its float copy for a few steps (so the weights and scales
 move), then exported with ``edgequant.qat.export.export_gguf``.
@@ -20,8 +20,8 @@ from edgequant.gguf.reader import GGUFFile
 from edgequant.models.architectures import unpermute_qk
 from edgequant.qat import QATConfig, QuantSpec, kd_kl_loss, prepare
 from edgequant.qat.export import export_gguf, fake_quantized_state_dict
-from edgequant.testing.ggml_peer import available as ggml_available
-from edgequant.testing.ggml_peer import ggml_quantize
+from tests.support.ggml_peer import available as ggml_available
+from tests.support.ggml_peer import ggml_quantize
 
 pytestmark = [
     pytest.mark.reference,
@@ -45,7 +45,7 @@ MIXED = QATConfig(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from edgequant.models import load_causal_lm
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     d = tmp_path_factory.mktemp("qat_export")
     hf = write_tiny_hf(str(d / "hf"), tie_word_embeddings=True)

@@ -14,7 +14,7 @@ from edgequant.gguf.codecs import dequantize, quantize
 from edgequant.gguf.ftypes import FTYPES, parse_ftype
 from edgequant.gguf.reader import GGUFFile
 from edgequant.models.packaged import reference_lm
-from edgequant.testing import ggml_peer
+from tests.support import ggml_peer
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
@@ -104,9 +104,9 @@ def test_llamacpp_perplexity_agrees_with_transformers(reflm_f32, tmp_path):
 def test_every_ftype_without_fallbacks_and_byte_identical_to_llama_quantize(reflm_f32, tmp_path, ftype):
     """Every row is a multiple of 256, so no mixture falls back from a K-quant (SmolLM2's 576-wide rows make
     llama.cpp fall back for most tensors); edgequant's file equals llama.cpp's byte for byte."""
-    from edgequant.testing import llama_peer
-    from edgequant.testing.compare import compare_gguf
     from edgequant.workflows.quantize import quantize_model
+    from tests.support import llama_peer
+    from tests.support.compare import compare_gguf
 
     name, fid = parse_ftype(ftype)
     ours, theirs = str(tmp_path / "ours.gguf"), str(tmp_path / "llama.gguf")

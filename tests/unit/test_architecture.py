@@ -35,8 +35,6 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 # Importable from everywhere; they import nothing of edgequant but each other.
 ANYWHERE = {"errors", "_version"}
-# Test helpers shipped in the package: may import any layer (they drive workflows too); no layer imports them.
-TEST_ONLY = {"testing"}
 # The package root (``edgequant/__init__.py``) is a facade over the library layers.
 ROOT = "__init__"
 
@@ -105,7 +103,7 @@ def _subpackages() -> set[str]:
 
 
 def test_every_package_has_a_layer():
-    known = set(RANK) | ANYWHERE | TEST_ONLY | {ROOT}
+    known = set(RANK) | ANYWHERE | {ROOT}
     missing = _subpackages() - known
     assert not missing, f"place {sorted(missing)} in LAYERS here and in docs/architecture.md"
 
@@ -113,14 +111,10 @@ def test_every_package_has_a_layer():
 def test_imports_point_down():
     bad = []
     for (src, dst), where in sorted(_edges().items()):
-        if dst in TEST_ONLY and src not in TEST_ONLY:
-            bad.append(f"{src} -> {dst} (test helpers are imported by tests only): {where}")
-        elif src in ANYWHERE:
+        if src in ANYWHERE:
             if dst not in ANYWHERE:
                 bad.append(f"{src} -> {dst} ({src} must import nothing else of edgequant): {where}")
         elif dst in ANYWHERE:
-            continue
-        elif src in TEST_ONLY:
             continue
         elif src == ROOT:
             if dst in ("__main__", "cli", "workflows"):
@@ -155,8 +149,20 @@ def test_package_graph_is_acyclic():
 
 def test_doc_lists_every_layer():
     text = DOC.read_text(encoding="utf-8")
-    for pkg in [p for row in LAYERS[1:] for p in row] + sorted(ANYWHERE - {"_version"}) + sorted(TEST_ONLY):
+    for pkg in [p for row in LAYERS[1:] for p in row] + sorted(ANYWHERE - {"_version"}) + ["tests/support"]:
         assert f"`{pkg}/`" in text or f"`{pkg}`" in text, f"docs/architecture.md does not mention `{pkg}/`"
+
+
+def test_library_never_imports_the_test_helpers():
+    """``tests/support`` is not installed (the wheel holds ``edgequant`` only), so no module of the package
+    may import it, not even inside a function."""
+    bad = [
+        f"{path.relative_to(SRC.parent)}:{line}: {mod}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, mod in _imported_modules(path)
+        if mod.split(".")[0] == "tests"
+    ]
+    assert not bad, "library code imports the test helpers:\n" + "\n".join(bad)
 
 
 def test_checker_sees_function_level_and_relative_imports(tmp_path, monkeypatch):

@@ -29,8 +29,8 @@ def test_flag_names_reraises_renamed():
 
 
 def test_library_requantize_error_names_the_parameter(tmp_path):
-    from edgequant.testing.tiny import write_tiny_llama
     from edgequant.workflows.quantize import quantize_model
+    from tests.support.tiny import write_tiny_llama
 
     src = str(tmp_path / "q.gguf")
     quantize_model(write_tiny_llama(str(tmp_path / "f32.gguf")), src, "Q4_0")

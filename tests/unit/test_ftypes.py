@@ -45,7 +45,7 @@ def test_use_more_bits_matches_spec_examples(n, layers):
 
 
 def test_smollm2_q4_k_m_type_counts_match_llama_cpp():
-    # llamacpp.md: the Q4_K_M file llama.cpp writes for SmolLM2-135M has F32 61, Q5_0 166, Q4_K 16, Q6_K 14, Q8_0 15.
+    # The Q4_K_M file llama.cpp writes for SmolLM2-135M has F32 61, Q5_0 166, Q4_K 16, Q6_K 14, Q8_0 15.
     choices = choose_types(
         llama_like(30, 576, 1536, tied=True), FType.parse("Q4_K_M"), SMOL, QuantizeOptions(), False
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgequant.testing.cases import imatrix_cases, random_blocks, row_cases, sha256
+from tests.support.cases import imatrix_cases, random_blocks, row_cases, sha256
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text()) if (GOLDEN / "manifest.json").exists() else None
@@ -50,7 +50,7 @@ def test_inputs_regenerate_identically() -> None:
     """The seeded generator still gives the inputs ggml saw (else every golden test below is moot)."""
     _, x = _inputs()
     expect = str(_load(TYPES[0])["input_sha"])
-    assert sha256(x) == expect, "edgequant.testing.cases.row_cases output changed (numpy RNG or family edit)"
+    assert sha256(x) == expect, "tests.support.cases.row_cases output changed (numpy RNG or family edit)"
 
 
 @pytest.mark.parametrize("qtype", TYPES)

@@ -17,7 +17,7 @@ from edgequant.core.atomic import AtomicFile, remove_stale_temps
 from edgequant.core.text import clean, dumps, json_safe, quote
 from edgequant.errors import FormatError, ShapeError
 from edgequant.gguf.reader import MAX_NESTED_ITEMS_BASE, QUANT_SIZES, GGUFFile
-from edgequant.testing.gguf_bytes import replace_kv, small_llama, write_gguf
+from tests.support.gguf_bytes import replace_kv, small_llama, write_gguf
 
 
 def _meta(tmp_path, *kvs):
@@ -214,7 +214,7 @@ def test_q8_1_geometry_is_ggml_block_q8_1():
 
 
 def test_q8_1_geometry_against_ggml_type_size():
-    from edgequant.testing import ggml_peer
+    from tests.support import ggml_peer
 
     if not ggml_peer.available():
         pytest.skip("llama-cpp-python (libggml-base) is not installed")

@@ -7,7 +7,7 @@ import pytest
 
 from edgequant.kernels import iq4
 from edgequant.kernels.primitives import best_index
-from edgequant.testing.vectors import imat, lcg, sha256, sine
+from tests.support.vectors import imat, lcg, sha256, sine
 
 GEOM = {"IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgequant.kernels import kquants
-from edgequant.testing.cases import random_blocks, row_cases
-from edgequant.testing.vectors import imat, lcg, sha256, sine
+from tests.support.cases import random_blocks, row_cases
+from tests.support.vectors import imat, lcg, sha256, sine
 
 BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
 TYPES = list(BYTES)

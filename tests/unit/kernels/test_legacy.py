@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgequant.kernels import legacy
-from edgequant.testing.vectors import INPUT_SHA256, imat, lcg, sha256, sine
+from tests.support.vectors import INPUT_SHA256, imat, lcg, sha256, sine
 
 BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q8_1": 36}
 

@@ -96,7 +96,7 @@ def test_no_config_is_a_config_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     return write_tiny_hf(str(tmp_path_factory.mktemp("m") / "tiny-llama"), "llama", "bpe")
 

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 def adapted(tmp_path_factory):
     """A tiny tied-embedding llama folder (built in code), loaded, with random LoRA updates on all Linears."""
     from edgequant.models import load_causal_lm
-    from edgequant.testing.tiny import write_tiny_hf
+    from tests.support.tiny import write_tiny_hf
 
     folder = write_tiny_hf(str(tmp_path_factory.mktemp("tiny") / "base"), tie_word_embeddings=True)
     model, tok = load_causal_lm(folder)

@@ -13,7 +13,7 @@ What it wraps (all via ``ctypes``, declarations of llama.cpp's public C API only
 * ``ggml_dequantize(data, type_name, shape)``: ``type_traits->to_float`` (Q8_K: ``dequantize_row_q8_K``;
   F32: a copy; Q8_1, which has no ``to_float`` in ggml: ``d * q`` in numpy float32).
 * ``validate_row_data(type_name, data)``: ``ggml_validate_row_data`` (its stderr is captured).
-* whole files through ``llama_model_quantize``: :mod:`edgequant.testing.llama_peer`.
+* whole files through ``llama_model_quantize``: :mod:`tests.support.llama_peer`.
 * ``bench_ggml(type_name, x)``: best-of-N wall time of one single-threaded ``ggml_quantize_chunk`` call.
 
 The library directory is ``<site-packages>/llama_cpp/lib`` (found with ``importlib.util.find_spec``,

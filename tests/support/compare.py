@@ -43,7 +43,7 @@ def sha256_file(path: str) -> str:
 
 
 def compare_gguf(ours: str | os.PathLike, theirs: str | os.PathLike) -> GGUFComparison:
-    """Metadata equal (type and value, in order), tensors in the same order with equal type, shape and bytes."""
+    """Metadata equal (type and value, in order); tensors in the same order, equal type, shape and bytes."""
     c = GGUFComparison()
     with GGUFFile(ours) as a, GGUFFile(theirs) as b:
         c.kv_total = len(b.kvs)

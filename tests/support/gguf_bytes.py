@@ -131,7 +131,7 @@ def write_gguf(path: str, kvs: list, tensors: list, **kw: Any) -> str:
 
 
 def replace_kv(kvs: list, key: str, *new: Any) -> list:
-    """``kvs`` with ``key``'s entry replaced by ``(key, *new)`` (appended if absent; dropped if no ``new``)."""
+    """``kvs`` with ``key``'s entry replaced by ``(key, *new)``: appended if absent, dropped if no ``new``."""
     out = [kv for kv in kvs if kv[0] != key]
     if new:
         idx = next((i for i, kv in enumerate(kvs) if kv[0] == key), len(out))

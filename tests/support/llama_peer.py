@@ -1,6 +1,6 @@
 """llama.cpp's whole-file quantizer as a reference peer: ``llama_model_quantize`` through llama-cpp-python.
 
-For tests and benchmarks only (the ggml codec side is :mod:`edgequant.testing.ggml_peer`, whose library
+For tests and benchmarks only (the ggml codec side is :mod:`tests.support.ggml_peer`, whose library
 loading and lock this module shares).
 
 * ``llama_quantize_file(src, dst, ftype_id, ...)``: ``llama_model_quantize`` with the default params,
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgequant.testing.ggml_peer import _lock, _require, _state, available, ggml_type
+from tests.support.ggml_peer import _lock, _require, _state, available, ggml_type
 
 __all__ = ["ImatrixFile", "llama_quantize_file", "load_imatrix_file"]
 
