@@ -1,7 +1,8 @@
 """Tiny models built in code for tests and examples (random weights, seeded, nothing downloaded).
 
 ``write_tiny_llama(path)`` writes a llama-layout GGUF file (``tiny_llama_tensors``: its tensor names and
-shapes in llama.cpp's converter order).
+shapes in llama.cpp's converter order): F32 norms, matrices of ``weight_type`` (F32, F16 or any type edgequant
+encodes, through ``edgequant.gguf.quantize``), ``general.file_type`` the matching llama ftype id.
 
 ``write_tiny_hf(folder, arch, tokenizer)`` writes a complete Hugging Face model folder as ``save_pretrained``
 does (config.json, model.safetensors, generation_config.json) plus either a byte-level BPE ``tokenizer.json``
@@ -21,6 +22,8 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType as T
 from gguf.constants import GGUFValueType as V
 
+from edgequant.gguf.codecs import quantize
+from edgequant.gguf.ftypes import FType
 from edgequant.gguf.writer import GGUFStreamWriter
 
 
@@ -59,8 +62,11 @@ def write_tiny_llama(
     weight_type: str = "F32",
     poison: tuple[str, int] | None = None,
 ) -> str:
-    """Write a tiny llama GGUF. ``poison=(tensor, row)`` puts a NaN in that row (bad-input tests)."""
+    """Write a tiny llama GGUF. ``poison=(tensor, row)`` puts a NaN in that row (bad-input tests; F32 and
+    F16 only: a quantized type refuses non-finite input). A quantized ``weight_type`` needs row lengths
+    (``width``, ``ff``) that are a multiple of its block size."""
     rng = np.random.default_rng(seed)
+    file_type = FType.parse(weight_type).id
     tensors = tiny_llama_tensors(n_layer, width, ff, vocab, tied)
     with GGUFStreamWriter(path) as w:
         for k, vt, v in [
@@ -73,7 +79,7 @@ def write_tiny_llama(
             ("llama.attention.head_count", V.UINT32, 8),
             ("llama.attention.head_count_kv", V.UINT32, 2),
             ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
-            ("general.file_type", V.UINT32, 0 if weight_type == "F32" else 1),
+            ("general.file_type", V.UINT32, file_type),
         ]:
             w.add_kv(k, vt, v)
         data = {}
@@ -82,12 +88,21 @@ def write_tiny_llama(
             if poison and poison[0] == name:
                 x.reshape(-1, ne[0])[poison[1], 3] = np.nan
             t = "F32" if len(ne) == 1 else weight_type
-            data[name] = x if t == "F32" else x.astype(np.float16)
+            data[name] = _encode(x, t)
             w.add_tensor_info(name, ne, T[t], data[name].nbytes)
         w.write_header()
         for name, _ in tensors:
             w.write_tensor_data(name, data[name])
     return path
+
+
+def _encode(x: np.ndarray, qtype: str) -> np.ndarray:
+    """The tensor data of ``x`` (float32, rows x row length) stored as ``qtype``."""
+    if qtype == "F32":
+        return x
+    if qtype == "F16":
+        return x.astype(np.float16)
+    return quantize(x.reshape(-1, x.shape[-1]), qtype)
 
 
 TRAIN_TEXT = (
