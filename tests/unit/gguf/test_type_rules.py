@@ -1,11 +1,10 @@
-"""llama-quantize's per-tensor type choice (shared/reference/ggml-quants.md §6)."""
+"""llama-quantize's per-tensor type choice (``gguf/type_rules.py``: llama.cpp's ``llama_tensor_get_type``)."""
 
 from collections import Counter
 
 import pytest
 
-from edgequant.errors import ConfigError, UnsupportedTypeError
-from edgequant.gguf.ftypes import FType, ModelInfo, QuantizeOptions, parse_ftype
+from edgequant.gguf.ftypes import FType, ModelInfo, QuantizeOptions
 from edgequant.gguf.type_rules import choose_types, use_more_bits
 
 
@@ -123,13 +122,3 @@ def test_fallback_to_f16_when_row_length_fits_no_block():
     )
     assert got[0].new_type == "F16"
     assert got[0].fallback_from == "Q6_K"
-
-
-def test_parse_ftype_names_ids_aliases_and_errors():
-    assert parse_ftype("q4_k") == ("Q4_K_M", 15)
-    assert parse_ftype("15") == ("Q4_K_M", 15)
-    assert parse_ftype("iq4_xs") == ("IQ4_XS", 30)
-    with pytest.raises(UnsupportedTypeError, match="IQ1/IQ2/IQ3"):
-        parse_ftype("IQ2_XXS")
-    with pytest.raises(ConfigError, match="unknown ftype 'Q9_K'"):
-        parse_ftype("Q9_K")
