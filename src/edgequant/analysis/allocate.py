@@ -343,8 +343,12 @@ def _policy_gradient(p: _Problem, budget: float, seed: int, iterations: int, sam
     penalty = 2.0 * float(steep.max()) if steep.size else 0.0
     best = np.zeros(n, dtype=np.int64)
     best_loss = _total(p.loss[rows, best])
+    last = np.arange(k)[None, :] >= (p.counts - 1)[:, None]
     for _ in range(iterations):
-        picks = np.argmax(theta[None] + rng.gumbel(size=(samples, n, k)), axis=2)
+        z = np.exp(theta - theta.max(axis=1, keepdims=True))
+        prob = z / z.sum(axis=1, keepdims=True)
+        cum = np.where(last, np.inf, np.cumsum(prob, axis=1))  # inverse CDF; never lands on padding
+        picks = (rng.random((samples, n, 1)) >= cum[None]).sum(axis=2)
         cost = np.cumsum(p.cost[rows, picks], axis=1)[:, -1]  # left to right, as _total
         loss = np.cumsum(p.loss[rows, picks], axis=1)[:, -1]
         reward = -(loss + penalty * np.maximum(0.0, cost - budget))
@@ -355,8 +359,6 @@ def _policy_gradient(p: _Problem, budget: float, seed: int, iterations: int, sam
         if len(ok) and loss[ok].min() < best_loss:
             s = int(ok[np.argmin(loss[ok])])
             best, best_loss = picks[s].copy(), float(loss[s])
-        z = np.exp(theta - theta.max(axis=1, keepdims=True))
-        prob = z / z.sum(axis=1, keepdims=True)
         grad = np.zeros((n, k))
         np.add.at(grad, (np.broadcast_to(rows, picks.shape), picks), adv[:, None])
         theta = theta + lr * (grad - adv.sum() * prob) / samples
@@ -371,7 +373,7 @@ def allocate(
     seed: int = 0,
     iterations: int = 300,
     samples: int = 64,
-    lr: float = 0.5,
+    lr: float = 2.0,
     max_states: int = MAX_STATES,
 ) -> Allocation:
     """Choose one option per item minimizing the total loss with total cost <= ``budget``.
