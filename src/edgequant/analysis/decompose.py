@@ -40,6 +40,10 @@ against the continuous optimum (with the offset held), and ``rounding + clipping
 error there. For the ggml K-quants s is the stored ``d * sc_j`` of a sub-block and s* a multiple of it
 (not reachable with 6-bit sc_j in general: a measure of the room left, not a file you could write); for
 NF4/FP4/int8 s is the block's absmax. F32/F16/BF16 have no scale: their whole error is ``rounding``.
+
+Cost: one nearest-level pass over the tensor per multiplier; a 512 x 1024 tensor with the default 181
+multipliers took 9-17 s (NF4, Q4_K, Q8_0) on the 2-core development machine: pass a coarser grid for big
+tensors.
 """
 
 from __future__ import annotations
