@@ -52,6 +52,19 @@ def _requant(
     absmax.copy_(torch.from_numpy(am))
 
 
+def _moments(
+    p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, beta1: float, beta2: float, step: int
+) -> tuple[torch.Tensor, float, float]:
+    """Step 2 above, in place on float32 ``m`` and ``v``: ``m = m * b1 (+) (1 - b1) * g`` (mul_, add_ with
+    alpha), ``v = v * b2 (+) (1 - b2) * g * g`` (mul_, addcmul_), g = grad.float(). Returns p as float32 and
+    the Python-double bias corrections ``1 - b1**t`` and ``sqrt(1 - b2**t)``; shared by both state widths."""
+    grad = p.grad.contiguous().float() * 1.0
+    p32 = p.data.float()
+    m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    return p32, 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
+
+
 class Adam8bit(torch.optim.Optimizer):
     """Adam with 8-bit blockwise states (bnb semantics; weight decay is decoupled, default 0)."""
 
@@ -158,12 +171,7 @@ class Adam8bit(torch.optim.Optimizer):
         lr, eps, wd, step = group["lr"], group["eps"], group["weight_decay"], state["step"]
         m = _dequant(state["state1"], state["absmax1"], state["qmap1"])
         v = _dequant(state["state2"], state["absmax2"], state["qmap2"])
-        grad = p.grad.contiguous().float() * 1.0
-        p32 = p.data.float()
-        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        correction1 = 1.0 - beta1**step
-        correction2 = math.sqrt(1.0 - beta2**step)
+        p32, correction1, correction2 = _moments(p, m, v, beta1, beta2, step)
         denom = (v.sqrt() / correction2).add_(eps)
         if wd > 0.0:
             p32.mul_(1.0 - lr * wd)
@@ -176,12 +184,7 @@ class Adam8bit(torch.optim.Optimizer):
         beta1, beta2 = group["betas"][0], group["betas"][1]
         lr, eps, wd, step = group["lr"], group["eps"], group["weight_decay"], state["step"]
         m, v = state["state1"], state["state2"]
-        grad = p.grad.contiguous().float() * 1.0
-        p32 = p.data.float()
-        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        correction1 = 1.0 - beta1**step
-        correction2 = math.sqrt(1.0 - beta2**step)
+        p32, correction1, correction2 = _moments(p, m, v, beta1, beta2, step)
         step_size = -lr * correction2 / correction1
         if wd > 0.0:
             p32.mul_(1.0 - lr * wd)
