@@ -1,1 +1,2 @@
-"""Numeric primitives shared by every layer (numpy only)."""
+"""Shared by every layer (numpy and the standard library only): atomic file outputs, text safety, lazy
+package attributes."""

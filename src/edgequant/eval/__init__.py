@@ -15,7 +15,7 @@ Names are imported lazily: ``import edgequant.eval`` (and the CLI's argument par
 
 from __future__ import annotations
 
-import importlib
+from edgequant.core.lazy import lazy_exports
 
 _LAZY = {
     "CachedLogits": "edgequant.eval.scoring",
@@ -28,11 +28,4 @@ _LAZY = {
     "split_chunks": "edgequant.eval.text",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgequant.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -20,6 +20,8 @@ Supported architectures: LlamaForCausalLM (SmolLM), MistralForCausalLM, Qwen2For
 
 from __future__ import annotations
 
+from edgequant.core.lazy import lazy_exports
+
 _LAZY = {
     "load_causal_lm": "edgequant.models.load",
     "export_hf": "edgequant.models.export",
@@ -29,13 +31,4 @@ _LAZY = {
     "HFCheckpoint": "edgequant.models.hf_checkpoint",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgequant.models' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
