@@ -1,10 +1,14 @@
-"""``edgequant convert HF_DIR OUT.gguf --outtype FTYPE [--imatrix FILE] [--no-verify] [--json]``."""
+"""Convert a Hugging Face llama/mistral/qwen2 folder to GGUF (any ftype), verified by llama.cpp.
+
+Reads the folder (safetensors, config.json, tokenizer) and writes a GGUF file of any ftype in one streaming
+pass, then checks it against the HF model in llama.cpp.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
@@ -18,14 +22,7 @@ fixed prompts and fails, leaving no file, if their logits disagree beyond the ft
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert a Hugging Face llama/mistral/qwen2 folder to GGUF (any ftype), verified by llama.cpp",
-        description="Convert a Hugging Face model folder (safetensors, config.json, tokenizer) to a GGUF "
-        "file of any ftype in one streaming pass, then check it against the HF model in llama.cpp.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "convert", __doc__, EXAMPLES)
     p.add_argument("src", metavar="HF_DIR")
     p.add_argument("dst", metavar="OUT.gguf")
     p.add_argument(

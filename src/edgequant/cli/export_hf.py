@@ -1,10 +1,14 @@
-"""``edgequant export-hf IN.gguf OUT_DIR [--dtype f32|f16|bf16] [--json]``."""
+"""Write a Hugging Face folder (safetensors, config, tokenizer) from a llama/qwen2 GGUF.
+
+Dequantizes a GGUF model into a Hugging Face folder that transformers loads: model.safetensors,
+config.json, generation_config.json and tokenizer files.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 
 EXAMPLES = """examples:
@@ -16,14 +20,7 @@ The folder loads with transformers.AutoModelForCausalLM / AutoTokenizer.from_pre
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "export-hf",
-        help="write a Hugging Face folder (safetensors, config, tokenizer) from a llama/qwen2 GGUF",
-        description="Dequantize a GGUF model into a Hugging Face folder that transformers loads: "
-        "model.safetensors, config.json, generation_config.json and tokenizer files.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "export-hf", __doc__, EXAMPLES)
     p.add_argument("src", metavar="IN.gguf")
     p.add_argument("dst", metavar="OUT_DIR")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""``edgequant imatrix``: collect an importance matrix as llama-imatrix does, merge files, write GGUF or dat.
+"""Collect an importance matrix (llama-imatrix compatible, GGUF or dat), merge imatrix files.
 
 For every matmul weight of the transformer blocks it records the per-input-column sum of squared
 activations and the number of rows (tokens) seen, over chunks of --ctx tokens of the text. The file
@@ -8,8 +8,7 @@ works with ``edgequant quantize --imatrix`` and with llama.cpp's ``llama-quantiz
 
 from __future__ import annotations
 
-import argparse
-
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 from edgequant.eval.text import DEFAULT_TEXT
 
@@ -25,13 +24,7 @@ download). Evaluate on a different text than you calibrate on.
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "imatrix",
-        help="collect an importance matrix (llama-imatrix compatible, GGUF or dat), merge imatrix files",
-        description=__doc__,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "imatrix", __doc__, EXAMPLES)
     p.add_argument("model", metavar="MODEL", nargs="?", help="a GGUF file or a Hugging Face model folder")
     p.add_argument("-f", "--file", metavar="TEXT", help=f"calibration text (default {DEFAULT_TEXT})")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="imatrix file to write")

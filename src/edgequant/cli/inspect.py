@@ -1,8 +1,11 @@
-"""``edgequant inspect FILE``: metadata, tensors, types, bits per weight and fallbacks of a GGUF file."""
+"""Show a GGUF file's metadata, tensors, types and bits per weight.
+
+Also the tensors that fell back to another type (a row length that is not a multiple of the type's block).
+"""
 
 from __future__ import annotations
 
-import argparse
+from edgequant.cli.parsers import add_command
 
 EXAMPLES = """examples:
   edgequant inspect model.gguf
@@ -12,14 +15,7 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="show a GGUF file's metadata, tensors, types and bits per weight",
-        description="Show a GGUF file's metadata, tensors, types, bits per weight and the "
-        "tensors that fell back to another type.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "inspect", __doc__, EXAMPLES)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--no-tensors", action="store_true", help="leave out the per-tensor table")

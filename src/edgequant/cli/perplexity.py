@@ -1,4 +1,4 @@
-"""``edgequant perplexity``: perplexity by llama-perplexity's method, and KL etc. against a base model.
+"""Perplexity (llama-perplexity's method) and KL/top-token agreement against a base model.
 
 The text is cut into chunks of --ctx tokens (at least two chunks' worth is needed); each chunk is
 evaluated from an empty cache and only its second half is scored, as llama-perplexity does. With --base,
@@ -9,8 +9,7 @@ activation rounding (turn off with --float-activations), or in llama.cpp itself 
 
 from __future__ import annotations
 
-import argparse
-
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 from edgequant.eval.text import DEFAULT_TEXT
 
@@ -26,13 +25,7 @@ Without -f the text is {DEFAULT_TEXT} (the GNU GPL v3 shipped with Debian/Ubuntu
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "perplexity",
-        help="perplexity (llama-perplexity's method) and KL/top-token agreement against a base model",
-        description=__doc__,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "perplexity", __doc__, EXAMPLES)
     p.add_argument("model", metavar="MODEL", help="a GGUF file or a Hugging Face model folder")
     p.add_argument("-f", "--file", metavar="TEXT", help=f"text file to evaluate on (default {DEFAULT_TEXT})")
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")

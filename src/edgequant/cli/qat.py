@@ -1,10 +1,17 @@
-"""``edgequant qat``: quantization-aware fine-tuning of a causal LM, distilled from its float self."""
+"""Quantization-aware fine-tuning with distillation from the float model.
+
+Fine-tunes a causal LM (GGUF or Hugging Face folder; default: the packaged SmolLM2-135M) on a text with
+its weights fake-quantized, distilling from the float model (KL on logits). Q4_0/Q4_1/Q8_0 learn their
+fp16 block scales on ggml's exact grid; K-quants and Q5_x run the real codec in the forward pass; 'lsq' is
+a learned-step grid of --bits bits (not a GGUF type: exported as F32 values). Writes a JSON-lines loss log
+and, with --out, a GGUF with exactly the trained weights.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from edgequant.cli.parsers import add_command
 from edgequant.core.text import dumps
 from edgequant.workflows.qat import FORMATS
 
@@ -16,18 +23,7 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "qat",
-        help="quantization-aware fine-tuning with distillation from the float model",
-        description="Fine-tune a causal LM (GGUF or Hugging Face folder; default: the packaged SmolLM2-135M) "
-        "on a text with its weights fake-quantized, distilling from the float model (KL on logits). "
-        "Q4_0/Q4_1/Q8_0 learn their fp16 block scales on ggml's exact grid; K-quants and Q5_x run the real "
-        "codec in the forward pass; 'lsq' is a learned-step grid of --bits bits (not a GGUF type: exported "
-        "as F32 values). Writes a JSON-lines loss log and, with --out, a GGUF with exactly the trained "
-        "weights.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "qat", __doc__, EXAMPLES)
     p.add_argument(
         "model", nargs="?", default=None, help="GGUF file or HF folder (default: packaged SmolLM2)"
     )
