@@ -136,10 +136,15 @@ def iter_hf_tensors(reader: GGUFFile, spec: ArchSpec, cfg: dict) -> Iterator[tup
             raise FormatError(
                 f"{reader.path}: tensor '{t.name}' has no Hugging Face counterpart for {spec.hf_arch}"
             )
-        x = dequantize(reader.tensor_data(t), t.type_name, t.np_shape)
-        if spec.permute_qk and ".attn_q." in t.name:
-            x = unpermute_qk(x, cfg["num_attention_heads"])
-        elif spec.permute_qk and ".attn_k." in t.name:
-            x = unpermute_qk(x, cfg["num_key_value_heads"])
+        x = hf_layout(t.name, dequantize(reader.tensor_data(t), t.type_name, t.np_shape), spec, cfg)
         reader.release(t)
         yield hf, np.ascontiguousarray(x, dtype=np.float32)
+
+
+def hf_layout(name: str, x: np.ndarray, spec: ArchSpec, cfg: dict) -> np.ndarray:
+    """A GGUF tensor's rows in the HF layout: llama.cpp's rope permutation of attn_q / attn_k undone."""
+    if spec.permute_qk and ".attn_q." in name:
+        return unpermute_qk(x, cfg["num_attention_heads"])
+    if spec.permute_qk and ".attn_k." in name:
+        return unpermute_qk(x, cfg["num_key_value_heads"])
+    return x
