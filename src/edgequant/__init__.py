@@ -12,7 +12,8 @@ __all__ = ["__version__", "quantize_"]
 
 
 def __getattr__(name: str):
-    # Lazy so that `import edgequant` (and the GGUF side: `edgequant inspect`, `quantize`) never imports torch.
+    # Lazy so that `import edgequant` (and the GGUF side: `edgequant inspect`, `quantize`) never imports
+    # torch.
     if name == "quantize_":
         from edgequant.nn import quantize_
 

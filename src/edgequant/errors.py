@@ -28,7 +28,8 @@ class UnsupportedTypeError(ConfigError):
 
 
 class ShapeError(EdgequantError, ValueError):
-    """An array or tensor has a shape the operation cannot take (e.g. row length not a multiple of the block)."""
+    """An array or tensor has a shape the operation cannot take (e.g. a row length not a multiple of the
+    block)."""
 
 
 class FormatError(EdgequantError):

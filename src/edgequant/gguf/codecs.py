@@ -106,7 +106,8 @@ def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
     i = first_nonfinite(x)
     if i >= 0:
         row, col = divmod(int(i), x.shape[-1])
-        raise NonFiniteError(f"{what}: row {row} holds a non-finite value ({x.reshape(-1)[i]}) at column {col}")
+        value = x.reshape(-1)[i]
+        raise NonFiniteError(f"{what}: row {row} holds a non-finite value ({value}) at column {col}")
 
 
 def quantize(
@@ -184,7 +185,8 @@ def warn_nonfinite_scales(out: np.ndarray, codec: Codec) -> None:
 def dequantize(
     data: np.ndarray, qtype: str, shape: tuple[int, ...], *, threads: int | None = None
 ) -> np.ndarray:
-    """Decode ggml blocks to float32 of ``shape`` (last dimension = n_per_row), bit-exact with ggml's to_float."""
+    """Decode ggml blocks to float32 of ``shape`` (last dimension = n_per_row), bit-exact with ggml's
+    to_float."""
     codec = get_codec(qtype)
     shape = tuple(int(s) for s in shape)
     if not shape or shape[-1] % codec.block_size:

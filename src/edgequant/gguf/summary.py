@@ -1,4 +1,5 @@
-"""A summary of a GGUF file for ``edgequant inspect``: metadata, tensors, types, bits per weight, fallbacks."""
+"""A summary of a GGUF file for ``edgequant inspect``: metadata, tensors, types, bits per weight,
+fallbacks."""
 
 from __future__ import annotations
 
