@@ -25,6 +25,7 @@ EPILOG = """examples:
   edgequant convert ./SmolLM2-135M smollm2-q4_k_m.gguf --outtype Q4_K_M
   edgequant export-hf SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2-hf
   edgequant imatrix model-f32.gguf -f calibration.txt -o imatrix.gguf
+  edgequant allocate model-f32.gguf --target-bpw 4.5 -f calibration.txt --imatrix imatrix.gguf -o plan.txt
   edgequant perplexity model-q4_k_m.gguf --base model-f32.gguf --json
   edgequant qat --steps 50 --log loss.jsonl --out smollm2-qat-q4_0.gguf
 """
@@ -32,6 +33,7 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from edgequant.cli import (
+        allocate,
         convert,
         demo,
         dequantize,
@@ -51,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgequant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, quantize, inspect, dequantize, convert, export_hf, imatrix, perplexity, qat):
+    for module in (
+        demo,
+        quantize,
+        allocate,
+        inspect,
+        dequantize,
+        convert,
+        export_hf,
+        imatrix,
+        perplexity,
+        qat,
+    ):
         module.register(sub)
     return parser
 

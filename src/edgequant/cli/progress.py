@@ -32,7 +32,7 @@ def tensor_progress(title: str, disable: bool = False):
         nonlocal task
         if task is None:
             task = progress.add_task(title, total=n, label="")
-        progress.update(task, completed=i + 1, label=clean(label, 80))
+        progress.update(task, completed=i + 1, total=n, label=clean(label, 80))
 
     with progress:
         yield advance

@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   edgequant quantize --imatrix imatrix.gguf --exclude-weights ffn_down in.gguf out.gguf IQ4_XS
   edgequant quantize --tensor-type 'blk\\.[0-3]\\.attn_v=q8_0' --output-tensor-type q8_0 in.gguf out.gguf Q4_K_M
   edgequant quantize --pure --json in.gguf out.gguf Q4_0 > report.json
+  edgequant quantize in-f32.gguf out.gguf Q4_K_M --target-size 5m -f train-sample.txt --imatrix im.gguf
+                                   (types per tensor by sensitivity: see edgequant allocate -h)
 """
 
 
@@ -71,6 +73,9 @@ def register(sub) -> None:
         "--allow-requantize", action="store_true", help="allow quantized input tensors (loses quality)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the per-tensor plan; write nothing")
+    from edgequant.cli.allocate import add_budget_arguments
+
+    add_budget_arguments(p, with_imatrix=False)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -137,6 +142,26 @@ def _tensor_types(items: list[str], path: str | None) -> tuple[tuple[str, str], 
     return tuple(out)
 
 
+def _budget(args, src: str, imatrix, opts: QuantizeOptions):
+    """``--target-bpw`` / ``--target-size``: every eligible tensor's type from ``edgequant allocate``'s plan.
+    Returns (options, extra metadata or None, target file bytes or None)."""
+    if args.target_bpw is None and args.target_size is None:
+        if args.write_recipe:
+            raise ConfigError("--write-recipe needs --target-bpw or --target-size")
+        return opts, None, None
+    if opts.tensor_types:
+        raise ConfigError("--target-bpw/--target-size choose every tensor's type: drop --tensor-type(-file)")
+    import dataclasses
+
+    from edgequant.cli.allocate import budget_plan
+    from edgequant.workflows.allocate import parse_size, plan_patterns, recipe, tensor_names
+
+    table, plan = budget_plan(args, src, imatrix, None)
+    opts = dataclasses.replace(opts, tensor_types=tuple(plan_patterns(plan, tensor_names(src))))
+    metadata = {"edgequant.recipe": recipe(plan, table)} if args.write_recipe else None
+    return opts, metadata, parse_size(args.target_size) if args.target_size is not None else None
+
+
 def run(args) -> int:
     from edgequant.gguf.imatrix import load_imatrix
     from edgequant.workflows.quantize import quantize_model, report_dict
@@ -159,6 +184,7 @@ def run(args) -> int:
         if not imatrix.entries:
             print(f"warning: no imatrix entries left after filtering {args.imatrix}", file=sys.stderr)
             imatrix = None
+    opts, metadata, target = _budget(args, src, imatrix, opts)
     if args.dry_run:
         from edgequant.workflows.quantize import plan_model
 
@@ -180,8 +206,11 @@ def run(args) -> int:
             options=opts,
             threads=threads,
             allow_requantize=args.allow_requantize,
+            metadata=metadata,
             on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"),
         )
+    if target is not None and report.bytes_out > target:  # cannot happen: the header bound is an upper bound
+        raise ConfigError(f"{dst}: {report.bytes_out} bytes exceed the target {target}; please report this")
     if args.json:
         print(dumps(report_dict(report)))
     else:

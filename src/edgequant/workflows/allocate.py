@@ -94,11 +94,8 @@ def plan_budget(
     if not table.tensors:
         raise ConfigError(f"{table.model}: no quantizable tensors to allocate")
     by_size = target_size is not None
-    key = "bytes" if by_size else "nbytes"
-    choices = [{ty: (tc.loss[ty], getattr(tc, key)[ty]) for ty in tc.loss} for tc in table.tensors]
-    fixed = table.header_bytes + table.fixed_bytes if by_size else table.fixed_nbytes
-    lo = fixed + sum(min(c for _, c in ch.values()) for ch in choices)
-    hi = fixed + sum(min(ch.values(), key=lambda lc: (lc[0], lc[1]))[1] for ch in choices)
+    choices, fixed = _choices(table, by_size)
+    lo, hi = feasible_range(table, by_size)
     if by_size:
         budget, asked = int(target_size), f"target size {target_size} bytes"
         unit = lambda b: f"{b} bytes ({b / 2**20:.2f} MiB)"  # noqa: E731
@@ -132,6 +129,22 @@ def plan_budget(
         optimal=bool(sol.optimal),
         skipped={tc.name: dict(tc.skipped) for tc in table.tensors if tc.skipped},
     )
+
+
+def _choices(table: SensitivityTable, by_size: bool) -> tuple[list[dict], int]:
+    """Per tensor {type: (loss, cost)}; cost in aligned file bytes (by size) or data bytes (by bpw)."""
+    key = "bytes" if by_size else "nbytes"
+    choices = [{ty: (tc.loss[ty], getattr(tc, key)[ty]) for ty in tc.loss} for tc in table.tensors]
+    return choices, (table.header_bytes + table.fixed_bytes if by_size else table.fixed_nbytes)
+
+
+def feasible_range(table: SensitivityTable, by_size: bool = True) -> tuple[int, int]:
+    """(smallest, largest useful) total: every tensor at its cheapest type, every tensor at its least-loss
+    type. Bytes of the file (``by_size``) or of the tensor data (bits/weight numerator)."""
+    choices, fixed = _choices(table, by_size)
+    lo = fixed + sum(min(c for _, c in ch.values()) for ch in choices)
+    hi = fixed + sum(min(ch.values(), key=lambda lc: (lc[0], lc[1]))[1] for ch in choices)
+    return lo, hi
 
 
 def plan_patterns(plan: AllocationPlan, all_names: list[str]) -> list[tuple[str, str]]:
@@ -191,3 +204,44 @@ def _counts(plan: AllocationPlan) -> dict[str, int]:
     for t in plan.tensors:
         out[t.type] = out.get(t.type, 0) + 1
     return dict(sorted(out.items()))
+
+
+def allocate_model(
+    src: str | os.PathLike,
+    calib_text: str,
+    *,
+    target_bpw: float | None = None,
+    target_size: int | None = None,
+    plan_path: str | os.PathLike | None = None,
+    solver: str = "exact",
+    **collect,
+) -> tuple[SensitivityTable, AllocationPlan]:
+    """The whole job of ``edgequant allocate``: collect (or reuse ``state``) the sensitivity table, solve the
+    budget, write the tensor-type file to ``plan_path`` if given. ``collect``: keyword arguments of
+    :func:`~edgequant.workflows.sensitivity.collect_sensitivities` (imatrix, types, n_ctx, n_chunks, draws,
+    seed, method, threads, state, on_progress)."""
+    from edgequant.gguf.reader import GGUFFile
+    from edgequant.workflows.sensitivity import collect_sensitivities
+
+    src = os.fspath(src)
+    if (target_bpw is None) == (target_size is None):
+        raise ConfigError("give exactly one of target_bpw and target_size", option="target_bpw")
+    if plan_path is not None:
+        from edgequant.core.atomic import check_writable
+
+        check_writable(os.fspath(plan_path))
+    table = collect_sensitivities(src, calib_text, **collect)
+    plan = plan_budget(table, target_bpw=target_bpw, target_size=target_size, method=solver)
+    if plan_path is not None:
+        with GGUFFile(src) as reader:
+            names = [t.name for t in reader.tensors]
+        write_plan(plan, plan_path, names)
+    return table, plan
+
+
+def tensor_names(src: str | os.PathLike) -> list[str]:
+    """Every tensor name of a GGUF file, in file order."""
+    from edgequant.gguf.reader import GGUFFile
+
+    with GGUFFile(os.fspath(src)) as reader:
+        return [t.name for t in reader.tensors]

@@ -12,6 +12,7 @@ temporary file renamed at the end. Peak memory is about one tensor in float32 pl
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ def quantize_model(
     threads: int | None = None,
     allow_requantize: bool = False,
     measure_error: bool = False,
+    metadata: dict[str, str] | None = None,
     on_tensor: Callable[[int, int, TensorReport], None] | None = None,
 ) -> QuantizeReport:
     """Quantize a GGUF model file to ``ftype``; returns what was done to every tensor.
@@ -125,6 +127,9 @@ def quantize_model(
     or type, a requantization without ``allow_requantize`` or an imatrix that does not fit; FormatError
     for a malformed input; NonFiniteError naming tensor and row for NaN/Inf weights; OutputError when
     ``dst`` cannot be written. On any error or interrupt no file is left at ``dst``.
+    ``metadata``: extra string keys written after llama-quantize's (e.g. ``edgequant.recipe``); none by
+    default, so that the file is byte-identical to llama-quantize's.
+    A ``tensor_types`` pattern that matches no tensor is an error (llama-quantize ignores it silently).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     ft = FType.parse(ftype)
@@ -146,6 +151,8 @@ def quantize_model(
             w.add_kv("general.file_type", GGUFValueType.UINT32, ft.id)
             if imatrix is not None:
                 add_imatrix_kvs(w, imatrix)
+            for key, value in (metadata or {}).items():
+                w.add_kv(key, GGUFValueType.STRING, value)
             for t, c, requant, _ in plan:
                 new = get_codec(c.new_type) if requant else None
                 nbytes = new.row_bytes(t.shape_ne[0]) * (t.n_elements // t.shape_ne[0]) if new else t.nbytes
@@ -204,6 +211,14 @@ def _plan(
     choices = choose_types(
         [(t.name, t.shape_ne, t.type_name) for t in reader.tensors], ftype, info, opts, has_imatrix=bool(qmap)
     )
+    for pattern, _ in opts.tensor_types:
+        rx = re.compile(pattern)
+        if not any(rx.search(t.name) for t in reader.tensors):
+            raise ConfigError(
+                f"{src}: tensor type pattern '{pattern}' matches no tensor of the file; fix the name "
+                "(see `edgequant inspect` for the tensor names) or drop it",
+                option="tensor_types",
+            )
     plan = []
     for c in choices:
         t = by_name[c.name]

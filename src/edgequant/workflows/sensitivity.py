@@ -91,11 +91,11 @@ def parse_types(items: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
         return DEFAULT_TYPES
     if isinstance(items, str):
         items = [s for s in items.replace(" ", "").split(",") if s]
-    known = set(codec_names())
+    known = {n for n in codec_names() if get_codec(n).quantize_rows is not None}
     out = []
     for s in items:
         name = s.upper()
-        if name not in known or get_codec(name).quantize_rows is None:
+        if name not in known:
             raise ConfigError(
                 f"unknown or non-quantizable tensor type '{s}'; known: {', '.join(sorted(known))}",
                 option="types",
