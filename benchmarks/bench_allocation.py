@@ -15,7 +15,8 @@ For one model (``--model reference-lm``, the natively-float reference LM, or ``s
    held-out evaluation text (not the calibration text), ctx 512, 16 chunks, second half of each chunk scored.
 
 ``--proxies`` also measures every (tensor, type)'s KL directly (one forward pass each; slow) and reports
-the Spearman correlation of each proxy with it. Writes ``benchmarks/results/allocation_<model>.{json,md,png}``.
+the Spearman correlation of each proxy with it.
+Writes ``benchmarks/results/allocation_<model>.{json,md,png}``.
 Resumable: the imatrix, the table and finished rows are kept in ``--workdir``.
 """
 
@@ -49,7 +50,8 @@ def main() -> int:
         "--types", default=None, help="candidate types (default: the workflow's; SmolLM2: see code)"
     )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--proxies", action="store_true", help="also measure every (tensor, type) directly")
+    ap.add_argument("--proxies", action="store_true", help="also measure (tensor, type) KLs directly")
+    ap.add_argument("--proxies-sample", type=int, default=0, help="measure only this many random pairs")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     import torch
@@ -173,7 +175,9 @@ def main() -> int:
             curve.append({"target_bpw": b, **plan_row(f"plan:bpw-{b}", "Q4_K_M", target_bpw=b)})
         except Exception as e:  # an infeasible budget is reported, not fatal
             curve.append({"target_bpw": b, "error": str(e)})
-    proxies = measure_proxies(work, f32, calib, imatrix, types, table, args.threads) if args.proxies else None
+    proxies = None
+    if args.proxies:
+        proxies = measure_proxies(work, f32, calib, imatrix, types, table, args.threads, args.proxies_sample)
     data = {
         "machine": machine_info(),
         "model": args.model,
@@ -194,13 +198,18 @@ def main() -> int:
     return 0
 
 
-def measure_proxies(work, f32, calib, imatrix, types, table, threads) -> dict:
-    """Measured KL per (tensor, type) beside the proxies: Spearman of each proxy with the measurement."""
+def measure_proxies(work, f32, calib, imatrix, types, table, threads, sample) -> dict:
+    """Measured KL per (tensor, type) (all, or ``sample`` random pairs) beside every proxy: Spearman of each
+    proxy with the measurement, the Taylor term's median ratio to it, and the median dynamic spread."""
+    import random
+
     import numpy as np
 
     from edgequant.analysis.metrics import spearman
     from edgequant.workflows.sensitivity import collect_sensitivities
 
+    pairs = sorted((t.name, ty) for t in table.tensors for ty in t.loss)
+    subset = sorted(random.Random(0).sample(pairs, sample)) if sample and sample < len(pairs) else None
     measured = collect_sensitivities(
         f32,
         calib,
@@ -208,22 +217,23 @@ def measure_proxies(work, f32, calib, imatrix, types, table, threads) -> dict:
         types=types,
         method="measured",
         threads=threads,
+        subset=subset,
         state=os.path.join(work, "table_measured.json"),
     )
-    fisher_extra = os.path.join(work, "proxies.json")
     m = {(t.name, ty): v for t in measured.tensors for ty, v in t.loss.items()}
-    e = {(t.name, ty): v for t in table.tensors for ty, v in t.loss.items()}
     keys = sorted(m)
-    a, b = [m[k] for k in keys], [e[k] for k in keys]
-    out = {
-        "pairs": len(keys),
-        "measured_seconds": measured.seconds,
-        "spearman_taylor_vs_measured": spearman(a, b),
-        "median_ratio_taylor_over_measured": float(np.median(np.array(b) / np.maximum(np.array(a), 1e-12))),
-    }
-    if os.path.exists(fisher_extra):
-        with open(fisher_extra) as f:
-            out.update(json.load(f))
+    a = [m[k] for k in keys]
+    by = {t.name: t for t in table.tensors}
+    proxies = {"taylor (e, default)": lambda n, ty: by[n].loss[ty]}
+    for p in ("trace", "first_order", "imatrix_mse"):
+        proxies[p] = lambda n, ty, p=p: by[n].proxies[p][ty]
+    out = {"pairs_measured": len(keys), "measured_seconds": round(measured.seconds, 1)}
+    for label, f in proxies.items():
+        out[f"spearman {label}"] = round(spearman(a, [f(*k) for k in keys]), 4)
+    e = np.array([by[n].loss[ty] for n, ty in keys])
+    out["median ratio taylor / measured"] = round(float(np.median(e / np.maximum(np.array(a), 1e-12))), 3)
+    spreads = [v for t in table.tensors for v in t.spread.values()]
+    out["median dynamic spread (f): std/mean over calibration chunks"] = round(float(np.median(spreads)), 3)
     return out
 
 
@@ -280,14 +290,17 @@ def markdown(d: dict, name: str) -> str:
         "",
         f"* Source: {d['source']}.",
         f"* Calibration (imatrix and sensitivities): {d['calib_text']}. Evaluation: {d['eval_text']}, "
-        "ctx 512, 16 chunks, by llama.cpp (llama-cpp-python) on the written files: mean KLD against the F32 file.",
+        "ctx 512, 16 chunks, by llama.cpp (llama-cpp-python) on the written files: mean KLD against the F32 "
+        "file.",
         f"* Candidate types: {', '.join(d['candidate_types'])}. Sensitivity: Fisher block second-order term, "
         f"{d['sensitivity_settings']['n_chunks']} chunks of {d['sensitivity_settings']['n_ctx']}, "
-        f"{d['sensitivity_settings']['draws']} label draws each; collection {d['sensitivity_seconds']:.0f} s.",
+        f"{d['sensitivity_settings']['draws']} label draws each; "
+        f"collection {d['sensitivity_seconds']:.0f} s.",
         "* Every file uses the same imatrix; the plan's file is never larger than the llama.cpp file it is "
         "compared with.",
         "",
-        "| ftype | llama.cpp bytes | bpw | KLD llama.cpp (+imatrix) | KLD llama.cpp (no imatrix) | plan bytes | "
+        "| ftype | llama.cpp bytes | bpw | KLD llama.cpp (+imatrix) | KLD llama.cpp (no imatrix) | "
+        "plan bytes | "
         "plan bpw | KLD plan | plan / llama.cpp+imatrix | plan / best llama.cpp |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -64,29 +64,44 @@ class SensitivityEstimates:
 
 
 class _Accumulator:
-    """Running sums over sequences for one parameter and its candidate errors (flattened, float32)."""
+    """Sums over one parameter's samples, kept per calibration sequence (so that ranks can be merged
+    exactly): ``per_seq[i]`` = mean over draws of ``(g·ε)²`` per option, ``grad_sq[i]`` = Σ_draws ``‖g‖²``."""
 
-    def __init__(self, errors: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, errors: Mapping[str, torch.Tensor], n_seq: int) -> None:
         self.options = list(errors)
         self.eps = torch.stack([errors[o].reshape(-1).float() for o in self.options])  # (n_opt, n)
         self.eps_sq = (self.eps.double() ** 2).sum(1)  # ‖ε‖² per option
-        self.per_seq: list[torch.Tensor] = []  # (n_opt,) Σ_draws (g·ε)² / draws, per sequence
-        self.cur = torch.zeros(len(self.options), dtype=torch.float64)
-        self.grad_sq = 0.0  # Σ over samples of ‖g‖²
+        self.per_seq = torch.zeros(n_seq, len(self.options), dtype=torch.float64)
+        self.grad_sq = torch.zeros(n_seq, dtype=torch.float64)
         self.real_grad: torch.Tensor | None = None  # Σ over sequences of ∇(Σ_t ℓ_t) with real labels
 
-    def add_sample(self, g: torch.Tensor) -> None:
+    def add_sample(self, i: int, g: torch.Tensor, draws: int) -> None:
         gf = g.reshape(-1).float()
-        self.cur += (self.eps @ gf).double() ** 2
-        self.grad_sq += float(gf.double().pow(2).sum())
-
-    def end_sequence(self, draws: int) -> None:
-        self.per_seq.append(self.cur / draws)
-        self.cur = torch.zeros_like(self.cur)
+        self.per_seq[i] += (self.eps @ gf).double() ** 2 / draws
+        self.grad_sq[i] += float(gf.double().pow(2).sum())
 
     def add_real(self, g: torch.Tensor) -> None:
         g = g.detach().reshape(-1).double()
         self.real_grad = g if self.real_grad is None else self.real_grad + g
+
+    def merge_ranks(self) -> None:
+        """Sum over ranks: every sequence's row was filled by exactly one rank (the others hold zeros), so
+        the merged rows equal a single process's bit for bit."""
+        import torch.distributed as dist
+
+        dist.all_reduce(self.per_seq)
+        dist.all_reduce(self.grad_sq)
+        if self.real_grad is not None:
+            dist.all_reduce(self.real_grad)
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialized default process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _sampled_nll(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -117,7 +132,12 @@ def fisher_sensitivity(
     ``model``: a causal LM whose forward takes ``input_ids`` and returns ``.logits`` (a transformers model).
     ``batches``: int64 token tensors of shape (1, T_s), one sequence each. ``errors``: parameter name (as in
     ``model.named_parameters()``) -> {option: ε with the parameter's shape}. ``draws``: backward passes with
-    freshly sampled labels per sequence (the Monte-Carlo sample count is ``draws × len(batches)``).
+    freshly sampled labels per sequence (the Monte-Carlo sample count is ``draws × len(batches)``); the
+    labels of sequence ``i`` come from a generator seeded with ``(seed, i)``.
+
+    Under ``torch.distributed`` (an initialized default group; every rank holds the same model, batches and
+    errors) rank ``r`` processes sequences ``r, r + world, ...`` and the per-sequence sums are all-reduced:
+    every rank returns the estimates one process would, bit for bit for (d), (e), (f).
     """
     if draws < 1:
         raise ConfigError(f"draws must be >= 1, got {draws}", option="draws")
@@ -136,16 +156,18 @@ def fisher_sensitivity(
                     f"error for {n} option {o} has shape {tuple(e.shape)}, the parameter "
                     f"{tuple(params[n].shape)}"
                 )
-        acc[n] = _Accumulator(errors[n])
+        acc[n] = _Accumulator(errors[n], len(batches))
     tracked = [params[n] for n in names]
-    gen = torch.Generator().manual_seed(seed)
-    n_tokens = 0
+    rank, world = _rank_world()
+    n_tokens = sum(int(torch.as_tensor(b).numel()) for b in batches)
     was_training = model.training
     model.eval()
     try:
-        for i, ids in enumerate(batches):
-            ids = torch.as_tensor(ids, dtype=torch.int64).reshape(1, -1)
-            n_tokens += ids.shape[1]
+        for i in range(rank, len(batches), world):
+            ids = torch.as_tensor(batches[i], dtype=torch.int64).reshape(1, -1)
+            gen = torch.Generator().manual_seed(
+                seed * 1_000_003 + i
+            )  # per sequence: any rank split, same draws
             with torch.enable_grad():
                 logits = model(input_ids=ids, use_cache=False).logits
                 grads = torch.autograd.grad(_real_nll(logits, ids), tracked, retain_graph=True)
@@ -156,25 +178,26 @@ def fisher_sensitivity(
                         _sampled_nll(logits, gen), tracked, retain_graph=d < draws - 1
                     )
                     for n, g in zip(names, grads, strict=True):
-                        acc[n].add_sample(g)
-            for n in names:
-                acc[n].end_sequence(draws)
+                        acc[n].add_sample(i, g, draws)
             if on_sequence is not None:
                 on_sequence(i + 1, len(batches))
     finally:
         model.train(was_training)
+    if world > 1:
+        for n in names:
+            acc[n].merge_ranks()
     return _estimates(acc, n_tokens, draws * len(batches))
 
 
 def _estimates(acc: dict[str, _Accumulator], n_tokens: int, n_samples: int) -> SensitivityEstimates:
     out = SensitivityEstimates(n_tokens=n_tokens, n_samples=n_samples)
     for n, a in acc.items():
-        per_seq = torch.stack(a.per_seq)  # (n_seq, n_opt): Σ_draws(g·ε)²/draws per sequence
+        per_seq = a.per_seq  # (n_seq, n_opt): Σ_draws(g·ε)²/draws per sequence
         taylor = 0.5 * per_seq.sum(0) / n_tokens
         mean = per_seq.mean(0)
         spread = per_seq.std(0, unbiased=False) / mean.clamp_min(1e-300) if per_seq.shape[0] > 1 else mean * 0
         n_el = a.eps.shape[1]
-        ftrace = a.grad_sq / n_samples * len(a.per_seq) / n_tokens  # E‖g_seq‖² summed over sequences / T
+        ftrace = float(a.grad_sq.sum()) / n_samples * per_seq.shape[0] / n_tokens  # Σ_seq E‖g_seq‖² / T
         gnorm = float(a.real_grad.norm()) / n_tokens if a.real_grad is not None else 0.0
         out.fisher_trace[n] = ftrace
         out.taylor[n], out.trace[n], out.first_order[n], out.spread[n] = {}, {}, {}, {}

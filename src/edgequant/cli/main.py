@@ -17,7 +17,7 @@ from edgequant.core.text import clean
 from edgequant.errors import EdgequantError
 
 EPILOG = """examples:
-  edgequant demo                                   quantize the packaged SmolLM2-135M to 5 ftypes, print a table
+  edgequant demo                                   quantize the packaged SmolLM2-135M to 5 ftypes: a table
   edgequant quantize model-f32.gguf model-q4_k_m.gguf Q4_K_M 2
   edgequant quantize --imatrix imatrix.gguf --tensor-type 'attn_v=q8_0' in.gguf out.gguf Q4_K_M
   edgequant inspect model-q4_k_m.gguf --json
@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="edgequant",
-        description="Quantize models for edge devices: llama.cpp-exact GGUF quantization, inspection, evaluation.",
+        description=(
+            "Quantize models for edge devices: llama.cpp-exact GGUF quantization, allocation, evaluation."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

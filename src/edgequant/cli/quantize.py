@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   edgequant quantize model-f32.gguf model-q4_k_m.gguf Q4_K_M
   edgequant quantize model-f32.gguf Q6_K 2                 (output: ggml-model-Q6_K.gguf beside the input)
   edgequant quantize --imatrix imatrix.gguf --exclude-weights ffn_down in.gguf out.gguf IQ4_XS
-  edgequant quantize --tensor-type 'blk\\.[0-3]\\.attn_v=q8_0' --output-tensor-type q8_0 in.gguf out.gguf Q4_K_M
+  edgequant quantize --tensor-type 'blk\\.[0-3]\\.attn_v=q8_0' --output-tensor-type q8_0 in.gguf out.gguf Q4_K
   edgequant quantize --pure --json in.gguf out.gguf Q4_0 > report.json
   edgequant quantize in-f32.gguf out.gguf Q4_K_M --target-size 5m -f train-sample.txt --imatrix im.gguf
                                    (types per tensor by sensitivity: see edgequant allocate -h)
@@ -43,20 +43,11 @@ def register(sub) -> None:
     p.add_argument(
         "--imatrix", metavar="FILE", help="importance matrix (GGUF or legacy .dat) from llama-imatrix"
     )
-    p.add_argument(
-        "--include-weights",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="use the imatrix only for tensors whose name contains NAME (repeatable)",
-    )
-    p.add_argument(
-        "--exclude-weights",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="do not use the imatrix for tensors whose name contains NAME (repeatable)",
-    )
+    for flag, what in (("--include-weights", "only for"), ("--exclude-weights", "not for")):
+        p.add_argument(
+            flag, action="append", default=[], metavar="NAME",
+            help=f"use the imatrix {what} tensors whose name contains NAME (repeatable)",
+        )  # fmt: skip
     p.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight (no fallback)")
     p.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight (no fallback)")
     p.add_argument(

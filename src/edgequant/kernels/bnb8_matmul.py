@@ -21,4 +21,3 @@ def int8_matmul_rows(a, w, out, row_first, row_last):
             for k in range(k_dim):
                 acc += np.int32(a[i, k]) * np.int32(w[o, k])
             out[i, o] = acc
-

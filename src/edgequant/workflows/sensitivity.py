@@ -55,6 +55,9 @@ class TensorCandidates:
     loss: dict[str, float] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    # the other proxies of edgequant.analysis.sensitivity, for comparison: {"imatrix_mse"|"trace"|
+    # "first_order": {type: value}} (method "fisher" only)
+    proxies: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,15 +155,19 @@ def candidate_table(reader: GGUFFile, types: tuple[str, ...], has_imatrix: bool)
 
 
 def _errors_for(reader, tc: TensorCandidates, imatrix: Imatrix | None, to_torch_layout) -> dict:
-    """{type: ε} in the PyTorch layout for one tensor (quantize, dequantize, subtract)."""
+    """{type: ε} in the PyTorch layout for one tensor (quantize, dequantize, subtract); records proxy (b)."""
     import torch
+
+    from edgequant.analysis.sensitivity import imatrix_weighted_error
 
     t = reader.tensor(tc.name)
     x = dequantize(reader.tensor_data(t), t.type_name, t.np_shape).reshape(-1, t.shape_ne[0])
     qw = imatrix_for_tensor(imatrix.entries, t) if imatrix is not None else None
     out = {}
+    tc.proxies["imatrix_mse"] = {}
     for ty in tc.bytes:
         e = dequantize(quantize(x, ty, qw if get_codec(ty).uses_imatrix else None), ty, x.shape) - x
+        tc.proxies["imatrix_mse"][ty] = imatrix_weighted_error(e, qw)
         out[ty] = torch.from_numpy(np.ascontiguousarray(to_torch_layout(tc.name, e)))
     reader.release(t)
     return out
@@ -179,10 +186,12 @@ def collect_sensitivities(
     method: str = "fisher",
     threads: int | None = None,
     state: str | os.PathLike | None = None,
+    subset: list[tuple[str, str]] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of a float GGUF model; see the module docstring. ``calib_text``: the text itself.
 
+    ``subset``: (tensor, type) pairs to measure (method "measured" only; the others get no loss entry).
     ``state``: a JSON file; when it holds a table collected with the same settings it is returned as is,
     otherwise the new table is written there (atomically). ``on_progress(stage, i, n)``: progress callback.
     """
@@ -203,6 +212,10 @@ def collect_sensitivities(
         "seed": seed,
         "method": method,
     }
+    if subset:
+        if method != "measured":
+            raise ConfigError("subset restricts method='measured' only", option="subset")
+        settings["subset"] = sorted([list(p) for p in subset])
     if state is not None and os.path.exists(state):
         with open(state, encoding="utf-8") as f:
             old = SensitivityTable.from_json(f.read())
@@ -251,15 +264,19 @@ def _run_model(reader, table, calib_text, imatrix, s, threads, progress) -> None
             on_sequence=lambda i, n: progress("fisher", i, n),
         )
         for tc in table.tensors:
-            tc.loss = dict(est.taylor[to_hf[tc.name]])
-            tc.spread = dict(est.spread[to_hf[tc.name]])
+            hf = to_hf[tc.name]
+            tc.loss, tc.spread = dict(est.taylor[hf]), dict(est.spread[hf])
+            tc.proxies.update(trace=dict(est.trace[hf]), first_order=dict(est.first_order[hf]))
         return
     base = base_log_probs(model, batches)
     params = dict(model.named_parameters())
-    done, total = 0, sum(len(tc.bytes) for tc in table.tensors)
+    done, total = 0, len(s["subset"]) if s.get("subset") else sum(len(tc.bytes) for tc in table.tensors)
+    subset = {tuple(p) for p in s["subset"]} if s.get("subset") else None
     for tc in table.tensors:
         hf = to_hf[tc.name]
         for ty, e in errors[hf].items():
+            if subset is not None and (tc.name, ty) not in subset:
+                continue
             tc.loss[ty] = measured_kld(model, batches, base, hf, params[hf].detach() + e)
             done += 1
             progress("measure", done, total)

@@ -182,9 +182,7 @@ def test_cli_allocate_then_quantize(model, table, tmp_path, capsys):
     )
     out = json.loads(capsys.readouterr().out)
     assert out["file_bytes_upper_bound"] <= int(target)
-    assert len(out["tensors"]) == len(
-        plan.read_text().split()
-    )
+    assert len(out["tensors"]) == len(plan.read_text().split())
     assert all("predicted_kld" in t and "bytes" in t for t in out["tensors"])
     dst = tmp_path / "q.gguf"
     assert (
