@@ -219,7 +219,8 @@ def collect_sensitivities(
     if state is not None and os.path.exists(state):
         with open(state, encoding="utf-8") as f:
             old = SensitivityTable.from_json(f.read())
-        if old.settings == settings and old.model == src:
+        kept = {k: v for k, v in old.settings.items() if k != "tokens"}  # "tokens" is recorded, not asked
+        if kept == settings and old.model == src:
             return old
     t0 = time.perf_counter()
     with GGUFFile(src) as reader:

@@ -68,7 +68,17 @@ def test_table_covers_every_quantizable_tensor(model, table):
         assert t.bytes["Q2_K"] < t.bytes["Q4_K"] < t.bytes["Q6_K"] < t.bytes["Q8_0"]
 
 
-def test_state_is_reused_and_matches(model, table, tmp_path):
+def test_state_is_reused_and_matches(model, table, tmp_path, monkeypatch):
+    import edgequant.workflows.sensitivity as sens
+
+    state = tmp_path / "t.json"
+    state.write_text(table.to_json())
+    monkeypatch.setattr(sens, "_run_model", lambda *a: pytest.fail("the saved table was not reused"))
+    kw = {"types": TYPES, "n_ctx": 64, "n_chunks": 3, "draws": 3}
+    assert collect_sensitivities(model, TEXT, state=state, **kw).to_json() == table.to_json()
+    with pytest.raises(BaseException, match="not reused"):  # other settings: collected anew
+        collect_sensitivities(model, TEXT, state=state, **{**kw, "draws": 2})
+    monkeypatch.undo()
     again = collect_sensitivities(model, TEXT, types=TYPES, n_ctx=64, n_chunks=3, draws=3, state=None)
     # same seed, same samples: the same predictions
     a = {(t.name, k): v for t in table.tensors for k, v in t.loss.items()}
