@@ -14,6 +14,8 @@
   (``learn_scale``)
 * ``"codec"``    any edgequant.gguf codec (K-quants...) in the forward pass, gradient passed straight through
 * ``"bnb"``      bitsandbytes NF4/FP4 (``format``, blocks of ``group_size``, ``double_quant``) in the forward
+* ``"noise"``    noise-injection training: ``W + η·ε``, ε ~ N(0, σ²_quant), η = ``noise_eta`` (weights; see
+  qat/noise.py), hard min-max quantization in eval
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from edgequant.errors import ConfigError
 
-METHODS = ("ste", "lsq", "lsq+", "tanh", "sigmoid", "gumbel", "ggml", "codec", "bnb")
+METHODS = ("ste", "lsq", "lsq+", "tanh", "sigmoid", "gumbel", "ggml", "codec", "bnb", "noise")
 BNB_FORMATS = ("NF4", "FP4")
 GRANULARITIES = ("tensor", "channel", "group")
 GGML_GRID_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
@@ -54,6 +56,7 @@ class QuantSpec:
     double_quant: bool = True  # bnb: quantize the absmax values too (bitsandbytes' compress_statistics)
     # learned steps' init: "lsq" (2·mean|v|/√Q_P) or "minmax" (max|v|/Q_P: QAT starts where RTN PTQ is)
     init: str = "lsq"
+    noise_eta: float = 1.0  # noise: η in W + η·ε, ε ~ N(0, σ²_quant)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +89,8 @@ class QuantSpec:
             raise ConfigError(f"gumbel needs tau0 > 0 and tau_decay >= 0, got {self.tau0}, {self.tau_decay}")
         if self.init not in ("lsq", "minmax"):
             raise ConfigError(f"QuantSpec.init={self.init!r}; choose 'lsq' or 'minmax'")
+        if not self.noise_eta >= 0.0:
+            raise ConfigError(f"QuantSpec.noise_eta={self.noise_eta} must be >= 0")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"QuantSpec.ema={self.ema} must be in [0, 1)")
 
@@ -127,8 +132,8 @@ class QATConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, QuantSpec):
                 raise ConfigError(f"QATConfig.{name} must be a QuantSpec or None, got {type(v).__name__}")
-        if self.activation is not None and self.activation.method in ("ggml", "codec", "bnb"):
-            raise ConfigError("activation quantizers cannot use the ggml/codec weight formats")
+        if self.activation is not None and self.activation.method in ("ggml", "codec", "bnb", "noise"):
+            raise ConfigError("activation quantizers cannot use the ggml/codec/bnb/noise weight methods")
 
     def to_json(self) -> str:
         d = asdict(self)

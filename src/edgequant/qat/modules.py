@@ -13,6 +13,7 @@ from torch import nn
 from edgequant.qat.bnb_grid import BnbQuantizer
 from edgequant.qat.config import QuantSpec
 from edgequant.qat.ggml_grid import CodecQuantizer, GGMLGridQuantizer
+from edgequant.qat.noise import NoiseQuantizer
 from edgequant.qat.quantizers import FakeQuantizer, LSQPlusQuantizer, LSQQuantizer, MinMaxQuantizer
 from edgequant.qat.soft import GumbelQuantizer, SigmoidRoundQuantizer, TanhQuantizer
 
@@ -26,6 +27,7 @@ QUANTIZERS: dict[str, type[FakeQuantizer]] = {
     "ggml": GGMLGridQuantizer,
     "codec": CodecQuantizer,
     "bnb": BnbQuantizer,
+    "noise": NoiseQuantizer,
 }
 
 
