@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         perplexity,
         qat,
         quantize,
+        recommend,
     )
 
     parser = argparse.ArgumentParser(
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         imatrix,
         perplexity,
         qat,
+        recommend,
     ):
         module.register(sub)
     return parser
