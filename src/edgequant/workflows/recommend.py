@@ -256,11 +256,18 @@ def _measured(fit: Fit, b: Buffers) -> Fit:
 
 def _too_small(memory: int, n_ctx: int, fit: Fit) -> ConfigError:
     c = fit.candidate
+    if fit.total is None:  # weights + KV alone exceed the memory: no need to load it
+        need = fit.weights + fit.kv
+        parts = f"at least {need} bytes ({need / 2**30:.2f} GiB): weights {fit.weights} + KV {fit.kv}"
+        parts += ", before llama.cpp's compute buffer"
+    else:
+        parts = (
+            f"{fit.total} bytes ({fit.total / 2**30:.2f} GiB): weights {fit.weights} + KV {fit.kv} + compute "
+            f"{fit.compute} + output {fit.output}"
+        )
     return ConfigError(
         f"memory {memory} bytes ({memory / 2**30:.2f} GiB) is too small for every candidate at "
-        f"n_ctx {n_ctx}: the smallest, {c.label}, needs {fit.total} bytes ({fit.total / 2**30:.2f} GiB: "
-        f"weights {fit.weights} + KV {fit.kv} + compute {fit.compute} + output {fit.output}); "
-        "give at least that or a smaller n_ctx",
+        f"n_ctx {n_ctx}: the smallest, {c.label}, needs {parts}; give more memory or a smaller n_ctx",
         option="memory",
     )
 
@@ -281,15 +288,18 @@ def recommend(
     *,
     n_ctx: int = 4096,
     kv_type: str = "F16",
-    measure: Callable[[str, int, str], Buffers] = measure_buffers,
+    measure: Callable[[str, int, str], Buffers] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Recommendation:
     """The lowest-KLD (or highest-bpw) candidate of ``source`` whose fit is at most ``memory`` bytes.
 
-    ``measure(path, n_ctx, kv_type)`` gives llama.cpp's buffers (default: load the file in llama.cpp).
-    ConfigError when no candidate fits, naming the smallest one and what it needs."""
+    ``measure(path, n_ctx, kv_type)`` gives llama.cpp's buffers (default ``measure_buffers``: load the file in
+    llama.cpp).
+    ConfigError when no candidate fits, naming the smallest one (least weights + KV) and what it needs: the
+    measured total when its weights and KV cache fit, else at least weights + KV (it is not loaded)."""
     if n_ctx < 1:
         raise ConfigError(f"n_ctx {n_ctx}: must be at least 1", option="n_ctx")
+    measure = measure or measure_buffers
     kv_type = kv_type.upper()
     if kv_type not in KV_TYPES:
         raise ConfigError(f"KV cache type {kv_type}: use one of {', '.join(KV_TYPES)}", option="kv_type")
@@ -309,10 +319,7 @@ def recommend(
             break
     if choice is None:
         smallest = min(ordered, key=lambda c: fits[c.path].weights + fits[c.path].kv)
-        f = fits[smallest.path]
-        if f.compute is None:
-            f = _measured(f, measure(smallest.path, n_ctx, kv_type))
-        raise _too_small(memory, n_ctx, f)
+        raise _too_small(memory, n_ctx, fits[smallest.path])
     return Recommendation(
         memory,
         n_ctx,
