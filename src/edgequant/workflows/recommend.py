@@ -63,8 +63,9 @@ def rule_of_thumb(memory: int) -> tuple[str, ...]:
     """The book's choice of ftype by device memory: under 4 GB Q4_0 or Q4_K_S; 4-8 GB Q5_K_M or Q4_K_M; over
     8 GB Q5_K_L or Q6_K (GB = 10^9 bytes; 8 GB itself is in the 4-8 row).
 
-    It is a rule for **7B-class models** only: a 7B model at Q4_0 (4.5 bits/weight) is 3.8 GB of weights,
-    at Q6_K about 5.5 GB. For another size the same memory allows other types, which is why
+    It is a rule for **7B-class models** only: Llama 2 7B's 6.74e9 weights at Q4_0 (4.5 bits/weight) are
+    3.79 GB, at Q6_K (6.5625) 5.53 GB, before the KV cache (1 GiB at n_ctx 2048: 2048 x 32 layers x 32 KV
+    heads x 128 x 2 x 2 bytes). For another size the same memory allows other types, which is why
     ``recommend`` measures instead. **Q5_K_L does not exist in llama.cpp** (llama-quantize has Q5_K_S and
     Q5_K_M); the name is used by some model uploaders for Q5_K_M with Q8_0 embedding and output tensors."""
     for bound, ftypes in RULE_OF_THUMB:

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from edgequant.errors import ConfigError, UnsupportedTypeError
+from edgequant.gguf.codecs import get_codec
 from edgequant.gguf.ftypes import FType
 from edgequant.workflows.recommend import (
     GB,
@@ -166,6 +167,15 @@ def test_rule_of_thumb_and_q5_k_l():
         FType.parse(name)
     with pytest.raises(UnsupportedTypeError):
         FType.parse("Q5_K_L")  # not a llama.cpp ftype
+    # the docstring's 7B figures (Llama 2 7B: 6.74e9 weights, 32 layers, 32 KV heads of 128)
+    n = 6.74e9
+    assert round(n * get_codec("Q4_0").bits_per_weight / 8 / GB, 2) == 3.79
+    assert round(n * get_codec("Q6_K").bits_per_weight / 8 / GB, 2) == 5.53
+    assert 2048 * 32 * 32 * 128 * 2 * 2 == 2**30
+    doc = rule_of_thumb.__doc__
+    assert "3.79 GB" in doc
+    assert "5.53 GB" in doc
+    assert "1 GiB at n_ctx 2048" in doc
 
 
 def test_parse_memory_and_llama_cpp_log():
