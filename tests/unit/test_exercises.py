@@ -73,6 +73,20 @@ def test_ex1_outlier_and_int8_codes(page):
     shown(page, f"{statistics.stdev(W1):.4f}", f"{statistics.stdev([v for v in W1 if abs(v) < 0.9]):.4f}")
 
 
+def test_ex1_tie_rule_is_half_to_even(page):
+    row = torch.tensor([[62.5, 127.0]])
+    code = quantize_rows_int8(row)[0][0, 0].item()
+    assert code == round(62.5) == 62
+    assert math.floor(62.5 + 0.5) == 63  # what half away from zero would give
+    shown(page, f"A row [{row[0, 0].item():g}, {row[0, 1].item():g}]", f"gives\n  code {code} in edgequant")
+    try:
+        from bitsandbytes import functional as bnb_f
+    except Exception:
+        return
+    assert bnb_f.int8_vectorwise_quant(row.half())[0][0, 0].item() == code
+    shown(page, "bitsandbytes 0.50.2")
+
+
 # ----- 2: Q4_0
 X2 = [0.5, -0.3, 0.8, -0.6]
 
