@@ -5,15 +5,20 @@ Every function takes the float model and its quantized copy (same module names, 
 place, keeping each layer's stored format valid.
 
 * ``bias_correct``: empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", §4.2, the
-  empirical variant). For each quantized layer with a bias, in module order, ``b ← b − E[q(x) − f(x)]``
-  where ``q`` is the quantized layer, ``f`` the float layer of the same name and ``x`` the quantized
-  model's own inputs to that layer over the calibration batches (earlier layers already corrected). The mean
-  is over every position but the output channel (last dim of a Linear, dim 1 of a Conv). ``q(x) − f(x)`` is
-  ``(Ŵ−W)x`` plus, for layers that also quantize their input (Int8DynamicLinear, LLM.int8), the activation
-  error; after the correction the layer's mean output error on the calibration inputs is 0 (up to float32
-  rounding). Layers without a bias are left unchanged. The book writes ``bias = E[W_q − W]`` and subtracts
-  it from the weights; a weight-space mean ignores the inputs, so we correct the output bias as the paper
-  does.
+  empirical variant). For each quantized layer with a bias, in module order, ``b ← b − E[(Ŵ−W)x]`` where
+  ``Ŵ`` is the layer's dequantized weight, ``W`` the float weight of the layer of the same name in the float
+  model and ``x`` the quantized model's own inputs to that layer over the calibration batches (earlier
+  layers already corrected; one pass over the batches per layer). The mean is over every position but the
+  output channel (last dim of a Linear, dim 1 of a Conv). With ``include_activation_error=True`` the
+  subtracted mean is ``E[q(x) − f(x)]`` (layer outputs), which adds the error of layers that also quantize
+  their input (Int8DynamicLinear, LLM.int8); after it the layer's mean output error on the calibration
+  inputs is 0 (up to float32 rounding). That is not the default: on MiniLM-L6 the 99.9-percentile
+  activation clipping of Int8DynamicLinear removes rare massive activations (one FFN output channel is ~197
+  on a few tokens, ~0 elsewhere), and moving their mean error onto every token ruins the model (cosine
+  0.98 -> 0.07, benchmarks/results/compensation.md). Plain Linear/Conv layers (e.g. ``qat.convert``
+  output) use ``q(x) − f(x)``, which is ``(Ŵ−W)x`` for them. Layers without a bias are left unchanged.
+  The book writes ``bias = E[W_q − W]`` and subtracts it from the weights; a weight-space mean ignores the
+  inputs, so we correct the output bias as the paper does.
 * ``scale_search``: per-scale MSE-optimal scale, ``s* = argmin_s ‖W − Q(W; s)‖²`` over
   ``s = α · s_absmax`` with α in ``multipliers`` (default 0.50, 0.51, …, 1.00: 51 values, α = 1 included,
   so the error never grows). What is searched: Int8DynamicLinear and Linear8bitLt: one scale per output row
@@ -79,9 +84,13 @@ def _differs(qm: nn.Module, fm: nn.Module) -> bool:
 
 @torch.no_grad()
 def bias_correct(
-    float_model: nn.Module, quantized_model: nn.Module, batches, names=None
+    float_model: nn.Module,
+    quantized_model: nn.Module,
+    batches,
+    names=None,
+    include_activation_error: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Empirical bias correction (module docstring); returns ``{name: subtracted E[q(x) − f(x)]}``."""
+    """Empirical bias correction (module docstring); returns ``{name: the subtracted mean}``."""
     batches = list(batches)
     if not batches:
         raise ConfigError("bias_correct: no calibration batches; pass at least one input batch")
@@ -103,9 +112,16 @@ def bias_correct(
         for name, qm in targets:
             fm, dim = fmods[name], _channel_dim(qm)
             acc = {"sum": 0.0, "n": 0}
+            dw = None
+            if isinstance(qm, QuantizedLinear) and not include_activation_error:
+                dw = qm.dequantize().float() - fm.weight.float()
 
-            def hook(mod, args, out, fm=fm, dim=dim, acc=acc):
-                s, n = _per_channel(out.float() - fm(*args).float(), dim)
+            def hook(mod, args, out, fm=fm, dim=dim, acc=acc, dw=dw):
+                if dw is not None:
+                    diff = F.linear(args[0].float(), dw)
+                else:
+                    diff = out.float() - fm(*args).float()
+                s, n = _per_channel(diff, dim)
                 acc["sum"], acc["n"] = acc["sum"] + s, acc["n"] + n
 
             h = qm.register_forward_hook(hook)

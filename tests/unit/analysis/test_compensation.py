@@ -38,7 +38,7 @@ def test_bias_correction_zeroes_the_mean_output_error(config):
     q = _quantized(f, config)
     x = torch.randn(200, 64) + 0.5  # a non-zero input mean, so (Ŵ−W)E[x] ≠ 0
     before = (q(x) - f(x)).mean(0).abs().max().item()
-    done = bias_correct(f, q, [x[:100], x[100:]])
+    done = bias_correct(f, q, [x[:100], x[100:]], include_activation_error=True)
     assert set(done) == {"0", "2"}
     # the last layer's mean error over its own (quantized-path) inputs is zero
     h = q[1](q[0](x))
@@ -57,6 +57,19 @@ def test_bias_correction_closed_form_single_layer():
     done = bias_correct(f, q, [x])
     torch.testing.assert_close(done["0"], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(q[0].bias.detach(), b0 - expected, atol=1e-5, rtol=1e-4)
+
+
+def test_bias_correction_default_is_the_weight_error_only():
+    torch.manual_seed(2)
+    f = nn.Sequential(nn.Linear(64, 8)).eval()
+    q = _quantized(f, Int8DynamicConfig(percentile=90.0))  # a large activation error as well
+    x = torch.randn(50, 64) + 1.0
+    expected = (q[0].dequantize().float() - f[0].weight) @ x.double().mean(0).float()
+    done = bias_correct(f, q, [x])
+    torch.testing.assert_close(done["0"], expected, atol=1e-5, rtol=1e-4)
+    q2 = _quantized(f, Int8DynamicConfig(percentile=90.0))
+    with_act = bias_correct(f, q2, [x], include_activation_error=True)["0"]
+    assert (with_act - expected).abs().max().item() > 1e-3  # the activation error is a different term
 
 
 def test_bias_correction_skips_layers_without_bias_and_needs_batches():
