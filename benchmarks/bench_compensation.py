@@ -227,8 +227,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = os.path.join(RESULTS, "compensation.json")
-    data: dict = json.load(open(path)) if os.path.exists(path) and not args.quick else {}
-    data["machine"] = machine_info()  # a skipped section keeps its own machine/args from its run
+    data: dict = {"machine": machine_info()}  # a skipped section keeps its own machine/args from its run
     args_line = " ".join(sys.argv[1:]) or "(defaults)"
     if not args.skip_minilm:
         n, c = (32, 16) if args.quick else (args.sentences, args.cal)
@@ -236,6 +235,9 @@ def main() -> int:
     if not args.skip_digits:
         s, ef, eq = (1, 10, 3) if args.quick else (args.seeds, 40, args.epochs)
         data["digits"] = {**run_digits(s, ef, eq, (4, 3, 2)), "machine": data["machine"], "args": args_line}
+    if os.path.exists(path) and not args.quick:  # keep the sections this run skipped (read at the end)
+        with open(path) as f:
+            data = {**json.load(f), **data}
     write_results("compensation", data, markdown(data))
     return 0
 
