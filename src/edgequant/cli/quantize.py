@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   edgequant quantize --pure --json in.gguf out.gguf Q4_0 > report.json
   edgequant quantize in-f32.gguf out.gguf Q4_K_M --target-size 5m -f train-sample.txt --imatrix im.gguf
                                    (types per tensor by sensitivity: see edgequant allocate -h)
+  edgequant quantize in-f32.gguf out.gguf Q4_K_M --rounding gptq -f calib.txt --imatrix im.gguf --json
+                                   (GPTQ codes under llama.cpp's scales; same bytes per tensor)
 """
 
 
@@ -67,6 +69,13 @@ def register(sub) -> None:
     from edgequant.cli.allocate import add_budget_arguments
 
     add_budget_arguments(p, with_imatrix=False)
+    p.add_argument(
+        "--rounding",
+        choices=("llama", "gptq"),
+        default="llama",
+        help="llama: llama-quantize's bytes (default); gptq: error-feedback codes under llama.cpp's scales, "
+        "from the input Hessians of -f TEXT (--ctx, --chunks)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -153,6 +162,18 @@ def _budget(args, src: str, imatrix, opts: QuantizeOptions):
     return opts, metadata, parse_size(args.target_size) if args.target_size is not None else None
 
 
+def _hessians(args, src: str, threads: int | None):
+    """``--rounding gptq``: the calibration Hessians of ``-f TEXT`` (None for llama.cpp's rounding)."""
+    if args.rounding != "gptq":
+        return None
+    if not args.file:
+        raise ConfigError("--rounding gptq needs calibration text: give it with -f TEXT")
+    from edgequant.workflows.gptq import collect_hessians
+
+    with flag_names():
+        return collect_hessians(src, args.file, n_ctx=args.ctx, n_chunks=args.chunks, threads=threads)
+
+
 def run(args) -> int:
     from edgequant.gguf.imatrix import load_imatrix
     from edgequant.workflows.quantize import quantize_model, report_dict
@@ -188,6 +209,7 @@ def run(args) -> int:
 
             print_plan(plan)
         return 0
+    hessians = _hessians(args, src, threads)
     with tensor_progress(f"quantize → {os.path.basename(dst)}") as advance, flag_names():
         report = quantize_model(
             src,
@@ -199,6 +221,7 @@ def run(args) -> int:
             allow_requantize=args.allow_requantize,
             metadata=metadata,
             on_tensor=lambda i, n, rep: advance(i, n, f"{rep.name} → {rep.new_type}"),
+            hessians=hessians,
         )
     if target is not None and report.bytes_out > target:  # cannot happen: the header bound is an upper bound
         raise ConfigError(f"{dst}: {report.bytes_out} bytes exceed the target {target}; please report this")

@@ -47,6 +47,9 @@ class TensorReport:
     seconds: float
     used_imatrix: bool
     rmse: float | None = None  # of the dequantized output against the float input, when measured
+    rounding: str = "llama"  # "gptq" when the codes were chosen by GPTQ ("llama": llama.cpp's bytes)
+    out_err: float | None = None  # GPTQ runs: tr(ΔW H ΔWᵀ) of the written bytes
+    plain_err: float | None = None  # GPTQ runs: the same for llama.cpp's bytes
 
 
 @dataclass
@@ -120,6 +123,7 @@ def quantize_model(
     measure_error: bool = False,
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[int, int, TensorReport], None] | None = None,
+    hessians=None,
 ) -> QuantizeReport:
     """Quantize a GGUF model file to ``ftype``; returns what was done to every tensor.
 
@@ -130,6 +134,10 @@ def quantize_model(
     ``metadata``: extra string keys written after llama-quantize's (e.g. ``edgequant.recipe``); none by
     default, so that the file is byte-identical to llama-quantize's.
     A ``tensor_types`` pattern that matches no tensor is an error (llama-quantize ignores it silently).
+    ``hessians``: a :class:`edgequant.workflows.gptq.Hessians` (``collect_hessians``): every 2-D tensor it
+    has a Hessian for, going to a type GPTQ supports, gets GPTQ's codes under llama.cpp's scales
+    (``rounding="gptq"`` in its report, with both output errors); llama.cpp's bytes are kept where GPTQ's
+    output error would be larger. None (the default): llama-quantize's bytes.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     ft = FType.parse(ftype)
@@ -159,34 +167,7 @@ def quantize_model(
                 w.add_tensor_info(t.name, t.shape_ne, new.type_id if new else t.type_id, nbytes)
             w.write_header()
             for i, (t, c, requant, qw) in enumerate(plan):
-                t0 = time.perf_counter()
-                raw = reader.tensor_data(t)
-                rmse = None
-                if requant:
-                    x = tensor_rows_f32(raw, t)
-                    out = encode_tensor(x, c.new_type, qw, t, threads)
-                    if measure_error:
-                        back = dequantize(out, c.new_type, x.shape, threads=threads)
-                        rmse = float(np.sqrt(np.mean((back.astype(np.float64) - x) ** 2)))
-                    w.write_tensor_data(t.name, out)
-                    nbytes_out = out.nbytes
-                    del x, out
-                else:
-                    w.write_tensor_data(t.name, raw)
-                    nbytes_out = t.nbytes
-                reader.release(t)  # keep resident memory near one tensor, not the file size
-                rep = TensorReport(
-                    t.name,
-                    t.shape_ne,
-                    t.type_name,
-                    c.new_type if requant else t.type_name,
-                    c.fallback_from,
-                    t.nbytes,
-                    nbytes_out,
-                    time.perf_counter() - t0,
-                    qw is not None,
-                    rmse,
-                )
+                rep = _write_tensor(w, reader, t, c, requant, qw, threads, measure_error, hessians)
                 report.tensors.append(rep)
                 report.n_params += t.n_elements
                 if on_tensor:
@@ -194,6 +175,44 @@ def quantize_model(
     report.seconds = time.perf_counter() - t_start
     report.bytes_out = os.path.getsize(dst)
     return report
+
+
+def _write_tensor(w, reader, t, c, requant, qw, threads, measure_error, hessians) -> TensorReport:
+    """Write one tensor's data (copied, or encoded to ``c.new_type``); its report."""
+    t0 = time.perf_counter()
+    raw = reader.tensor_data(t)
+    rmse, extra = None, {}
+    if requant:
+        x = tensor_rows_f32(raw, t)
+        out, extra = _encode(x, c.new_type, qw, t, threads, hessians)
+        if measure_error:
+            back = dequantize(out, c.new_type, x.shape, threads=threads)
+            rmse = float(np.sqrt(np.mean((back.astype(np.float64) - x) ** 2)))
+        w.write_tensor_data(t.name, out)
+        nbytes_out = out.nbytes
+        del x, out
+    else:
+        w.write_tensor_data(t.name, raw)
+        nbytes_out = t.nbytes
+    reader.release(t)  # keep resident memory near one tensor, not the file size
+    new_type = c.new_type if requant else t.type_name
+    return TensorReport(
+        t.name, t.shape_ne, t.type_name, new_type, c.fallback_from, t.nbytes, nbytes_out,
+        time.perf_counter() - t0, qw is not None, rmse, **extra,
+    )  # fmt: skip
+
+
+def _encode(x, new_type, qw, t, threads, hessians) -> tuple[np.ndarray, dict]:
+    """(bytes, extra TensorReport fields): GPTQ where a Hessian applies, else llama.cpp's encoding."""
+    if hessians is not None:
+        from edgequant.workflows.gptq import can_gptq, encode_gptq
+
+        h = hessians.get(t.name) if can_gptq(new_type, t.shape_ne) else None
+        if h is not None:
+            res = encode_gptq(x, new_type, qw, h, t.name)
+            rounding = "llama" if res.used_plain else "gptq"
+            return res.raw, {"rounding": rounding, "out_err": res.err, "plain_err": res.err_plain}
+    return encode_tensor(x, new_type, qw, t, threads), {}
 
 
 def _plan(
@@ -267,6 +286,21 @@ def plan_model(
         return out
 
 
+def _rounding_summary(report: QuantizeReport) -> dict:
+    """GPTQ runs: tensors by rounding, and the summed output errors ``tr(ΔW H ΔWᵀ)`` of both roundings."""
+    done = [t for t in report.tensors if t.out_err is not None]
+    if not done:
+        return {}
+    return {
+        "gptq": {
+            "tensors": len(done),
+            "kept_plain": sum(t.rounding != "gptq" for t in done),
+            "out_err": sum(t.out_err for t in done),
+            "plain_err": sum(t.plain_err for t in done),
+        }
+    }
+
+
 def report_dict(report: QuantizeReport) -> dict:
     """JSON-ready form of a QuantizeReport (``--json``)."""
     return {
@@ -281,6 +315,7 @@ def report_dict(report: QuantizeReport) -> dict:
         "n_fallback": report.n_fallback,
         "type_counts": report.type_counts(),
         "weight_rmse": report.weight_rmse(),
+        **_rounding_summary(report),
         "tensors": [
             {
                 "name": t.name,
@@ -293,6 +328,11 @@ def report_dict(report: QuantizeReport) -> dict:
                 "seconds": round(t.seconds, 5),
                 "imatrix": t.used_imatrix,
                 "rmse": t.rmse,
+                **(
+                    {"rounding": t.rounding, "out_err": t.out_err, "plain_err": t.plain_err}
+                    if t.out_err is not None
+                    else {}
+                ),
             }
             for t in report.tensors
         ],
