@@ -185,8 +185,13 @@ def markdown(d: dict) -> str:
             f"{p['ppl']:.4f} / {g['ppl']:.4f} | {p['same_top']:.4f} / {g['same_top']:.4f} | "
             f"{s.get('tensors', '-')} ({s.get('kept_plain', '-')}) | {_f(err, '.3f')} |"
         )
+    secs = ", ".join(
+        f"{c['ftype']} {c['llama']['quantize_seconds']:.0f} s / {c['gptq']['quantize_seconds']:.0f} s"
+        for c in d["compare"]
+    )
     lines += [
         "",
+        f"Quantization time llama.cpp rounding / GPTQ (Hessians excluded): {secs}. "
         f"Hessian collection: {_f(d['hessian_seconds'], '.0f')} s. "
         f"Whole benchmark: {d['total_seconds'] / 60:.1f} min.",
     ]
