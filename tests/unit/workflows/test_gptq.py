@@ -117,3 +117,19 @@ def test_cli_gptq_json_and_missing_text(model, tmp_path):
     assert rep["gptq"]["tensors"] > 0
     assert rep["gptq"]["out_err"] < rep["gptq"]["plain_err"]
     assert all(t["out_err"] <= t["plain_err"] for t in rep["tensors"] if "out_err" in t)
+
+
+def test_gptq_composes_with_tensor_types(model, hessians, tmp_path):
+    from edgequant.gguf.ftypes import QuantizeOptions
+
+    opts = QuantizeOptions(tensor_types=((r"ffn_down", "Q6_K"), (r"attn_v", "Q8_0")))
+    plain_path, gptq_path = str(tmp_path / "p.gguf"), str(tmp_path / "g.gguf")
+    quantize_model(model[0], plain_path, "Q4_0", options=opts)
+    rep = quantize_model(model[0], gptq_path, "Q4_0", options=opts, hessians=hessians)
+    plain, gptq = _tensors(plain_path), _tensors(gptq_path)
+    assert {k: v[:2] for k, v in plain.items()} == {k: v[:2] for k, v in gptq.items()}
+    by = {t.name: t for t in rep.tensors}
+    assert by["blk.0.ffn_down.weight"].new_type == "Q6_K"
+    assert by["blk.0.attn_v.weight"].new_type == "Q8_0"
+    assert by["blk.0.ffn_down.weight"].out_err <= by["blk.0.ffn_down.weight"].plain_err
+    assert by["blk.0.attn_v.weight"].out_err is not None
