@@ -158,7 +158,11 @@ def main() -> int:
     for ft in ftypes:
         ref = score(f"llama:{ft}+imatrix", ft)
         noim = score(f"llama:{ft}", ft, use_imatrix=False)
-        ours = plan_row(f"plan:size-of-{ft}", ft, target_size=ref["bytes"])
+        try:
+            ours = plan_row(f"plan:size-of-{ft}", ft, target_size=ref["bytes"])
+        except Exception as e:  # an infeasible budget is reported, not fatal
+            compare.append({"ftype": ft, "llama_imatrix": ref, "llama_no_imatrix": noim, "error": str(e)})
+            continue
         compare.append(
             {
                 "ftype": ft,
@@ -251,7 +255,7 @@ def plot(d: dict, path: str) -> None:
         "o-",
         label="edgequant plan (bpw budgets)",
     )
-    sz = [c["edgequant_plan"] for c in d["compare"]]
+    sz = [c["edgequant_plan"] for c in d["compare"] if "edgequant_plan" in c]
     ax.plot(
         [c["bits_per_weight"] for c in sz],
         [c["mean_kld"] for c in sz],
@@ -305,6 +309,9 @@ def markdown(d: dict, name: str) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in d["compare"]:
+        if "error" in c:
+            lines.append(f"| {c['ftype']} | - | - | - | - | - | - | - | - | {c['error']} |")
+            continue
         r, n, p = c["llama_imatrix"], c["llama_no_imatrix"], c["edgequant_plan"]
         lines.append(
             f"| {c['ftype']} | {r['bytes']} | {r['bits_per_weight']:.3f} | {r['mean_kld']:.5f} | "

@@ -139,11 +139,12 @@ def _choices(table: SensitivityTable, by_size: bool) -> tuple[list[dict], int]:
 
 
 def feasible_range(table: SensitivityTable, by_size: bool = True) -> tuple[int, int]:
-    """(smallest, largest useful) total: every tensor at its cheapest type, every tensor at its least-loss
-    type. Bytes of the file (``by_size``) or of the tensor data (bits/weight numerator)."""
+    """(smallest, largest) possible total: every tensor at its cheapest, every tensor at its dearest type.
+    Bytes of the file (``by_size``) or of the tensor data (bits/weight numerator). A budget inside the range
+    but above what the least-loss plan needs gets that plan (a smaller file: more bytes would not help)."""
     choices, fixed = _choices(table, by_size)
     lo = fixed + sum(min(c for _, c in ch.values()) for ch in choices)
-    hi = fixed + sum(min(ch.values(), key=lambda lc: (lc[0], lc[1]))[1] for ch in choices)
+    hi = fixed + sum(max(c for _, c in ch.values()) for ch in choices)
     return lo, hi
 
 
