@@ -16,6 +16,8 @@ Pure functions over tensors, measurements and plans; no file loops (the whole-mo
   gradient).
 * :mod:`~edgequant.analysis.torch_plan`: per-layer NF4/FP4/int8/keep choice of a PyTorch model under a
   memory budget, applied through ``quantize_``.
+* :mod:`~edgequant.analysis.gptq` and :mod:`~edgequant.analysis.ggml_codes`: GPTQ error-feedback rounding
+  into ggml blocks (llama.cpp's scale fields kept, codes rewritten), the code bits of every storable type.
 * :mod:`~edgequant.analysis.compensation`: PyTorch-side compensation (bias correction, per-channel / per-block
   scale search, batch-norm recalibration).
 
@@ -29,7 +31,7 @@ from edgequant.core.lazy import lazy_exports
 _M, _D, _G = "edgequant.analysis.metrics", "edgequant.analysis.decompose", "edgequant.analysis.codec_grids"
 _P, _S = "edgequant.analysis.propagation", "edgequant.analysis.sensitivity"
 _A, _T = "edgequant.analysis.allocate", "edgequant.analysis.torch_plan"
-_C = "edgequant.analysis.compensation"
+_C, _Q = "edgequant.analysis.compensation", "edgequant.analysis.gptq"
 
 _LAZY = {
     **dict.fromkeys(
@@ -55,6 +57,7 @@ _LAZY = {
     **dict.fromkeys(("allocate", "Allocation", "METHODS"), _A),
     **dict.fromkeys(("plan_layers", "apply_plan", "threshold_plan", "LayerPlan", "DEFAULT_CANDIDATES"), _T),
     **dict.fromkeys(("bias_correct", "scale_search", "bn_calibrate"), _C),
+    **dict.fromkeys(("gptq_quantize", "GptqResult", "output_error"), _Q),
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _LAZY)
