@@ -110,4 +110,6 @@ def run(args) -> int:
         f"{plan.predicted_kld:.5f} on the calibration text ({'optimal' if plan.optimal else plan.method}); "
         f"sensitivities {table.seconds:.1f} s"
     )
+    if plan.underfill:
+        console.print(f"note: the plan uses {plan.used / plan.budget:.1%} of the budget: {plan.underfill}")
     return 0

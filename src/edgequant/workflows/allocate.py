@@ -71,6 +71,9 @@ class AllocationPlan:
     method: str
     optimal: bool
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    budget: int = 0  # in the target's unit (file bytes, or data bytes for bits/weight)
+    used: int = 0  # the same total for the plan
+    underfill: str | None = None  # why the plan uses under 99.5 % of the budget, when it does
 
     @property
     def bits_per_weight(self) -> float:
@@ -128,6 +131,9 @@ def plan_budget(
         method=method,
         optimal=bool(sol.optimal),
         skipped={tc.name: dict(tc.skipped) for tc in table.tensors if tc.skipped},
+        budget=budget,
+        used=fixed + int(sol.cost),
+        underfill=_underfill(choices, sol.options, budget - fixed - int(sol.cost), budget),
     )
 
 
@@ -146,6 +152,22 @@ def feasible_range(table: SensitivityTable, by_size: bool = True) -> tuple[int, 
     lo = fixed + sum(min(c for _, c in ch.values()) for ch in choices)
     hi = fixed + sum(max(c for _, c in ch.values()) for ch in choices)
     return lo, hi
+
+
+def _underfill(choices: list[dict], picked, slack: int, budget: int) -> str | None:
+    """Why an optimal plan leaves more than 0.5 % of the budget unused: no tensor can lower its predicted
+    loss at all, or every upgrade that would lower it costs more than what is left."""
+    if slack <= 0.005 * budget:
+        return None
+    steps = [
+        c - ch[p][1] for ch, p in zip(choices, picked, strict=True) for l, c in ch.values() if l < ch[p][0]
+    ]
+    if not steps:
+        return "every tensor already has its lowest-predicted-loss type: more bytes would not lower the loss"
+    return (
+        f"{slack} bytes are left, and every type change that lowers the predicted loss needs at least "
+        f"{min(steps)} more"
+    )
 
 
 def plan_patterns(plan: AllocationPlan, all_names: list[str]) -> list[tuple[str, str]]:
@@ -176,6 +198,9 @@ def plan_dict(plan: AllocationPlan) -> dict:
         "file_bytes_upper_bound": plan.file_bytes,
         "bits_per_weight": round(plan.bits_per_weight, 4),
         "feasible_range": list(plan.feasible),
+        "budget": plan.budget,
+        "budget_used": plan.used,
+        "underfill_reason": plan.underfill,
         "type_counts": _counts(plan),
         "tensors": [
             {"name": t.name, "type": t.type, "bytes": t.bytes, "predicted_kld": t.loss} for t in plan.tensors

@@ -119,6 +119,17 @@ def test_plan_meets_the_size_and_the_file_has_its_types(model, table, tmp_path):
     assert bigger.predicted_kld <= plan.predicted_kld
 
 
+def test_budget_is_filled_or_the_reason_given(table):
+    lo, hi = feasible_range(table)
+    for target in (lo + (hi - lo) // 3, (lo + hi) // 2, hi):
+        plan = plan_budget(table, target_size=target)
+        assert plan.used <= target
+        if plan.used < 0.995 * target:
+            assert plan.underfill is not None
+        else:
+            assert plan.underfill is None
+
+
 def test_bpw_budget_and_infeasible_bpw(table):
     plan = plan_budget(table, target_bpw=5.0)
     assert plan.bits_per_weight <= 5.0
