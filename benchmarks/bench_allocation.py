@@ -32,7 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, write_results
-from bench_quality import prepare_subject
+from bench_quality import HeldOutScorer, load_rows
 
 FTYPES = "Q2_K,Q3_K_S,Q3_K_M,Q4_K_S,Q4_K_M,Q5_K_S,Q5_K_M,Q6_K,Q8_0,IQ4_XS,Q4_0"
 BPW = "3.0,3.5,4.0,4.5,5.0,5.5,6.5,8.0"
@@ -56,13 +56,9 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
-    from edgequant.eval.llamacpp_backend import LlamaCppBackend
     from edgequant.gguf.ftypes import QuantizeOptions
-    from edgequant.gguf.imatrix import load_imatrix
     from edgequant.gguf.reader import GGUFFile
     from edgequant.workflows.allocate import plan_budget, plan_patterns
-    from edgequant.workflows.imatrix import make_imatrix
     from edgequant.workflows.quantize import quantize_model
     from edgequant.workflows.sensitivity import collect_sensitivities
 
@@ -71,17 +67,13 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.perf_counter()
-    subject = prepare_subject(args.model, work)
-    f32 = subject["f32"]
-    imat_path = os.path.join(work, "imatrix.gguf")
-    if not os.path.exists(imat_path):
-        make_imatrix(f32, imat_path, subject["calib_text"], n_ctx=512, n_chunks=16, threads=args.threads)
-    imatrix = load_imatrix(imat_path)
+    scorer = HeldOutScorer(args.model, work, args.threads)
+    subject, f32, imatrix = scorer.subject, scorer.f32, scorer.imatrix
     with open(subject["calib_text"], encoding="utf-8") as f:
         calib = f.read()
     types = args.types or (SMOLLM2_TYPES if args.model == "smollm2" else None)
     state_path = os.path.join(work, "rows.json")
-    rows = json.load(open(state_path)) if os.path.exists(state_path) else {}
+    rows = load_rows(state_path)
 
     table_path = os.path.join(work, "table.json")
     fresh_table = not os.path.exists(table_path)
@@ -98,14 +90,6 @@ def main() -> int:
     collect_s = table.seconds
     log(f"sensitivity table: {collect_s:.0f} s (fresh: {fresh_table})")
 
-    chunking = Chunking(512, 16)
-    with open(subject["eval_text"], encoding="utf-8") as f:
-        text = f.read()
-    base = LlamaCppBackend(f32, 512, args.threads)
-    toks, bos = base.tokenize(text)
-    chunks = split_chunks(toks, chunking, bos, subject["eval_text"])
-    base = CachedLogits(base)
-    evaluate_chunks(base, chunks, chunking)
     names = [t.name for t in GGUFFile(f32).tensors]
 
     def score(key: str, ftype: str, opts=None, use_imatrix=True, plan=None) -> dict:
@@ -116,9 +100,7 @@ def main() -> int:
         rep = quantize_model(
             f32, out, ftype, imatrix=imatrix if use_imatrix else None, options=opts, threads=args.threads
         )
-        m = LlamaCppBackend(out, 512, args.threads)
-        r = evaluate_chunks(m, chunks, chunking, base=base)
-        m.close()
+        r = scorer.score(out)
         rows[key] = {
             "bytes": rep.bytes_out,
             "bits_per_weight": rep.bits_per_weight,

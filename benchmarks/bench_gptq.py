@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine_info, write_results
-from bench_quality import prepare_subject
+from bench_quality import HeldOutScorer, load_rows
 
 GOALS = {"Q4_K_M": 0.70, "Q3_K_M": 0.65, "Q2_K": 0.60}
 
@@ -42,11 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
-    from edgequant.eval.llamacpp_backend import LlamaCppBackend
-    from edgequant.gguf.imatrix import load_imatrix
     from edgequant.workflows.gptq import collect_hessians
-    from edgequant.workflows.imatrix import make_imatrix
     from edgequant.workflows.quantize import quantize_model, report_dict
 
     torch.set_num_threads(args.threads)
@@ -61,23 +57,10 @@ def main() -> int:
                     shutil.copy(os.path.join(args.from_workdir, f), work)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.perf_counter()
-    subject = prepare_subject(args.model, work)
-    f32 = subject["f32"]
-    imat_path = os.path.join(work, "imatrix.gguf")
-    if not os.path.exists(imat_path):
-        make_imatrix(f32, imat_path, subject["calib_text"], n_ctx=512, n_chunks=16, threads=args.threads)
-    imatrix = load_imatrix(imat_path)
+    scorer = HeldOutScorer(args.model, work, args.threads)
+    subject, f32, imatrix = scorer.subject, scorer.f32, scorer.imatrix
     state_path = os.path.join(work, "rows.json")
-    rows = json.load(open(state_path)) if os.path.exists(state_path) else {}
-
-    chunking = Chunking(512, 16)
-    with open(subject["eval_text"], encoding="utf-8") as f:
-        text = f.read()
-    base = LlamaCppBackend(f32, 512, args.threads)
-    toks, bos = base.tokenize(text)
-    chunks = split_chunks(toks, chunking, bos, subject["eval_text"])
-    base = CachedLogits(base)
-    evaluate_chunks(base, chunks, chunking)
+    rows = load_rows(state_path)
     hessians = None
     hessian_s = None
 
@@ -98,9 +81,7 @@ def main() -> int:
             f32, out, ftype, imatrix=imatrix, threads=args.threads, hessians=hessians if gptq else None
         )
         q_s = time.perf_counter() - t1
-        m = LlamaCppBackend(out, 512, args.threads)
-        r = evaluate_chunks(m, chunks, chunking, base=base)
-        m.close()
+        r = scorer.score(out)
         rows[key] = {
             "bytes": rep.bytes_out,
             "bits_per_weight": rep.bits_per_weight,

@@ -114,6 +114,53 @@ def prepare_subject(model: str, work: str) -> dict:
     }
 
 
+class HeldOutScorer:
+    """The setup bench_allocation and bench_gptq share: the subject's F32 file, its imatrix (16 chunks of 512
+    of the calibration text, made once in ``work``), and llama.cpp's F32 logits of the evaluation text
+    (ctx 512, 16 chunks) kept in memory; ``kld(path)`` scores a written file by llama.cpp against them."""
+
+    def __init__(self, model: str, work: str, threads: int) -> None:
+        from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
+        from edgequant.eval.llamacpp_backend import LlamaCppBackend
+        from edgequant.gguf.imatrix import load_imatrix
+        from edgequant.workflows.imatrix import make_imatrix
+
+        self.subject = prepare_subject(model, work)
+        self.f32, self.threads = self.subject["f32"], threads
+        self.imatrix_path = os.path.join(work, "imatrix.gguf")
+        if not os.path.exists(self.imatrix_path):
+            make_imatrix(self.f32, self.imatrix_path, self.subject["calib_text"], n_ctx=512, n_chunks=16,
+                         threads=threads)  # fmt: skip
+        self.imatrix = load_imatrix(self.imatrix_path)
+        self.chunking = Chunking(512, 16)
+        with open(self.subject["eval_text"], encoding="utf-8") as f:
+            text = f.read()
+        base = LlamaCppBackend(self.f32, 512, threads)
+        toks, bos = base.tokenize(text)
+        self.chunks = split_chunks(toks, self.chunking, bos, self.subject["eval_text"])
+        self.base = CachedLogits(base)
+        evaluate_chunks(self.base, self.chunks, self.chunking)
+
+    def score(self, path: str) -> dict:
+        """llama.cpp's summary (mean KLD, PPL, top token...) of the file at ``path`` against the F32 file."""
+        from edgequant.eval import evaluate_chunks
+        from edgequant.eval.llamacpp_backend import LlamaCppBackend
+
+        m = LlamaCppBackend(path, 512, self.threads)
+        try:
+            return evaluate_chunks(m, self.chunks, self.chunking, base=self.base)
+        finally:
+            m.close()
+
+
+def load_rows(path: str) -> dict:
+    """Finished rows of a resumable benchmark (``{}`` when none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 KEYS = ("ppl", "mean_kld", "same_top_fraction", "rms_delta_p", "delta_ppl", "model_eval_seconds")
 
 

@@ -246,7 +246,6 @@ def allocate_model(
     budget, write the tensor-type file to ``plan_path`` if given. ``collect``: keyword arguments of
     :func:`~edgequant.workflows.sensitivity.collect_sensitivities` (imatrix, types, n_ctx, n_chunks, draws,
     seed, method, threads, state, on_progress)."""
-    from edgequant.gguf.reader import GGUFFile
     from edgequant.workflows.sensitivity import collect_sensitivities
 
     src = os.fspath(src)
@@ -259,9 +258,7 @@ def allocate_model(
     table = collect_sensitivities(src, calib_text, **collect)
     plan = plan_budget(table, target_bpw=target_bpw, target_size=target_size, method=solver)
     if plan_path is not None:
-        with GGUFFile(src) as reader:
-            names = [t.name for t in reader.tensors]
-        write_plan(plan, plan_path, names)
+        write_plan(plan, plan_path, tensor_names(src))
     return table, plan
 
 
