@@ -82,6 +82,23 @@ def _differs(qm: nn.Module, fm: nn.Module) -> bool:
     return not torch.equal(qm.weight, fm.weight)
 
 
+def _batches(batches, who: str) -> list:
+    """The calibration batches as a list; ConfigError naming ``who`` when there are none."""
+    batches = list(batches)
+    if not batches:
+        raise ConfigError(f"{who}: no calibration batches; pass at least one input batch")
+    return batches
+
+
+def _run_hooked(model: nn.Module, batches: list, handle) -> None:
+    """Run ``model`` on every batch with a hook registered (``handle``), removing the hook afterwards."""
+    try:
+        for b in batches:
+            _run(model, b)
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def bias_correct(
     float_model: nn.Module,
@@ -91,9 +108,7 @@ def bias_correct(
     include_activation_error: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Empirical bias correction (module docstring); returns ``{name: the subtracted mean}``."""
-    batches = list(batches)
-    if not batches:
-        raise ConfigError("bias_correct: no calibration batches; pass at least one input batch")
+    batches = _batches(batches, "bias_correct")
     fmods = dict(float_model.named_modules())
     targets = [
         (n, m)
@@ -124,12 +139,7 @@ def bias_correct(
                 s, n = _per_channel(diff, dim)
                 acc["sum"], acc["n"] = acc["sum"] + s, acc["n"] + n
 
-            h = qm.register_forward_hook(hook)
-            try:
-                for b in batches:
-                    _run(quantized_model, b)
-            finally:
-                h.remove()
+            _run_hooked(quantized_model, batches, qm.register_forward_hook(hook))
             mean = (acc["sum"] / max(acc["n"], 1)).float()
             qm.bias.data -= mean.to(qm.bias.dtype)
             done[name] = mean
@@ -175,10 +185,7 @@ def _search_int8_dynamic(layer: Int8DynamicLinear, w: torch.Tensor, mult: torch.
         return c.float() * s.unsqueeze(-1)
 
     c, s = _int8_rows(w, base, mult, quantize, dequant)
-    old = (layer.dequantize() - w).pow(2).sum(1)
-    new = (dequant(c, s) - w).pow(2).sum(1)
-    keep = old <= new
-    c[keep], s[keep] = layer.weight.data[keep], layer.weight_scale[keep]
+    c, s = _keep_unless_better(layer, w, c, s, dequant, layer.weight_scale)
     layer.weight.data.copy_(c)
     layer.weight_scale = s
 
@@ -196,13 +203,19 @@ def _search_llm_int8(layer: Linear8bitLt, w: torch.Tensor, mult: torch.Tensor) -
         return c * s.unsqueeze(-1) * DEQ_SCALE
 
     c, s = _int8_rows(w16, base, mult, quantize, dequant)
-    wf = w.detach().float()
-    old = (layer.dequantize() - wf).pow(2).sum(1)
-    new = (dequant(c, s) - wf).pow(2).sum(1)
-    keep = old <= new
-    c[keep], s[keep] = layer.weight.data[keep], layer.SCB[keep]
+    c, s = _keep_unless_better(layer, w.detach().float(), c, s, dequant, layer.SCB)
     layer.weight.data.copy_(c)
     layer.SCB = s
+
+
+def _keep_unless_better(layer, w: torch.Tensor, c, s, dequant, old_scales):
+    """Rows keep the layer's current codes and scale unless the searched ones have a strictly lower
+    squared error against ``w``."""
+    old = (layer.dequantize() - w).pow(2).sum(1)
+    new = (dequant(c, s) - w).pow(2).sum(1)
+    keep = old <= new
+    c[keep], s[keep] = layer.weight.data[keep], old_scales[keep]
+    return c, s
 
 
 def _nearest_codes(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -247,32 +260,18 @@ def _search_fourbit(layer: Linear4bit, w: torch.Tensor, mult: torch.Tensor) -> N
         best_err = torch.where(better, err, best_err)
         best_am = torch.where(better, am, best_am)
         best_codes[better] = codes[better]
+    same = {"shape": st.shape, "code": get_4bit_type(st.quant_type), "blocksize": bs,
+            "quant_type": st.quant_type, "dtype": st.dtype}  # fmt: skip
     if st.nested:
         offset = best_am.mean()
         qabsmax, state2 = quantize_blockwise(best_am - offset, blocksize=NESTED_BLOCKSIZE)
-        new_state = QuantState(
-            absmax=qabsmax,
-            shape=st.shape,
-            code=get_4bit_type(st.quant_type),
-            blocksize=bs,
-            quant_type=st.quant_type,
-            dtype=st.dtype,
-            offset=offset,
-            state2=state2,
-        )
+        new_state = QuantState(absmax=qabsmax, offset=offset, state2=state2, **same)
         rec = recover_absmax(new_state).float()
         best_codes = _nearest_codes(blocks / rec.clamp_min(1e-30).unsqueeze(-1), table)
         if _block_errors(blocks, best_codes, rec, table).sum() >= old_err.sum():
             return
     else:
-        new_state = QuantState(
-            absmax=best_am,
-            shape=st.shape,
-            code=get_4bit_type(st.quant_type),
-            blocksize=bs,
-            quant_type=st.quant_type,
-            dtype=st.dtype,
-        )
+        new_state = QuantState(absmax=best_am, **same)
     layer._adopt(_pack(best_codes.reshape(-1)[:n], layer.weight.data), new_state)
 
 
@@ -306,9 +305,7 @@ def bn_calibrate(
     float_model: nn.Module, quantized_model: nn.Module, batches
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Fold the book's x_cal map into each BatchNorm (module docstring); returns ``{name: (μ_q, σ_q²)}``."""
-    batches = list(batches)
-    if not batches:
-        raise ConfigError("bn_calibrate: no calibration batches; pass at least one input batch")
+    batches = _batches(batches, "bn_calibrate")
     fmods = dict(float_model.named_modules())
     bns = [
         (n, m)
@@ -332,12 +329,7 @@ def bn_calibrate(
                 s2, _ = _per_channel(x.double().pow(2), 1)
                 acc["s"], acc["s2"], acc["n"] = acc["s"] + s, acc["s2"] + s2, acc["n"] + n
 
-            h = bn.register_forward_pre_hook(hook)
-            try:
-                for b in batches:
-                    _run(quantized_model, b)
-            finally:
-                h.remove()
+            _run_hooked(quantized_model, batches, bn.register_forward_pre_hook(hook))
             mu_q = acc["s"] / acc["n"]
             var_q = (acc["s2"] / acc["n"] - mu_q.pow(2)).clamp_min(0.0)
             fbn = fmods[name]
