@@ -1,7 +1,5 @@
 """``python -m edgequant`` runs the command line."""
 
-import sys
+from edgequant.cli.main import entry
 
-from edgequant.cli.main import main
-
-sys.exit(main())
+entry()

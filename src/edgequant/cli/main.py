@@ -10,6 +10,7 @@ line, control characters escaped, whatever the file held.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from edgequant import __version__
@@ -107,5 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console entry point (``edgequant`` and ``python -m edgequant``): run ``main`` and exit with its code.
+
+    After Ctrl-C the process leaves with ``os._exit(130)``, skipping interpreter teardown: an import that the
+    signal cut short (torch, numba, llama-cpp) can leave a C extension half set up, and its teardown then
+    aborts with a second line such as ``free(): double free detected`` and a lost exit code. Writers have
+    already removed their temporary files by the time ``main`` returns 130, so nothing is left to clean up.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
