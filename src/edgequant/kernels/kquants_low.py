@@ -133,7 +133,8 @@ def _q3_scales(S, qw, xr, base, use_qw, orow, o, T):
     """Q3_K's scales[12] (sixteen 6-bit values), d, and ``S[RQD/RQM]``."""
     u = T[0]
     d = put_fp16(orow, o + 108, _q3_levels(S, qw, xr, base, use_qw, u))
-    orow[o + 96 : o + 108] = 0
+    for k in range(12):  # a loop, not a slice assignment: a slice per block cost Q3_K a few percent
+        orow[o + 96 + k] = 0
     for j in range(16):
         uj = u[j]
         if j < 8:
