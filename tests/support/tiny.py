@@ -117,17 +117,70 @@ CHAT_TEMPLATE = (
     "'<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-_ARCHS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+# arch -> (transformers config class, HF architecture, extra config keys)
+_ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),  # head_dim != hidden/heads, as Qwen3's
+    "llama3": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {  # Llama 3.2's rope scaling, with a short original context so that every branch is used
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {  # 6 layers: 5 sliding-window (window 16) + 1 global, as Gemma 3's pattern
+            "num_hidden_layers": 6,
+            "head_dim": 64,
+            "query_pre_attn_scalar": 64,
+            "sliding_window": 16,
+            "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        },
+    ),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {"pad_token_id": None, "original_max_position_embeddings": 256},
+    ),
+}
+# pre-tokenizer split regex per tokenizer kind ("bpe" is SmolLM's Digits + ByteLevel)
+_SPLITS = {"bpe-llama3": "llama-bpe", "bpe-qwen2": "qwen2"}
 
 
-def _train_bpe(folder: str, vocab_size: int) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_bpe(folder: str, vocab_size: int, kind: str = "bpe") -> int:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    from edgequant.models.gguf_tokenizer import PRE_TOKENIZERS
+
+    tok = Tokenizer(models.BPE(ignore_merges=kind == "bpe-llama3"))
+    if kind in _SPLITS:  # the split regex of Llama 3 / Qwen2, then byte-level without its own regex
+        regex = PRE_TOKENIZERS[_SPLITS[kind]]["pretokenizers"][0]["pattern"]["Regex"]
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -149,7 +202,7 @@ def _train_bpe(folder: str, vocab_size: int) -> int:
     return tok.get_vocab_size()
 
 
-def _train_spm(folder: str, vocab_size: int) -> int:
+def _train_spm(folder: str, vocab_size: int, dummy_prefix: bool = True) -> int:
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -162,6 +215,7 @@ def _train_spm(folder: str, vocab_size: int) -> int:
         character_coverage=1.0,
         normalization_rule_name="identity",  # as Llama's tokenizer.model: llama.cpp does not normalize
         remove_extra_whitespaces=False,
+        add_dummy_prefix=dummy_prefix,  # Gemma's tokenizer.model has none
         bos_id=1,
         eos_id=2,
         unk_id=0,
@@ -195,35 +249,42 @@ def write_tiny_hf(
     dtype: str = "float32",
     init_std: float = 0.08,
 ) -> str:
-    """Write a tiny random ``arch`` (llama, mistral, qwen2) model, ``tokenizer`` bpe or spm, to ``folder``."""
+    """Write a tiny random ``arch`` (llama, mistral, qwen2, qwen3, llama3, gemma3, phi3) model to ``folder``;
+    ``tokenizer``: bpe (SmolLM's pre-tokenizer), bpe-llama3 / bpe-qwen2 (those split regexes), spm, or
+    spm-noprefix (SentencePiece without the dummy space prefix, as Gemma's)."""
     import torch
     import transformers
 
     os.makedirs(folder, exist_ok=True)
-    n_vocab = _train_bpe(folder, 384) if tokenizer == "bpe" else _train_spm(folder, 384)
-    special = {"bos_token_id": 1, "eos_token_id": 2}
-    config = getattr(transformers, _ARCHS[arch])(
-        vocab_size=n_vocab,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        initializer_range=init_std,
-        tie_word_embeddings=tie_word_embeddings,
-        **special,
-    )
-    config.architectures = [
-        {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}.get(arch, "Qwen2ForCausalLM")
-    ]
+    if tokenizer.startswith("bpe"):
+        n_vocab = _train_bpe(folder, 384, tokenizer)
+    else:
+        n_vocab = _train_spm(folder, 384, dummy_prefix=tokenizer != "spm-noprefix")
+    cls, hf_arch, extra = _ARCHS[arch]
+    kwargs = {
+        "vocab_size": n_vocab,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "initializer_range": init_std,
+        "tie_word_embeddings": tie_word_embeddings,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        **extra,
+    }
+    config = getattr(transformers, cls)(**kwargs)
+    config.architectures = [hf_arch]
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    gemma = arch == "gemma3"  # Gemma's norms hold w of (1 + w)
     with torch.no_grad():  # random norms and biases, so a mix-up of them cannot go unnoticed
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_((0.0 if gemma else 1.0) + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(folder, safe_serialization=True)

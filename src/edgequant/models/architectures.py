@@ -1,31 +1,39 @@
-"""The llama family as llama.cpp and Hugging Face each see it: names, hyper-parameters, the rope layout.
+"""The decoder families edgequant converts, as llama.cpp and Hugging Face each see them: one row each.
 
 Supported Hugging Face architectures and their GGUF form (as ``convert_hf_to_gguf.py`` writes them):
 
-=====================  ============  =====================  =========================================
-HF ``architectures``   GGUF arch     Q/K rope permutation   notes
-=====================  ============  =====================  =========================================
-LlamaForCausalLM       ``llama``     yes                    SmolLM/SmolLM2 are llama
-MistralForCausalLM     ``llama``     yes                    llama.cpp converts Mistral as llama; its
-                                                            ``sliding_window`` is not used by llama.cpp
-Qwen2ForCausalLM       ``qwen2``     no                     q/k/v projections carry biases
-=====================  ============  =====================  =========================================
+=====================  ============  =========================================================================
+HF ``architectures``   GGUF arch     what differs from Llama
+=====================  ============  =========================================================================
+LlamaForCausalLM       ``llama``     (SmolLM/SmolLM2; Llama 3.x's ``llama3`` rope scaling as ``rope_freqs``,
+                                     see :mod:`edgequant.models.rope`)
+MistralForCausalLM     ``llama``     llama.cpp converts Mistral as llama; ``sliding_window`` is not used
+Qwen2ForCausalLM       ``qwen2``     q/k/v biases; NEOX rope (no permutation)
+Qwen3ForCausalLM       ``qwen3``     per-head RMS norms on q and k; NEOX rope
+Gemma3ForCausalLM      ``gemma3``    q/k norms, post-attention / pre- and post-FFN norms, GELU(tanh), every
+                                     RMS norm weight stored as ``1 + w`` (HF keeps ``w``), embeddings scaled
+                                     by sqrt(hidden) at run time (both runtimes: no weight change), sliding
+                                     window on 5 of every 6 layers (local rope theta 10000), SentencePiece
+                                     without a space prefix
+=====================  ============  =========================================================================
 
 Rope layout: Hugging Face's llama rotates the two *halves* of each head (``rotate_half``); ggml's
 ``rope`` (mode 0, "normal") rotates adjacent *pairs*. ``convert_hf_to_gguf.py`` therefore permutes the
 rows of q_proj and k_proj (weights and biases): viewed as ``[n_head, 2, head_dim/2, ...]``, axes 1 and 2
 are swapped, so row ``h*d + 2*i + j`` of the GGUF tensor is row ``h*d + j*d/2 + i`` of the HF tensor.
-Qwen2 runs with ggml's NEOX rope (halves, like HF), so no permutation. ``unpermute`` is the exact inverse.
+The other families run with ggml's NEOX rope (halves, like HF), so no permutation. ``unpermute`` is the
+exact inverse.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgequant.core.text import clean, quote
 from edgequant.errors import ConfigError
+from edgequant.models.rope import rope_scaling, rope_theta  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,17 +41,44 @@ class ArchSpec:
     hf_arch: str  # "LlamaForCausalLM"
     gguf_arch: str  # "llama"
     model_type: str  # transformers config model_type
-    permute_qk: bool
-    qkv_bias: bool
+    permute_qk: bool = False  # llama.cpp's normal rope: q/k rows permuted
+    qkv_bias: bool = False  # q/k/v projections always carry biases (Qwen2)
+    qk_norm: bool = False  # per-head RMS norms self_attn.q_norm / k_norm (Qwen3, Gemma 3)
+    ffn_sandwich: bool = False  # pre/post feed-forward norms besides post_attention_layernorm (Gemma 3)
+    fused: bool = False  # qkv_proj and gate_up_proj (Phi-3)
+    norm_offset: float = 0.0  # GGUF norm weight = HF weight + offset (Gemma's (1 + w) RMSNorm)
+    swa_pattern: int = 0  # every n-th layer global, the others sliding-window (Gemma 3: 6)
+    space_prefix: bool | None = None  # tokenizer.ggml.add_space_prefix to write (None: from the tokenizer)
+    hf_extra: dict = field(default_factory=dict)  # config.json keys export_hf writes as they are
 
 
+_GEMMA_EXTRA = {
+    "hidden_activation": "gelu_pytorch_tanh",
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+}
 ARCHS = {
-    "LlamaForCausalLM": ArchSpec("LlamaForCausalLM", "llama", "llama", True, False),
-    "MistralForCausalLM": ArchSpec("MistralForCausalLM", "llama", "mistral", True, False),
-    "Qwen2ForCausalLM": ArchSpec("Qwen2ForCausalLM", "qwen2", "qwen2", False, True),
+    s.hf_arch: s
+    for s in (
+        ArchSpec("LlamaForCausalLM", "llama", "llama", permute_qk=True, hf_extra={"mlp_bias": False}),
+        ArchSpec("MistralForCausalLM", "llama", "mistral", permute_qk=True),
+        ArchSpec("Qwen2ForCausalLM", "qwen2", "qwen2", qkv_bias=True, hf_extra={"use_sliding_window": False}),
+        ArchSpec("Qwen3ForCausalLM", "qwen3", "qwen3", qk_norm=True, hf_extra={"use_sliding_window": False}),
+        ArchSpec(
+            "Gemma3ForCausalLM",
+            "gemma3",
+            "gemma3_text",
+            qk_norm=True,
+            ffn_sandwich=True,
+            norm_offset=1.0,
+            swa_pattern=6,
+            space_prefix=False,
+            hf_extra=_GEMMA_EXTRA,
+        ),
+    )
 }
 # GGUF arch -> the HF architecture export_hf produces.
-GGUF_TO_HF = {"llama": ARCHS["LlamaForCausalLM"], "qwen2": ARCHS["Qwen2ForCausalLM"]}
+GGUF_TO_HF = {s.gguf_arch: s for s in reversed(ARCHS.values())}
 
 
 def arch_from_config(config: dict, where: str) -> ArchSpec:
@@ -61,16 +96,17 @@ def arch_from_config(config: dict, where: str) -> ArchSpec:
             return ARCHS[a]
     got = ", ".join(map(clean, archs)) if archs else f"none (model_type={quote(config.get('model_type'))})"
     raise ConfigError(
-        f"{where}: architecture {got} is not supported; edgequant converts {', '.join(ARCHS)} "
-        "(llama-family decoders). Convert other models with llama.cpp's convert_hf_to_gguf.py"
+        f"{where}: architecture {got} is not supported; edgequant converts {', '.join(ARCHS)}. "
+        "Convert other models with llama.cpp's convert_hf_to_gguf.py"
     )
 
 
 def arch_from_gguf(arch: str, where: str) -> ArchSpec:
     if arch not in GGUF_TO_HF:
         raise ConfigError(
-            f"{where}: GGUF architecture '{arch}' cannot be exported to Hugging Face; "
-            f"supported: {', '.join(GGUF_TO_HF)}"
+            f"{where}: GGUF architecture {quote(arch)} has no PyTorch form in edgequant (supported: "
+            f"{', '.join(GGUF_TO_HF)}); run it in llama.cpp instead (perplexity: --backend llama.cpp; "
+            "importance matrices: llama-imatrix, whose file edgequant quantize --imatrix reads)"
         )
     return GGUF_TO_HF[arch]
 
@@ -87,18 +123,10 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, d // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def rope_theta(config: dict) -> float | None:
-    """rope theta from a config.json: top level (transformers < 5) or ``rope_parameters`` (transformers 5)."""
-    if config.get("rope_theta") is not None:
-        return float(config["rope_theta"])
-    params = config.get("rope_parameters") or {}
-    params = params.get("full_attention", params)
-    return float(params["rope_theta"]) if params.get("rope_theta") is not None else None
-
-
-def rope_scaling(config: dict) -> dict:
-    return config.get("rope_scaling") or config.get("rope_parameters") or {}
-
-
 def head_dim(config: dict) -> int:
     return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def layer_types(n_layer: int, pattern: int) -> list[str]:
+    """Gemma 3's layer kinds: every ``pattern``-th layer full attention, the others sliding-window."""
+    return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layer)]

@@ -33,9 +33,10 @@ from edgequant.gguf.imatrix import Imatrix, load_imatrix
 from edgequant.gguf.tensor_encode import add_imatrix_kvs, encode_tensor, imatrix_for_tensor, tensor_rows_f32
 from edgequant.gguf.type_rules import choose_types
 from edgequant.gguf.writer import GGUFStreamWriter, check_writable
-from edgequant.models.architectures import arch_from_config, permute_qk
+from edgequant.models.architectures import arch_from_config, head_dim, permute_qk
 from edgequant.models.convert_plan import expected_shapes, gguf_metadata, map_names
 from edgequant.models.hf_checkpoint import HFCheckpoint
+from edgequant.models.rope import llama3_factors, rope_scaling, rope_theta, scaling_kind
 
 _FLOAT_FTYPES = ("F32", "F16", "BF16")
 
@@ -88,6 +89,7 @@ def convert_hf_to_gguf(
         hp = ckpt.config
         shapes = expected_shapes(hp, spec)
         names = map_names(ckpt, spec, shapes)  # gguf name -> hf name, shapes checked
+        ckpt = _WithExtras(ckpt, extra_tensors(hp), names)
         n_params = sum(int(np.prod(ckpt.shape(h))) for h in names.values())
         kvs = gguf_metadata(src, hp, spec, ftype_id, n_params, quantized=ftype not in _FLOAT_FTYPES)
         info = ModelInfo(
@@ -157,8 +159,34 @@ def _temp_name(dst: str) -> str:
     return os.path.join(parent, f".{name}.unverified-{os.getpid()}.gguf")
 
 
+class _WithExtras:
+    """The checkpoint plus tensors the converter computes (Llama 3's ``rope_freqs``), read alike."""
+
+    def __init__(self, ckpt: HFCheckpoint, extras: dict[str, np.ndarray], names: dict[str, str]) -> None:
+        self.ckpt, self.extras, self.config = ckpt, extras, ckpt.config
+        names.update({g: g for g in extras})
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.extras[name].shape if name in self.extras else self.ckpt.shape(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.extras[name] if name in self.extras else self.ckpt.get(name)
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def extra_tensors(hp: dict) -> dict[str, np.ndarray]:
+    """GGUF tensors with no HF counterpart: ``rope_freqs.weight`` for Llama 3 rope scaling."""
+    if scaling_kind(hp) != "llama3":
+        return {}
+    return {"rope_freqs.weight": llama3_factors(rope_theta(hp) or 10000.0, head_dim(hp), rope_scaling(hp))}
+
+
 def _encode_tensor(ckpt, hf_name, choice, hp, spec, qmap, threads) -> np.ndarray:
     x = ckpt.get(hf_name)
+    if spec.norm_offset and hf_name.endswith("norm.weight"):
+        x = x + np.float32(spec.norm_offset)  # Gemma's RMSNorm multiplies by (1 + w); ggml's by w
     if spec.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
         x = permute_qk(x, int(hp["num_attention_heads"]))
     elif spec.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):

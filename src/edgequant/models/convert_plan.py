@@ -15,9 +15,11 @@ from typing import NamedTuple
 
 from gguf.constants import GGUFValueType
 
+from edgequant.core.text import quote
 from edgequant.errors import ConfigError, FormatError, ShapeError
-from edgequant.models.architectures import ArchSpec, head_dim, rope_scaling, rope_theta
+from edgequant.models.architectures import ArchSpec, head_dim
 from edgequant.models.hf_checkpoint import HFCheckpoint
+from edgequant.models.rope import rope_partial, rope_scaling, rope_theta, scaling_kind
 
 
 class KVRecord(NamedTuple):
@@ -46,17 +48,25 @@ def expected_shapes(hp: dict, spec: ArchSpec) -> dict[str, tuple[int, ...]]:
     bias = spec.qkv_bias or bool(hp.get("attention_bias"))
     for i in range(n_layer):
         p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (n_embd,)
-        shapes[p + "post_attention_layernorm.weight"] = (n_embd,)
-        for proj, rows in (("q_proj", n_head * hd), ("k_proj", n_kv * hd), ("v_proj", n_kv * hd)):
+        norms = ["input_layernorm", "post_attention_layernorm"]
+        norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"] if spec.ffn_sandwich else []
+        shapes.update({f"{p}{n}.weight": (n_embd,) for n in norms})
+        if spec.qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = shapes[p + "self_attn.k_norm.weight"] = (hd,)
+        projs = (("q_proj", n_head * hd), ("k_proj", n_kv * hd), ("v_proj", n_kv * hd))
+        if spec.fused:
+            projs = (("qkv_proj", (n_head + 2 * n_kv) * hd),)
+        for proj, rows in projs:
             shapes[f"{p}self_attn.{proj}.weight"] = (rows, n_embd)
             if bias:
                 shapes[f"{p}self_attn.{proj}.bias"] = (rows,)
         shapes[p + "self_attn.o_proj.weight"] = (n_embd, n_head * hd)
         if hp.get("attention_bias") and not spec.qkv_bias:
             shapes[p + "self_attn.o_proj.bias"] = (n_embd,)
-        shapes[p + "mlp.gate_proj.weight"] = (n_ff, n_embd)
-        shapes[p + "mlp.up_proj.weight"] = (n_ff, n_embd)
+        if spec.fused:
+            shapes[p + "mlp.gate_up_proj.weight"] = (2 * n_ff, n_embd)
+        else:
+            shapes[p + "mlp.gate_proj.weight"] = shapes[p + "mlp.up_proj.weight"] = (n_ff, n_embd)
         shapes[p + "mlp.down_proj.weight"] = (n_embd, n_ff)
     return shapes
 
@@ -141,17 +151,27 @@ def gguf_metadata(
         w.add_key_length(hd)
         w.add_value_length(hd)
     w.add_file_type(ftype_id)
-    scaling = rope_scaling(hp)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", None):
-        if kind != "linear" or spec.gguf_arch != "llama":
-            raise ConfigError(f"config.json: rope scaling '{kind}' is not supported by edgequant's converter")
+    scaling, kind = rope_scaling(hp), scaling_kind(hp)
+    if kind == "linear" and spec.gguf_arch in ("llama", "gemma3"):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind not in ("default", "llama3") or (kind == "llama3" and spec.gguf_arch != "llama"):
+        raise ConfigError(
+            f"config.json: rope scaling {quote(kind)} is not supported by edgequant's converter for "
+            f"{spec.hf_arch}; convert this model with llama.cpp's convert_hf_to_gguf.py"
+        )
+    if spec.swa_pattern and hp.get("sliding_window") is not None:
+        w.add_sliding_window(int(hp["sliding_window"]))
     if spec.gguf_arch == "llama":
         w.add_vocab_size(int(hp["vocab_size"]))
         w.add_rope_dimension_count(hd)
+    if spec.fused:
+        w.add_rope_dimension_count(int(rope_partial(hp) * hd))
+        if hp.get("original_max_position_embeddings") is not None:
+            w.add_rope_scaling_orig_ctx_len(int(hp["original_max_position_embeddings"]))
     add_vocab(w, folder, hp, spec.gguf_arch)
+    if spec.space_prefix is not None:
+        w.add_add_space_prefix(spec.space_prefix)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     records = []
     for name, v in w.kv_data[0].items():

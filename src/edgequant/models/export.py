@@ -23,7 +23,11 @@ from edgequant.errors import ConfigError
 from edgequant.gguf.reader import GGUFFile
 from edgequant.models.atomic_dir import atomic_directory
 from edgequant.models.gguf_model import gguf_kv, gguf_to_hf_names, hf_config_dict, iter_hf_tensors
-from edgequant.models.gguf_tokenizer import special_tokens_from_gguf, tokenizer_json_from_gguf
+from edgequant.models.gguf_tokenizer import (
+    special_tokens_from_gguf,
+    spm_model_from_gguf,
+    tokenizer_json_from_gguf,
+)
 from edgequant.models.safetensors import SafetensorsStreamWriter
 
 _DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
@@ -94,6 +98,9 @@ def export_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: s
             gen = {k: cfg[k] for k in ids if cfg.get(k) is not None}
             _json(os.path.join(tmp, "generation_config.json"), gen)
             _json(os.path.join(tmp, "tokenizer.json"), tok_json)
+            if kv.get("tokenizer.ggml.model") == "llama":  # SentencePiece: its model too, to convert back
+                with open(os.path.join(tmp, "tokenizer.model"), "wb") as fh:
+                    fh.write(spm_model_from_gguf(kv))
             special = special_tokens_from_gguf(kv)
             model = kv.get("tokenizer.ggml.model")
             tok_cfg = {

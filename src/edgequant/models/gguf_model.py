@@ -16,7 +16,8 @@ from edgequant.core.text import quote
 from edgequant.errors import ConfigError, FormatError
 from edgequant.gguf.codecs import dequantize
 from edgequant.gguf.reader import GGUFFile
-from edgequant.models.architectures import ArchSpec, arch_from_gguf, unpermute_qk
+from edgequant.models.architectures import ArchSpec, arch_from_gguf, layer_types, unpermute_qk
+from edgequant.models.rope import llama3_params_from_factors
 
 _TOKENIZER_IDS = ("bos", "eos", "unknown", "padding", "separator", "mask", "eot", "eom")
 
@@ -80,34 +81,77 @@ def hf_config_dict(reader: GGUFFile) -> tuple[ArchSpec, dict]:
         "use_cache": True,
         "torch_dtype": "float32",
     }
+    for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        cfg[f"{name}_token_id"] = meta.get_int(f"tokenizer.ggml.{key}_token_id", None, min=0, max=2**32 - 1)
+    if not spec.qkv_bias:
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in names
+    cfg.update(spec.hf_extra)
+    cfg.update(_rope_config(reader, arch, spec, cfg))
+    return spec, {k: v for k, v in cfg.items() if v is not None or k not in ("rope_theta", "rope_scaling")}
+
+
+def _rope_config(reader: GGUFFile, arch: str, spec: ArchSpec, cfg: dict) -> dict:
+    """The rope / attention-window keys of config.json: linear scaling, Llama 3's ``rope_freqs``, Gemma 3's
+    per-layer-type rope and sliding window, Phi-3's partial rotary factor."""
+    meta, where, out = reader.meta, reader.path, {}
     scaling = meta.get_str(f"{arch}.rope.scaling.type", None)
+    rope: dict = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
     if scaling not in (None, "none"):
         if scaling != "linear":
             raise ConfigError(
                 f"{where}: rope scaling {quote(scaling)} is not supported for export (only linear)"
             )
-        factor = meta.get_float(f"{arch}.rope.scaling.factor", min=0)
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
-    for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
-        cfg[f"{name}_token_id"] = meta.get_int(f"tokenizer.ggml.{key}_token_id", None, min=0, max=2**32 - 1)
-    if spec.model_type == "llama":
-        cfg["attention_bias"] = "blk.0.attn_q.bias" in names
-        cfg["mlp_bias"] = False
-    if spec.model_type == "qwen2":
-        cfg["use_sliding_window"] = False
+        rope = {**rope, "rope_type": "linear", "factor": meta.get_float(f"{arch}.rope.scaling.factor", min=0)}
+    if "rope_freqs.weight" in {t.name for t in reader.tensors}:
+        t = reader.tensor("rope_freqs.weight")
+        factors = dequantize(reader.tensor_data(t), t.type_name, t.np_shape).reshape(-1)
+        rope = {"rope_theta": cfg["rope_theta"]}
+        rope.update(llama3_params_from_factors(factors, cfg["rope_theta"], cfg["head_dim"], where))
+    if rope["rope_type"] != "default":
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    sliding = meta.get_int(f"{arch}.attention.sliding_window", None, min=0, max=1 << 40)
+    if spec.swa_pattern:  # llama.cpp: local layers use rope theta 10000 and the sliding window
+        out["layer_types"] = layer_types(cfg["num_hidden_layers"], spec.swa_pattern)
+        out["sliding_window"] = sliding
+        out["query_pre_attn_scalar"] = cfg["head_dim"]
+        local = {"rope_type": "default", "rope_theta": 10000.0}
+        out["rope_parameters"] = {"full_attention": rope, "sliding_attention": local}
+        out["rope_theta"] = out["rope_scaling"] = None
+    if spec.fused:
+        n_rot = _hp(reader, arch, "rope.dimension_count", cfg["head_dim"])
+        out["partial_rotary_factor"] = n_rot / cfg["head_dim"]
+        out["original_max_position_embeddings"] = _hp(
+            reader, arch, "rope.scaling.original_context_length", cfg["max_position_embeddings"], hi=1 << 40
+        )
+        out["sliding_window"] = sliding
+    return out
     return spec, cfg
 
 
+_LAYER_NAMES = (
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "pre_feedforward_layernorm.weight",
+    "post_feedforward_layernorm.weight",
+    "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",
+    *(
+        f"self_attn.{p}.{k}"
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+        for k in ("weight", "bias")
+    ),
+    *(f"mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj", "gate_up_proj")),
+)
+
+
 def hf_tensor_names(spec: ArchSpec, n_layer: int) -> list[str]:
-    """Every HF parameter name of a llama-family decoder (with and without biases / lm_head)."""
+    """Every HF parameter name a supported decoder may have (those gguf-py maps for ``spec`` are used)."""
+    unfused = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    skip = unfused if spec.fused else ("qkv_proj", "gate_up_proj")
+    layer = [n for n in _LAYER_NAMES if n.split(".")[-2] not in skip]
     names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     for i in range(n_layer):
-        p = f"model.layers.{i}."
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            names += [f"{p}self_attn.{proj}.weight", f"{p}self_attn.{proj}.bias"]
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            names.append(f"{p}mlp.{proj}.weight")
+        names += [f"model.layers.{i}.{n}" for n in layer]
     return names
 
 
@@ -143,6 +187,8 @@ def iter_hf_tensors(reader: GGUFFile, spec: ArchSpec, cfg: dict) -> Iterator[tup
 
 def hf_layout(name: str, x: np.ndarray, spec: ArchSpec, cfg: dict) -> np.ndarray:
     """A GGUF tensor's rows in the HF layout: llama.cpp's rope permutation of attn_q / attn_k undone."""
+    if spec.norm_offset and name.endswith("norm.weight"):
+        return x - np.float32(spec.norm_offset)
     if spec.permute_qk and ".attn_q." in name:
         return unpermute_qk(x, cfg["num_attention_heads"])
     if spec.permute_qk and ".attn_k." in name:

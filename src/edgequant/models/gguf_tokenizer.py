@@ -199,6 +199,30 @@ def _post_processor(kv: dict, tokens: list[str]) -> dict[str, Any] | None:
     return {"type": "TemplateProcessing", "single": pieces_a, "pair": pair, "special_tokens": special}
 
 
+def spm_model_from_gguf(kv: dict) -> bytes:
+    """A SentencePiece ``tokenizer.model`` (BPE, byte fallback, no normalization) holding the GGUF's pieces,
+    scores and types (GGUF token types are SentencePiece's piece types), so that converting the exported
+    folder back gives the same vocabulary."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    tokens = [str(t) for t in _kv_list(kv, "tokenizer.ggml.tokens")]
+    scores = [float(s) for s in _kv_list(kv, "tokenizer.ggml.scores")] or [0.0] * len(tokens)
+    types = [int(t) for t in _kv_list(kv, "tokenizer.ggml.token_type")] or [TOKEN_NORMAL] * len(tokens)
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.vocab_size = len(tokens)
+    m.trainer_spec.byte_fallback = True
+    for key, field in (("unknown", "unk_id"), ("bos", "bos_id"), ("eos", "eos_id"), ("padding", "pad_id")):
+        tid = kv.get(f"tokenizer.ggml.{key}_token_id")
+        setattr(m.trainer_spec, field, int(tid) if tid is not None else -1)
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = bool(kv.get("tokenizer.ggml.add_space_prefix", True))
+    m.normalizer_spec.remove_extra_whitespaces = False
+    for tok, score, ty in zip(tokens, scores, types, strict=True):
+        m.pieces.add(piece=tok, score=score, type=ty if ty in (1, 2, 3, 4, 5, 6) else TOKEN_NORMAL)
+    return m.SerializeToString()
+
+
 def special_tokens_from_gguf(kv: dict) -> dict[str, str]:
     """bos/eos/unk/pad token *strings* for tokenizer_config.json / PreTrainedTokenizerFast."""
     tokens = _kv_list(kv, "tokenizer.ggml.tokens")

@@ -140,19 +140,12 @@ def _spm_vocab(folder: str, vocab_size: int | None):
     tokens = [f"[PAD{i}]" for i in range(n)]
     scores = [-10000.0] * n
     types = [_TOKEN_UNUSED] * n
-    for i in range(min(n, sp.vocab_size())):
-        tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
-        types[i] = (
-            _TOKEN_UNKNOWN
-            if sp.IsUnknown(i)
-            else _TOKEN_CONTROL
-            if sp.IsControl(i)
-            else _TOKEN_UNUSED
-            if sp.IsUnused(i)
-            else _TOKEN_BYTE
-            if sp.IsByte(i)
-            else _TOKEN_NORMAL
-        )
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(sp.serialized_model_proto())
+    for i, piece in enumerate(proto.pieces[:n]):  # GGUF token types are SentencePiece's piece types
+        tokens[i], scores[i], types[i] = piece.piece, piece.score, int(piece.type)
     added_path = os.path.join(folder, "added_tokens.json")
     if os.path.isfile(added_path):
         with open(added_path, encoding="utf-8") as fh:

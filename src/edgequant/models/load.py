@@ -20,8 +20,27 @@ def _transformers_config(cfg: dict):
     rope = {"rope_type": "default", "rope_theta": theta if theta is not None else 10000.0}
     if scaling:
         rope.update(scaling)
+    rope = cfg.pop("rope_parameters", rope)  # per layer type (Gemma 3) as it is
     cfg.pop("torch_dtype", None)
     return AutoConfig.for_model(model_type, rope_parameters=rope, **cfg)
+
+
+def _materialize_buffers(model) -> None:
+    """Non-persistent buffers stay on the meta device after ``load_state_dict(assign=True)``: rebuild the
+    rotary embeddings from the config and refill Gemma's embedding scale; FormatError if any is left."""
+    import torch
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not any(b.is_meta for b in child.buffers(recurse=False)):
+                continue
+            if type(child).__name__.endswith("RotaryEmbedding"):
+                setattr(parent, name, type(child)(config=child.config))
+            elif hasattr(child, "scalar_embed_scale"):
+                child.embed_scale = torch.tensor(child.scalar_embed_scale)
+    left = [n for n, b in model.named_buffers() if b.is_meta]
+    if left:
+        raise FormatError(f"cannot build {type(model).__name__} from a GGUF: buffer {left[0]} has no value")
 
 
 def _load_gguf(path: str, dtype):
@@ -44,9 +63,7 @@ def _load_gguf(path: str, dtype):
     if missing:
         raise FormatError(f"{path}: tensors missing for the Hugging Face model: {', '.join(missing[:5])}")
     model.load_state_dict(state, strict=False, assign=True)
-    # Non-persistent buffers (rope inv_freq) stayed on the meta device: rebuild that module on the CPU.
-    rotary = model.model.rotary_emb
-    model.model.rotary_emb = type(rotary)(config=model.config)
+    _materialize_buffers(model)
     if cfg["tie_word_embeddings"]:
         model.tie_weights()
     model.eval()
