@@ -289,3 +289,22 @@ def write_tiny_hf(
                 p.copy_(0.1 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def rename_arch(src: str, dst: str, arch: str) -> str:
+    """Copy GGUF ``src`` to ``dst`` as architecture ``arch`` (``general.architecture`` and every
+    ``<old arch>.*`` key renamed; tensors as they are): e.g. a llama file as ``xverse``, which llama.cpp runs
+    with the same tensors and rope, for tests of architectures edgequant has no PyTorch form of."""
+    from edgequant.gguf.reader import GGUFFile
+
+    with GGUFFile(src) as r, GGUFStreamWriter(dst) as w:
+        old = r.get("general.architecture")
+        for kv in r.kvs.values():
+            name = kv.name.replace(f"{old}.", f"{arch}.", 1) if kv.name.startswith(f"{old}.") else kv.name
+            w.add_kv(name, kv.vtype, arch if kv.name == "general.architecture" else kv.value, kv.array_type)
+        for t in r.tensors:
+            w.add_tensor_info(t.name, t.shape_ne, t.type_id, t.nbytes)
+        w.write_header()
+        for t in r.tensors:
+            w.write_tensor_data(t.name, r.tensor_data(t))
+    return dst

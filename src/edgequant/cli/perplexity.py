@@ -4,7 +4,8 @@ The text is cut into chunks of --ctx tokens (at least two chunks' worth is neede
 evaluated from an empty cache and only its second half is scored, as llama-perplexity does. With --base,
 both models see the same chunks and are compared chunk by chunk (mean KL divergence, same top token,
 Δppl, RMS Δp), with no logits file. A GGUF runs in PyTorch from its dequantized weights with llama.cpp's
-activation rounding (turn off with --float-activations), or in llama.cpp itself with --backend llama.cpp.
+activation rounding (turn off with --float-activations), or in llama.cpp itself with --backend llama.cpp,
+which is also what the default (auto) picks, saying so, for an architecture edgequant cannot build in PyTorch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def register(sub) -> None:
     p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many chunks (default all)")
     p.add_argument("--base", metavar="BASE_MODEL", help="reference model: adds KL, top-token agreement, Δppl")
     p.add_argument(
-        "--backend", choices=("torch", "llama.cpp"), default="torch", help="runtime (default torch)"
+        "--backend",
+        choices=("auto", "torch", "llama.cpp"),
+        default="auto",
+        help="runtime (default auto: torch, or llama.cpp for an architecture with no PyTorch form here)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="threads (default: torch's default; llama.cpp 2)"
@@ -67,6 +71,8 @@ def run(args) -> int:
     if args.json:
         print(dumps(res))
         return 0
+    if res.get("backend_note"):
+        console.print(safe(res["backend_note"]))
     note = " (default text, no download)" if args.file is None else ""
     console.print(
         f"model: {safe(res['model'])}  backend: {res['backend']}\n"

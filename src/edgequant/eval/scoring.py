@@ -32,6 +32,23 @@ from edgequant.eval.text import Chunking, hf_tokenize, read_text, split_chunks
 BACKENDS = ("torch", "llama.cpp")
 
 
+def resolve_backend(backend: str, *paths) -> tuple[str, str | None]:
+    """``auto`` -> torch, or llama.cpp (with a one-line note why) when a GGUF among ``paths`` has an
+    architecture edgequant cannot build in PyTorch; any other name is returned as it is."""
+    if backend != "auto":
+        return backend, None
+    from edgequant.models.architectures import arch_without_torch_form
+
+    for p in paths:
+        arch = arch_without_torch_form(os.fspath(p)) if p is not None else None
+        if arch:
+            return "llama.cpp", (
+                f"{os.fspath(p)}: architecture '{arch}' has no PyTorch form in edgequant; "
+                "evaluating in llama.cpp (as --backend llama.cpp)"
+            )
+    return "torch", None
+
+
 class LogitsBackend(Protocol):
     name: str
     n_vocab: int
@@ -157,13 +174,14 @@ def perplexity(
     Returns a JSON-ready dict: ppl (+ uncertainty), and with a base ppl_base, delta_ppl, ln_ppl_ratio,
     mean_kld (+ percentiles), same_top_fraction, rms_delta_p, mean_delta_p; plus the setup (text, ctx,
     chunks, tokens, backend) and timings (load, evaluation, tokens/s). ``ggml_rounding``: see
-    :func:`load_torch_backend`.
+    :func:`load_torch_backend`. ``backend="auto"``: see :func:`resolve_backend` (``backend_note`` says why).
     """
     chunking = Chunking(n_ctx, n_chunks)
     text, text_path = read_text(text_path)
     for p in (model_path, base_path):
         if p is not None and not os.path.exists(p):
             raise ConfigError(f"model {p} does not exist")
+    backend, note = resolve_backend(backend, model_path, base_path)
     t0 = time.perf_counter()
     model, tokenize = open_backend(model_path, backend, n_ctx, threads, ggml_rounding)
     base = None
@@ -176,6 +194,7 @@ def perplexity(
         "model": os.fspath(model_path),
         "base": os.fspath(base_path) if base_path is not None else None,
         "backend": backend,
+        "backend_note": note,
         "ggml_activation_rounding": backend == "torch" and ggml_rounding,
         "text": text_path,
         "text_tokens": int(tokens.size),

@@ -78,7 +78,9 @@ ARCHS = {
     )
 }
 # GGUF arch -> the HF architecture export_hf produces.
-GGUF_TO_HF = {s.gguf_arch: s for s in reversed(ARCHS.values())}
+GGUF_TO_HF = {
+    a: next(s for s in ARCHS.values() if s.gguf_arch == a) for a in ("llama", "qwen2", "qwen3", "gemma3")
+}
 
 
 def arch_from_config(config: dict, where: str) -> ArchSpec:
@@ -109,6 +111,24 @@ def arch_from_gguf(arch: str, where: str) -> ArchSpec:
             "importance matrices: llama-imatrix, whose file edgequant quantize --imatrix reads)"
         )
     return GGUF_TO_HF[arch]
+
+
+def arch_without_torch_form(path: str) -> str | None:
+    """The architecture of GGUF file ``path`` when edgequant cannot build it in PyTorch, else None (also for
+    a folder or a file that is not a readable GGUF, left for the loader to report)."""
+    import os
+
+    from edgequant.errors import EdgequantError
+    from edgequant.gguf.reader import GGUFFile
+
+    if os.path.isdir(path):
+        return None
+    try:
+        with GGUFFile(path) as r:
+            arch = r.meta.get_str("general.architecture", "")
+    except (EdgequantError, OSError):
+        return None
+    return None if arch in GGUF_TO_HF else arch
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
