@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgequant.errors import FormatError
-from edgequant.kernels.bnb8_matmul import int8_matmul_rows
+from edgequant.kernels.bnb8_matmul import int8_gemm, int8_matmul_rows
 from edgequant.kernels.parallel import run_ranges
 from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
 
@@ -51,9 +51,13 @@ EXACT_K_CHUNK = 1024  # 1024 * 127 * 127 < 2**24: a float32 dot product of this 
 def int8_matmul(a: torch.Tensor, w: torch.Tensor, threads: int | None = None) -> torch.Tensor:
     """Exact int32 ``a @ w.T`` for int8 a (M, K), w (N, K).
 
-    Up to GEMV_MAX_ROWS rows: a numba integer kernel. More rows: float32 BLAS on K-chunks of 1024, each
-    chunk exact (partial sums stay below 2**24), the chunks added in int32 -- exact, at BLAS speed.
+    Up to 8 rows on an AVX2 CPU: the C kernel ``int8_gemm``; else up to GEMV_MAX_ROWS rows: a numba integer
+    kernel. More rows: float32 BLAS on K-chunks of 1024, each chunk exact (partial sums stay below 2**24),
+    the chunks added in int32 -- exact, at BLAS speed.
     """
+    out = int8_gemm(a, w, threads)
+    if out is not None:
+        return out
     if a.shape[0] <= GEMV_MAX_ROWS:
         out = torch.empty((a.shape[0], w.shape[0]), dtype=torch.int32)
         run_ranges(

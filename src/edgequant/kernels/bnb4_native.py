@@ -1,0 +1,102 @@
+"""Batch-1..8 AVX2 kernels of the bitsandbytes-style layers (the C extension ``edgequant._gemv``).
+
+``gemv_4bit``: ``y = x @ W.T`` for a packed NF4/FP4 weight (bitsandbytes layout), decoded inside the dot
+product: per block the 16-entry code table is scaled by absmax and split into 4 byte planes held in ymm
+registers; 32 codes (16 bytes) are decoded with 4 in-lane ``vpshufb`` and 8 unpacks, and multiplied into
+8-lane float32 accumulators with FMA. Output rows are shared dynamically by the calling thread and
+``threads - 1`` pthreads (GIL released; see the C source).
+
+The same extension holds the exact int8 kernel of ``kernels.bnb8_matmul.int8_gemm``.
+
+Numerics of ``gemv_4bit``: every weight is the float32 product ``table[code] * absmax[block]``, bit-identical
+to ``dequantize_4bit``; only the summation order differs from ``x @ dequantize_4bit(W).T`` (8 lanes x up to
+4 partial sums per output, then a tree sum; FMA rounds each step once). Both are float32 sums of the same K
+products, so ``|y - y_ref| <= 2 * gamma_K * sum_k |x_k * w_k|`` with ``gamma_K = K u / (1 - K u)``,
+``u = 2**-24`` (each differs from the exact sum by at most ``gamma_K * sum |x_k w_k|``). The result does not
+depend on the thread count.
+
+Covered: CPU with AVX2 and FMA (checked at run time), the extension built, 1 <= M <= 8, K a multiple of
+the blocksize (rows made of whole blocks; every bnb blocksize is a multiple of 32). Everything else returns
+None and the caller takes its numba path. ``ENABLED = False`` switches the kernels off (tests use it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+try:
+    from edgequant import _gemv
+except ImportError:  # built without a C compiler: the numba paths serve
+    _gemv = None
+
+ENABLED = True
+MAX_BATCH = 8
+
+
+@functools.cache
+def _cpu_ok() -> bool:
+    return _gemv is not None and bool(_gemv.has_avx2())
+
+
+def available() -> bool:
+    """True when the compiled AVX2 kernels can run here (and are not switched off)."""
+    return ENABLED and _cpu_ok()
+
+
+def resolve_threads(threads: int | None) -> int:
+    """None -> torch's thread count (as float32 nn.Linear uses); else at least 1."""
+    return torch.get_num_threads() if threads is None else max(1, int(threads))
+
+
+@functools.cache
+def _perm32() -> torch.Tensor:
+    # decode32's order: vector g, float f holds element 2 * (4g + f % 4) + 1 - f // 4 of a run of 32
+    return torch.tensor([2 * (4 * (f // 8) + f % 4) + 1 - (f % 8) // 4 for f in range(32)])
+
+
+def permute_x(x2d: torch.Tensor) -> torch.Tensor:
+    """float32 (M, K), K % 32 == 0 -> a new contiguous (M, K) tensor in the kernel's element order."""
+    m, k = x2d.shape
+    return x2d.reshape(m, k // 32, 32)[:, :, _perm32()].reshape(m, k).contiguous()
+
+
+def gemv_4bit(
+    x2d: torch.Tensor,
+    packed_u8: np.ndarray,
+    absmax: np.ndarray,
+    table: np.ndarray,
+    out_features: int,
+    blocksize: int,
+    threads: int | None = None,
+) -> torch.Tensor | None:
+    """float32 (M, K) x packed (N, K) -> float32 (M, N), or None when the shape or CPU is not covered."""
+    m, k = x2d.shape
+    if not available() or not 1 <= m <= MAX_BATCH or k % blocksize or blocksize % 32:
+        return None
+    if x2d.dtype != torch.float32:
+        raise TypeError(f"gemv_4bit needs float32 input, got {x2d.dtype}")
+    if packed_u8.dtype != np.uint8 or packed_u8.size * 2 < out_features * k:
+        raise ValueError("gemv_4bit: packed weight too small for (out_features, K)")
+    if absmax.dtype != np.float32 or absmax.size < out_features * k // blocksize:
+        raise ValueError("gemv_4bit: absmax must be float32 with one value per block")
+    xp = permute_x(x2d)
+    packed_u8 = np.ascontiguousarray(packed_u8)
+    absmax = np.ascontiguousarray(absmax)
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    out = torch.empty((m, out_features), dtype=torch.float32)
+    _gemv.gemv4(
+        xp.data_ptr(),
+        m,
+        k,
+        packed_u8.ctypes.data,
+        absmax.ctypes.data,
+        table.ctypes.data,
+        blocksize,
+        out.data_ptr(),
+        out_features,
+        resolve_threads(threads),
+    )
+    return out
