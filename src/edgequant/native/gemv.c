@@ -4,10 +4,11 @@
  *     out[i, r] = sum_j x[i, j] * (table[code(r, j)] * absmax[block(r, j)])   for r in [0, n)
  *     NF4/FP4 in bitsandbytes' layout: element e of the flat weight in byte e / 2, high nibble for even e.
  *     Needs k % blocksize == 0 and blocksize % 32 == 0 (rows of whole blocks), 1 <= m <= 8.
- *     x must be permuted within each run of 32 elements (see decode32). Each weight is the float32 product
- *     table[c] * absmax[b] (one rounding, as dequantize_4bit): the table is multiplied by absmax once per
- *     block and cut into 4 byte planes; a code fetches the 4 bytes of its value with 4 in-lane vpshufb
- *     (on Zen 2 this is 1.7x faster than vpermps + blend). Only the summation order differs from
+ *     x must be permuted within each run of 32 elements (see decode32). The 16-entry table is cut into 4
+ *     byte planes held in ymm registers; a code fetches the 4 bytes of its value with 4 in-lane vpshufb
+ *     (on Zen 2 1.7x faster than vpermps + blend), then one vmulps by absmax[b] gives the float32 product
+ *     table[c] * absmax[b], exactly dequantize_4bit's weight (scaling the table per block instead costs
+ *     8 more shuffles a block: 25% slower at blocksize 64). Only the summation order differs from
  *     dequantize-then-matmul (8-lane partial sums, fused multiply-adds).
  *
  * int8_gemm(a16, m, k, w, out, n, threads)
@@ -42,7 +43,7 @@
 
 #if EQ_X86
 
-/* The 16 scaled table values (lo: codes 0-7, hi: 8-15) as 4 byte planes: P[j] byte c = byte j of value c,
+/* The 16 table values (lo: codes 0-7, hi: 8-15) as 4 byte planes: P[j] byte c = byte j of value c,
  * the 16 bytes repeated in both 128-bit lanes (vpshufb looks up within a lane). */
 EQ_INLINE EQ_AVX2 void byte_planes(__m256 lo, __m256 hi, __m256i P[4]) {
     const __m256i mt = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
@@ -57,7 +58,7 @@ EQ_INLINE EQ_AVX2 void byte_planes(__m256 lo, __m256 hi, __m256i P[4]) {
     P[3] = _mm256_permutevar8x32_epi32(v, i1);
 }
 
-/* 16 packed bytes (32 codes) -> 32 scaled weights in 4 ymm. Lane 0 decodes the low nibbles (odd elements),
+/* 16 packed bytes (32 codes) -> their 32 table values in 4 ymm. Lane 0 decodes the low nibbles (odd elements),
  * lane 1 the high nibbles (even elements); vector g, float f holds element 2 * (4g + f % 4) + 1 - f / 4 of
  * the 32 (the caller permutes x to this order, see edgequant.kernels.bnb4_native.permute_x). */
 EQ_INLINE EQ_AVX2 void decode32(const uint8_t *p, const __m256i P[4], __m256 w[4]) {
@@ -83,21 +84,21 @@ EQ_INLINE EQ_AVX2 float hsum8(__m256 v) {
 
 /* One output row, M batch rows (compile-time constant after inlining), A accumulators per batch row. */
 EQ_INLINE EQ_AVX2 void row4(const float *x, Py_ssize_t k, const uint8_t *p, const float *s, Py_ssize_t bs,
-                            __m256 tlo, __m256 thi, float *out, Py_ssize_t n, const int M, const int A) {
+                            const __m256i P[4], float *out, Py_ssize_t n, const int M, const int A) {
     __m256 acc[8][4];
     for (int i = 0; i < M; i++)
         for (int a = 0; a < A; a++) acc[i][a] = _mm256_setzero_ps();
     Py_ssize_t j = 0;
     for (Py_ssize_t blk = 0; blk < k / bs; blk++) {
         __m256 sc = _mm256_set1_ps(s[blk]);
-        __m256i P[4];
-        byte_planes(_mm256_mul_ps(tlo, sc), _mm256_mul_ps(thi, sc), P);
         for (Py_ssize_t e = 0; e < bs; e += 32, j += 32) {
             __m256 w[4];
             decode32(p + (j >> 1), P, w);
-            for (int g = 0; g < 4; g++)
+            for (int g = 0; g < 4; g++) {
+                __m256 wg = _mm256_mul_ps(w[g], sc);
                 for (int i = 0; i < M; i++)
-                    acc[i][g % A] = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(x + i * k + j + 8 * g), acc[i][g % A]);
+                    acc[i][g % A] = _mm256_fmadd_ps(wg, _mm256_loadu_ps(x + i * k + j + 8 * g), acc[i][g % A]);
+            }
         }
     }
     for (int i = 0; i < M; i++) {
@@ -111,9 +112,10 @@ EQ_INLINE EQ_AVX2 void row4(const float *x, Py_ssize_t k, const uint8_t *p, cons
     static EQ_AVX2 void rows4_##M(const float *x, Py_ssize_t k, const uint8_t *packed, const float *absmax, \
                                   Py_ssize_t bs, const float *table, float *out, Py_ssize_t n,            \
                                   Py_ssize_t r0, Py_ssize_t r1) {                                         \
-        __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);                            \
+        __m256i P[4];                                                                                     \
+        byte_planes(_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8), P);                               \
         for (Py_ssize_t r = r0; r < r1; r++)                                                              \
-            row4(x, k, packed + r * (k >> 1), absmax + r * (k / bs), bs, tlo, thi, out + r, n, M, A);     \
+            row4(x, k, packed + r * (k >> 1), absmax + r * (k / bs), bs, P, out + r, n, M, A);            \
     }
 EQ_ROWS4(1, 4)
 EQ_ROWS4(2, 4)
