@@ -1,8 +1,8 @@
-"""Qwen3, Llama 3.x and Gemma 3 both ways against llama.cpp (llama-cpp-python), as the llama/qwen2 tests:
-a tiny model of each built with transformers converts to a GGUF that llama.cpp runs with transformers'
-logits and tokenizes like the model's own tokenizer; quantizing the conversion equals llama_model_quantize
-of the F32 file; GGUF -> HF -> GGUF gives identical tensors. The packaged Gemma 3 270M GGUF exports to a
-folder transformers loads, with llama.cpp's logits."""
+"""Qwen3, Llama 3.x, Gemma 3 and Phi-3 (with Phi-4-mini's partial rotary factor) both ways against llama.cpp
+(llama-cpp-python), as the llama/qwen2 tests: a tiny model of each built with transformers converts to a GGUF
+that llama.cpp runs with transformers' logits and tokenizes like the model's own tokenizer; quantizing the
+conversion equals llama_model_quantize of the F32 file; GGUF -> HF -> GGUF gives identical tensors. The
+packaged Gemma 3 270M GGUF exports to a folder transformers loads, with llama.cpp's logits."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ CASES = {
     "qwen3": ("bpe-qwen2", "qwen3", "qwen2", True),
     "llama3": ("bpe-llama3", "llama", "llama-bpe", True),
     "gemma3": ("spm-noprefix", "gemma3", "default", False),
+    "phi3": ("spm", "phi3", "default", False),
 }
 
 
@@ -71,7 +72,7 @@ def test_tiny_model_converts_both_ways(tmp_path, arch):
     encode = _own_tokenizer(d, kind)
     for text in TEXTS:
         assert _llama_tokens(f32, text) == encode(text), text
-    # GGUF -> HF -> GGUF: the same tensors (Gemma's norm offset, Llama 3's rope factors, q/k norms included)
+    # GGUF -> HF -> GGUF: the same tensors (Gemma's norm offset, Llama 3's rope factors, Phi-3's fused ones)
     hf = str(tmp_path / "exported")
     export_hf(f32, hf)
     back = str(tmp_path / "back.gguf")

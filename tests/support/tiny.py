@@ -155,7 +155,11 @@ _ARCHS = {
     "phi3": (
         "Phi3Config",
         "Phi3ForCausalLM",
-        {"pad_token_id": None, "original_max_position_embeddings": 256},
+        {  # Phi-4-mini's partial rotary factor (48 of 64 dimensions rotated)
+            "pad_token_id": None,
+            "original_max_position_embeddings": 256,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+        },
     ),
 }
 # pre-tokenizer split regex per tokenizer kind ("bpe" is SmolLM's Digits + ByteLevel)
@@ -260,6 +264,11 @@ def write_tiny_hf(
         n_vocab = _train_bpe(folder, 384, tokenizer)
     else:
         n_vocab = _train_spm(folder, 384, dummy_prefix=tokenizer != "spm-noprefix")
+        if arch == "phi3":  # Phi-3's added tokens (llama.cpp looks <|endoftext|> up in a model named phi3)
+            added = {t: n_vocab + i for i, t in enumerate(("<|endoftext|>", "<|end|>"))}
+            with open(os.path.join(folder, "added_tokens.json"), "w", encoding="utf-8") as fh:
+                json.dump(added, fh)
+            n_vocab += len(added)
     cls, hf_arch, extra = _ARCHS[arch]
     kwargs = {
         "vocab_size": n_vocab,

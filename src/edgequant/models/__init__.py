@@ -15,7 +15,8 @@ Public API (stable; imported lazily so that ``import edgequant.models`` does not
     Hugging Face folder -> GGUF of any ftype in one streaming pass, then (by default) a logits check of
     the file in llama.cpp against the HF model in transformers.
 
-Supported architectures: LlamaForCausalLM (SmolLM), MistralForCausalLM, Qwen2ForCausalLM.
+Supported architectures: LlamaForCausalLM (SmolLM, Llama 3.x), MistralForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM, Gemma3ForCausalLM (text), Phi3ForCausalLM (see :mod:`edgequant.models.architectures`).
 """
 
 from __future__ import annotations

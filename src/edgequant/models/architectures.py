@@ -15,6 +15,10 @@ Gemma3ForCausalLM      ``gemma3``    q/k norms, post-attention / pre- and post-F
                                      by sqrt(hidden) at run time (both runtimes: no weight change), sliding
                                      window on 5 of every 6 layers (local rope theta 10000), SentencePiece
                                      without a space prefix
+Phi3ForCausalLM        ``phi3``      fused ``qkv_proj`` (GGUF ``attn_qkv``) and ``gate_up_proj`` (GGUF
+                                     ``ffn_up``, gate rows first) kept fused; NEOX rope on the first
+                                     ``partial_rotary_factor`` of each head (Phi-4-mini: 0.75) as
+                                     ``rope.dimension_count``; SentencePiece (Phi-3) vocabularies
 =====================  ============  =========================================================================
 
 Rope layout: Hugging Face's llama rotates the two *halves* of each head (``rotate_half``); ggml's
@@ -75,12 +79,13 @@ ARCHS = {
             space_prefix=False,
             hf_extra=_GEMMA_EXTRA,
         ),
+        ArchSpec("Phi3ForCausalLM", "phi3", "phi3", fused=True),
     )
 }
 # GGUF arch -> the HF architecture export_hf produces.
-GGUF_TO_HF = {
-    a: next(s for s in ARCHS.values() if s.gguf_arch == a) for a in ("llama", "qwen2", "qwen3", "gemma3")
-}
+GGUF_TO_HF: dict[str, ArchSpec] = {}
+for _spec in ARCHS.values():
+    GGUF_TO_HF.setdefault(_spec.gguf_arch, _spec)
 
 
 def arch_from_config(config: dict, where: str) -> ArchSpec:
