@@ -29,6 +29,8 @@ EPILOG = """examples:
   edgequant allocate model-f32.gguf --target-bpw 4.5 -f calibration.txt --imatrix imatrix.gguf -o plan.txt
   edgequant perplexity model-q4_k_m.gguf --base model-f32.gguf --json
   edgequant qat --steps 50 --log loss.jsonl --out smollm2-qat-q4_0.gguf
+  edgequant evaluate model-f32.gguf --ftypes Q8_0,Q4_K_M,Q2_K -o results.json
+  edgequant report results.json -o report.html
 """
 
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         convert,
         demo,
         dequantize,
+        evaluate,
         export_hf,
         imatrix,
         inspect,
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         qat,
         quantize,
         recommend,
+        report,
     )
 
     parser = argparse.ArgumentParser(
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         perplexity,
         qat,
         recommend,
+        evaluate,
+        report,
     ):
         module.register(sub)
     return parser
