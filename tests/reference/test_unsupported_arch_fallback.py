@@ -65,6 +65,6 @@ def test_commands_without_a_fallback_say_what_to_do_in_one_line(files, cmd):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
     assert "'xverse'" in lines[0]
-    assert "supported: llama, qwen2, qwen3, gemma3" in lines[0]
+    assert "supported: llama, qwen2, qwen3, gemma3, phi3" in lines[0]
     assert "llama.cpp" in lines[0]
     assert not os.path.exists(d / "out")

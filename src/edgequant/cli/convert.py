@@ -1,4 +1,4 @@
-"""Convert a Hugging Face llama/mistral/qwen2 folder to GGUF (any ftype), verified by llama.cpp.
+"""Convert a Hugging Face Llama 3.x, Mistral, Qwen2/3, Gemma 3 or Phi-3 folder to GGUF, checked in llama.cpp.
 
 Reads the folder (safetensors, config.json, tokenizer) and writes a GGUF file of any ftype in one streaming
 pass, then checks it against the HF model in llama.cpp.
@@ -14,6 +14,8 @@ from edgequant.core.text import dumps
 EXAMPLES = """examples:
   edgequant convert ./SmolLM2-135M smollm2-f16.gguf
   edgequant convert ./Qwen2-0.5B qwen2-q4_k_m.gguf --outtype Q4_K_M --imatrix imatrix.gguf
+  edgequant convert ./Qwen3-0.6B qwen3-q8_0.gguf --outtype Q8_0
+  edgequant convert ./gemma-3-270m gemma3-f16.gguf
   edgequant convert ./my-llama out.gguf --outtype Q8_0 --no-verify --json
 
 The check (on by default) runs the written file in llama.cpp and the HF model in transformers on a few

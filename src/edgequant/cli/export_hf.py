@@ -1,4 +1,4 @@
-"""Write a Hugging Face folder (safetensors, config, tokenizer) from a llama/qwen2 GGUF.
+"""Write a Hugging Face folder (safetensors, config, tokenizer) from a llama/qwen2/qwen3/gemma3/phi3 GGUF.
 
 Dequantizes a GGUF model into a Hugging Face folder that transformers loads: model.safetensors,
 config.json, generation_config.json and tokenizer files.
@@ -14,6 +14,7 @@ from edgequant.core.text import dumps
 EXAMPLES = """examples:
   edgequant export-hf SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2-hf
   edgequant export-hf model-q4_k_m.gguf ./model-hf --dtype bf16 --json
+  edgequant export-hf gemma-3-270m-q4_k_m.gguf ./gemma3-hf
 
 The folder loads with transformers.AutoModelForCausalLM / AutoTokenizer.from_pretrained(OUT_DIR).
 """
