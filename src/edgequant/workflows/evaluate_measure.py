@@ -122,4 +122,6 @@ def measure_runtime(
         "compute_bytes": b.compute,
         "output_bytes": b.output,
         "file_bytes": os.path.getsize(path),
+        "load_average": os.getloadavg()[0],  # other processes slow the speeds down: recorded beside them
+        "cpus": os.cpu_count(),
     }

@@ -188,9 +188,16 @@ def render_report(doc: dict) -> str:
         settings=settings,
         eval_text=texts.get("eval", {}).get("path", "?"),
         shifted_text=texts.get("shifted", {}).get("path"),
+        load_range=_load_range([*rows, base or {}]),
+        cpus=next((r["runtime"]["cpus"] for r in rows if "cpus" in r["runtime"]), "?"),
         version=__version__,
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
+
+
+def _load_range(rows: list[dict]) -> str | None:
+    loads = [r["runtime"]["load_average"] for r in rows if "load_average" in r.get("runtime", {})]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else None
 
 
 def write_report(results: str, out: str) -> dict:
