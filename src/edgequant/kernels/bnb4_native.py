@@ -58,7 +58,9 @@ def _perm32() -> torch.Tensor:
 
 
 def permute_x(x2d: torch.Tensor) -> torch.Tensor:
-    """float32 (M, K), K % 32 == 0 -> a new contiguous (M, K) tensor in the kernel's element order."""
+    """float32 (M, K), K % 32 == 0 -> (M, K) in the kernel's element order: documents (and tests) the copy
+    that the C kernel makes itself (in C: a torch index op here may enter an OpenMP region, which costs
+    milliseconds on a loaded machine)."""
     m, k = x2d.shape
     return x2d.reshape(m, k // 32, 32)[:, :, _perm32()].reshape(m, k).contiguous()
 
@@ -82,13 +84,13 @@ def gemv_4bit(
         raise ValueError("gemv_4bit: packed weight too small for (out_features, K)")
     if absmax.dtype != np.float32 or absmax.size < out_features * k // blocksize:
         raise ValueError("gemv_4bit: absmax must be float32 with one value per block")
-    xp = permute_x(x2d)
+    x2d = x2d.contiguous()
     packed_u8 = np.ascontiguousarray(packed_u8)
     absmax = np.ascontiguousarray(absmax)
     table = np.ascontiguousarray(table, dtype=np.float32)
     out = torch.empty((m, out_features), dtype=torch.float32)
     _gemv.gemv4(
-        xp.data_ptr(),
+        x2d.data_ptr(),
         m,
         k,
         packed_u8.ctypes.data,

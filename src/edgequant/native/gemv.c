@@ -4,7 +4,7 @@
  *     out[i, r] = sum_j x[i, j] * (table[code(r, j)] * absmax[block(r, j)])   for r in [0, n)
  *     NF4/FP4 in bitsandbytes' layout: element e of the flat weight in byte e / 2, high nibble for even e.
  *     Needs k % blocksize == 0 and blocksize % 32 == 0 (rows of whole blocks), 1 <= m <= 8.
- *     x must be permuted within each run of 32 elements (see decode32). The 16-entry table is cut into 4
+ *     x is copied once per call into decode32's element order (permute_x). The 16-entry table is cut into 4
  *     byte planes held in ymm registers; a code fetches the 4 bytes of its value with 4 in-lane vpshufb
  *     (on Zen 2 1.7x faster than vpermps + blend), then one vmulps by absmax[b] gives the float32 product
  *     table[c] * absmax[b], exactly dequantize_4bit's weight (scaling the table per block instead costs
@@ -35,6 +35,11 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define EQ_AVX2 __attribute__((target("avx2,fma")))
 #define EQ_INLINE static inline __attribute__((always_inline))
 #else
@@ -60,7 +65,7 @@ EQ_INLINE EQ_AVX2 void byte_planes(__m256 lo, __m256 hi, __m256i P[4]) {
 
 /* 16 packed bytes (32 codes) -> their 32 table values in 4 ymm. Lane 0 decodes the low nibbles (odd elements),
  * lane 1 the high nibbles (even elements); vector g, float f holds element 2 * (4g + f % 4) + 1 - f / 4 of
- * the 32 (the caller permutes x to this order, see edgequant.kernels.bnb4_native.permute_x). */
+ * the 32 (x is copied into this order by permute_x). */
 EQ_INLINE EQ_AVX2 void decode32(const uint8_t *p, const __m256i P[4], __m256 w[4]) {
     const __m256i cnt = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(15);
     __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
@@ -205,12 +210,14 @@ static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
 typedef struct job job_t;
 struct job {
     int64_t next, done, refs;
+    int32_t finished; /* 1 once done == n; the waiting caller sleeps on it (futex) */
     Py_ssize_t n;
     void (*rows)(const job_t *, Py_ssize_t, Py_ssize_t);
     const void *x, *w;
     const float *absmax, *table;
     Py_ssize_t m, k, bs;
     void *out;
+    float *xbuf; /* gemv4: x in decode32's order, owned by the job */
 };
 
 static void job_run(job_t *j) {
@@ -219,12 +226,41 @@ static void job_run(job_t *j) {
         if (r0 >= j->n) break;
         Py_ssize_t r1 = r0 + CHUNK < j->n ? r0 + CHUNK : j->n;
         j->rows(j, r0, r1);
-        __atomic_fetch_add(&j->done, (int64_t)(r1 - r0), __ATOMIC_RELEASE);
+        if (__atomic_add_fetch(&j->done, (int64_t)(r1 - r0), __ATOMIC_ACQ_REL) == (int64_t)j->n) {
+            __atomic_store_n(&j->finished, 1, __ATOMIC_RELEASE);
+#ifdef __linux__
+            syscall(SYS_futex, &j->finished, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+#endif
+        }
+    }
+}
+
+/* Wait until every row is done: a short spin, then sleep (futex) so that a helper sharing this CPU runs. */
+static void job_wait(job_t *j) {
+    for (int spin = 0; !__atomic_load_n(&j->finished, __ATOMIC_ACQUIRE); spin++) {
+        if (spin < 2000) {
+            _mm_pause();
+            continue;
+        }
+#ifdef __linux__
+        syscall(SYS_futex, &j->finished, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+#else
+        sched_yield();
+#endif
     }
 }
 
 static void job_release(job_t *j) {
-    if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) == 0) free(j);
+    if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(j->xbuf);
+        free(j);
+    }
+}
+
+/* xp[i, 32c + f] = x[i, 32c + 2 * (4 * (f / 8) + f % 4) + 1 - (f % 8) / 4]: decode32's element order. */
+static void permute_x(const float *x, float *xp, Py_ssize_t m, Py_ssize_t k) {
+    for (Py_ssize_t r = 0; r < m * k; r += 32)
+        for (int f = 0; f < 32; f++) xp[r + f] = x[r + 2 * (4 * (f / 8) + f % 4) + 1 - (f % 8) / 4];
 }
 
 static void *job_worker(void *arg) {
@@ -251,12 +287,7 @@ static void job_parallel(job_t *j, Py_ssize_t threads) {
         pthread_attr_destroy(&attr);
     }
     job_run(j);
-    for (int spin = 0; __atomic_load_n(&j->done, __ATOMIC_ACQUIRE) < (int64_t)j->n; spin++) {
-        if (spin < 4096)
-            _mm_pause();
-        else
-            sched_yield();
-    }
+    job_wait(j);
     job_release(j);
 }
 
@@ -269,10 +300,20 @@ static void job_rows8(const job_t *j, Py_ssize_t r0, Py_ssize_t r1) {
     ROWS8[j->m]((const int16_t *)j->x, j->k, (const int8_t *)j->w, (int32_t *)j->out, j->n, r0, r1);
 }
 
-static PyObject *run_job(const job_t *proto, Py_ssize_t threads) {
+static PyObject *run_job(const job_t *proto, Py_ssize_t threads, int permute) {
     job_t *j = (job_t *)malloc(sizeof(job_t));
-    if (!j) return PyErr_NoMemory();
+    float *xbuf = permute ? (float *)malloc(sizeof(float) * (size_t)(proto->m * proto->k + 1)) : NULL;
+    if (!j || (permute && !xbuf)) {
+        free(j);
+        free(xbuf);
+        return PyErr_NoMemory();
+    }
     *j = *proto;
+    j->xbuf = xbuf;
+    if (permute) {
+        permute_x((const float *)proto->x, xbuf, proto->m, proto->k);
+        j->x = xbuf;
+    }
     Py_BEGIN_ALLOW_THREADS
     job_parallel(j, threads);
     Py_END_ALLOW_THREADS
@@ -291,9 +332,9 @@ static PyObject *py_gemv4(PyObject *self, PyObject *args) {
     }
     if (!cpu_ok()) return no_kernel();
 #if EQ_X86
-    job_t j = {0, 0, 0, n, job_rows4, (const void *)x, (const void *)packed, (const float *)absmax,
-               (const float *)table, m, k, bs, (void *)out};
-    return run_job(&j, threads);
+    job_t j = {0, 0, 0, n == 0, n, job_rows4, (const void *)x, (const void *)packed, (const float *)absmax,
+               (const float *)table, m, k, bs, (void *)out, NULL};
+    return run_job(&j, threads, 1);
 #else
     return NULL;
 #endif
@@ -309,8 +350,9 @@ static PyObject *py_int8_gemm(PyObject *self, PyObject *args) {
     }
     if (!cpu_ok()) return no_kernel();
 #if EQ_X86
-    job_t j = {0, 0, 0, n, job_rows8, (const void *)a, (const void *)w, NULL, NULL, m, k, 0, (void *)out};
-    return run_job(&j, threads);
+    job_t j = {0, 0, 0, n == 0, n, job_rows8, (const void *)a, (const void *)w, NULL, NULL, m, k, 0, (void *)out,
+               NULL};
+    return run_job(&j, threads, 0);
 #else
     return NULL;
 #endif
