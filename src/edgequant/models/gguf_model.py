@@ -102,6 +102,11 @@ def _rope_config(reader: GGUFFile, arch: str, spec: ArchSpec, cfg: dict) -> dict
                 f"{where}: rope scaling {quote(scaling)} is not supported for export (only linear)"
             )
         rope = {**rope, "rope_type": "linear", "factor": meta.get_float(f"{arch}.rope.scaling.factor", min=0)}
+    if any(t.name.startswith("rope_factors_") for t in reader.tensors):
+        raise ConfigError(
+            f"{where}: LongRoPE factors (rope_factors_long/short: Phi-3.5, Phi-4-mini) are not supported for "
+            "export; evaluate this file with --backend llama.cpp"
+        )
     if "rope_freqs.weight" in {t.name for t in reader.tensors}:
         t = reader.tensor("rope_freqs.weight")
         factors = dequantize(reader.tensor_data(t), t.type_name, t.np_shape).reshape(-1)
