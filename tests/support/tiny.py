@@ -162,6 +162,22 @@ _ARCHS = {
         },
     ),
 }
+_ARCHS["phi35"] = (  # Phi-3.5 / Phi-4-mini: LongRoPE (24 short and 24 long factors for 48 rotated dimensions)
+    "Phi3Config",
+    "Phi3ForCausalLM",
+    {
+        "pad_token_id": None,
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 512,
+        "rope_parameters": {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "short_factor": [1.0 + 0.05 * i for i in range(24)],
+            "long_factor": [1.0 + 0.5 * i for i in range(24)],
+        },
+    },
+)
 # pre-tokenizer split regex per tokenizer kind ("bpe" is SmolLM's Digits + ByteLevel)
 _SPLITS = {"bpe-llama3": "llama-bpe", "bpe-qwen2": "qwen2"}
 
@@ -264,7 +280,9 @@ def write_tiny_hf(
         n_vocab = _train_bpe(folder, 384, tokenizer)
     else:
         n_vocab = _train_spm(folder, 384, dummy_prefix=tokenizer != "spm-noprefix")
-        if arch == "phi3":  # Phi-3's added tokens (llama.cpp looks <|endoftext|> up in a model named phi3)
+        if arch.startswith(
+            "phi3"
+        ):  # Phi-3's added tokens (llama.cpp looks <|endoftext|> up in a model named phi3)
             added = {t: n_vocab + i for i, t in enumerate(("<|endoftext|>", "<|end|>"))}
             with open(os.path.join(folder, "added_tokens.json"), "w", encoding="utf-8") as fh:
                 json.dump(added, fh)

@@ -36,7 +36,7 @@ from edgequant.gguf.writer import GGUFStreamWriter, check_writable
 from edgequant.models.architectures import arch_from_config, head_dim, permute_qk
 from edgequant.models.convert_plan import expected_shapes, gguf_metadata, map_names
 from edgequant.models.hf_checkpoint import HFCheckpoint
-from edgequant.models.rope import llama3_factors, rope_scaling, rope_theta, scaling_kind
+from edgequant.models.rope import rope_partial, rope_tensors
 
 _FLOAT_FTYPES = ("F32", "F16", "BF16")
 
@@ -89,7 +89,8 @@ def convert_hf_to_gguf(
         hp = ckpt.config
         shapes = expected_shapes(hp, spec)
         names = map_names(ckpt, spec, shapes)  # gguf name -> hf name, shapes checked
-        ckpt = _WithExtras(ckpt, extra_tensors(hp), names)
+        n_rot = int(rope_partial(hp) * head_dim(hp)) if spec.fused else head_dim(hp)
+        ckpt = _WithExtras(ckpt, rope_tensors(hp, head_dim(hp), n_rot), names)
         n_params = sum(int(np.prod(ckpt.shape(h))) for h in names.values())
         kvs = gguf_metadata(src, hp, spec, ftype_id, n_params, quantized=ftype not in _FLOAT_FTYPES)
         info = ModelInfo(
@@ -160,7 +161,7 @@ def _temp_name(dst: str) -> str:
 
 
 class _WithExtras:
-    """The checkpoint plus tensors the converter computes (Llama 3's ``rope_freqs``), read alike."""
+    """The checkpoint plus tensors the converter computes (rope factors), read alike."""
 
     def __init__(self, ckpt: HFCheckpoint, extras: dict[str, np.ndarray], names: dict[str, str]) -> None:
         self.ckpt, self.extras, self.config = ckpt, extras, ckpt.config
@@ -174,13 +175,6 @@ class _WithExtras:
 
     def close(self) -> None:
         self.ckpt.close()
-
-
-def extra_tensors(hp: dict) -> dict[str, np.ndarray]:
-    """GGUF tensors with no HF counterpart: ``rope_freqs.weight`` for Llama 3 rope scaling."""
-    if scaling_kind(hp) != "llama3":
-        return {}
-    return {"rope_freqs.weight": llama3_factors(rope_theta(hp) or 10000.0, head_dim(hp), rope_scaling(hp))}
 
 
 def _encode_tensor(ckpt, hf_name, choice, hp, spec, qmap, threads) -> np.ndarray:

@@ -19,7 +19,7 @@ from edgequant.core.text import quote
 from edgequant.errors import ConfigError, FormatError, ShapeError
 from edgequant.models.architectures import ArchSpec, head_dim
 from edgequant.models.hf_checkpoint import HFCheckpoint
-from edgequant.models.rope import rope_partial, rope_scaling, rope_theta, scaling_kind
+from edgequant.models.rope import longrope_attn_factor, rope_partial, rope_scaling, rope_theta, scaling_kind
 
 
 class KVRecord(NamedTuple):
@@ -155,6 +155,8 @@ def gguf_metadata(
     if kind == "linear" and spec.gguf_arch in ("llama", "gemma3"):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "longrope" and spec.fused:  # factors as tensors (convert.py), the attention factor here
+        w.add_rope_scaling_attn_factors(longrope_attn_factor(hp))
     elif kind not in ("default", "llama3") or (kind == "llama3" and spec.gguf_arch != "llama"):
         raise ConfigError(
             f"config.json: rope scaling {quote(kind)} is not supported by edgequant's converter for "

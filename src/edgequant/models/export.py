@@ -28,6 +28,7 @@ from edgequant.models.gguf_tokenizer import (
     spm_model_from_gguf,
     tokenizer_json_from_gguf,
 )
+from edgequant.models.rope import ROPE_TENSORS
 from edgequant.models.safetensors import SafetensorsStreamWriter
 
 _DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
@@ -75,7 +76,7 @@ def export_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: s
         spec, cfg = hf_config_dict(reader)
         tok_json = tokenizer_json_from_gguf(kv, src)  # fail on the tokenizer before writing anything
         names = gguf_to_hf_names(spec, cfg["num_hidden_layers"])
-        tensors = [t for t in reader.tensors if t.name != "rope_freqs.weight"]
+        tensors = [t for t in reader.tensors if t.name not in ROPE_TENSORS]
         cfg["torch_dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[st_dtype]
         with atomic_directory(out_dir) as tmp:
             w = SafetensorsStreamWriter(os.path.join(tmp, "model.safetensors"), {"format": "pt"})

@@ -17,7 +17,7 @@ from edgequant.errors import ConfigError, FormatError
 from edgequant.gguf.codecs import dequantize
 from edgequant.gguf.reader import GGUFFile
 from edgequant.models.architectures import ArchSpec, arch_from_gguf, layer_types, unpermute_qk
-from edgequant.models.rope import llama3_params_from_factors
+from edgequant.models.rope import ROPE_TENSORS, llama3_params_from_factors
 
 _TOKENIZER_IDS = ("bos", "eos", "unknown", "padding", "separator", "mask", "eot", "eom")
 
@@ -102,11 +102,16 @@ def _rope_config(reader: GGUFFile, arch: str, spec: ArchSpec, cfg: dict) -> dict
                 f"{where}: rope scaling {quote(scaling)} is not supported for export (only linear)"
             )
         rope = {**rope, "rope_type": "linear", "factor": meta.get_float(f"{arch}.rope.scaling.factor", min=0)}
-    if any(t.name.startswith("rope_factors_") for t in reader.tensors):
-        raise ConfigError(
-            f"{where}: LongRoPE factors (rope_factors_long/short: Phi-3.5, Phi-4-mini) are not supported for "
-            "export; evaluate this file with --backend llama.cpp"
-        )
+    if "rope_factors_long.weight" in {t.name for t in reader.tensors}:  # LongRoPE (Phi-3.5, Phi-4-mini)
+        rope = {"rope_theta": cfg["rope_theta"], "rope_type": "longrope"}
+        for k in ("long", "short"):
+            t = reader.tensor(f"rope_factors_{k}.weight")
+            rope[f"{k}_factor"] = (
+                dequantize(reader.tensor_data(t), t.type_name, t.np_shape).reshape(-1).tolist()
+            )
+        attn = meta.get_float(f"{arch}.rope.scaling.attn_factor", None, min=0)
+        if attn is not None:
+            rope["attention_factor"] = attn
     if "rope_freqs.weight" in {t.name for t in reader.tensors}:
         t = reader.tensor("rope_freqs.weight")
         factors = dequantize(reader.tensor_data(t), t.type_name, t.np_shape).reshape(-1)
@@ -180,8 +185,8 @@ def iter_hf_tensors(reader: GGUFFile, spec: ArchSpec, cfg: dict) -> Iterator[tup
     for t in reader.tensors:
         hf = names.get(t.name)
         if hf is None:
-            if t.name == "rope_freqs.weight":
-                continue  # llama.cpp's precomputed rope factors; HF recomputes them from the config
+            if t.name in ROPE_TENSORS:
+                continue  # llama.cpp's precomputed rope factors; in config.json for HF
             raise FormatError(
                 f"{reader.path}: tensor '{t.name}' has no Hugging Face counterpart for {spec.hf_arch}"
             )

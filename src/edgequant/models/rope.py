@@ -18,6 +18,9 @@ import numpy as np
 
 from edgequant.errors import ConfigError
 
+# GGUF tensors that hold rope configuration, not weights (no Hugging Face tensor)
+ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
 
 def rope_theta(config: dict) -> float | None:
     """rope theta from a config.json: top level (transformers < 5) or ``rope_parameters`` (transformers 5)."""
@@ -43,6 +46,35 @@ def rope_partial(config: dict) -> float:
 def scaling_kind(config: dict) -> str:
     s = rope_scaling(config)
     return str(s.get("rope_type", s.get("type", "default")) or "default")
+
+
+def longrope_attn_factor(hp: dict) -> float:
+    """LongRoPE's attention factor (llama.cpp's ``rope.scaling.attn_factor``, transformers' default):
+    sqrt(1 + ln(scale) / ln(original context)), scale = max_position_embeddings / original context."""
+    params = rope_scaling(hp)
+    if params.get("attention_factor") is not None:
+        return float(params["attention_factor"])
+    orig = int(hp.get("original_max_position_embeddings") or params["original_max_position_embeddings"])
+    scale = int(hp["max_position_embeddings"]) / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+
+
+def rope_tensors(hp: dict, dim: int, n_rot: int) -> dict[str, np.ndarray]:
+    """GGUF tensors llama.cpp's converter computes from the rope configuration: ``rope_freqs`` (Llama 3),
+    ``rope_factors_long`` / ``rope_factors_short`` (LongRoPE, ``n_rot / 2`` values each)."""
+    kind, params = scaling_kind(hp), rope_scaling(hp)
+    if kind == "llama3":
+        return {"rope_freqs.weight": llama3_factors(rope_theta(hp) or 10000.0, dim, params)}
+    if kind != "longrope":
+        return {}
+    out = {
+        f"rope_factors_{k}.weight": np.asarray(params[f"{k}_factor"], np.float32) for k in ("long", "short")
+    }
+    if any(v.shape != (n_rot // 2,) for v in out.values()):
+        raise ConfigError(
+            f"config.json: LongRoPE long_factor / short_factor must hold {n_rot // 2} values each"
+        )
+    return out
 
 
 def llama3_factors(theta: float, dim: int, params: dict) -> np.ndarray:

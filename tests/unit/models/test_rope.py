@@ -66,3 +66,19 @@ def test_theta_and_partial_rotary_from_either_config_layout():
     assert rope_partial({"rope_parameters": {"partial_rotary_factor": 0.75}}) == 0.75
     assert rope_partial({}) == 1.0
     assert math.isclose(rope_partial({"partial_rotary_factor": 0.5}), 0.5)
+
+
+def test_longrope_tensors_and_attention_factor():
+    from edgequant.models.rope import longrope_attn_factor, rope_tensors
+
+    hp = {
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+        "rope_scaling": {"rope_type": "longrope", "long_factor": [2.0] * 48, "short_factor": [1.0] * 48},
+    }
+    t = rope_tensors(hp, 128, 96)  # Phi-4-mini: 96 of 128 dimensions rotated
+    assert sorted(t) == ["rope_factors_long.weight", "rope_factors_short.weight"]
+    assert t["rope_factors_long.weight"].dtype == np.float32
+    assert math.isclose(longrope_attn_factor(hp), math.sqrt(1 + math.log(32) / math.log(4096)))
+    with pytest.raises(ConfigError, match="64 values"):
+        rope_tensors(hp, 128, 128)
