@@ -19,6 +19,14 @@ from edgequant.bnb.fourbit import (
     quantize_fp4,
     quantize_nf4,
 )
+from edgequant.bnb.gemv import gemv_4bit, matmul_4bit
+from edgequant.bnb.int8 import (
+    int8_linear_matmul,
+    int8_mm_dequant,
+    int8_vectorwise_dequant,
+    int8_vectorwise_quant,
+)
+from edgequant.bnb.maps import create_fp8_map, create_linear_map
 from edgequant.bnb.quant_state import QuantState
 
 __all__ = [
@@ -28,11 +36,19 @@ __all__ = [
     "bits_per_parameter",
     "bnb_dequant4bit_is_misindexed",
     "create_dynamic_map",
+    "create_fp8_map",
+    "create_linear_map",
     "dequantize_4bit",
     "dequantize_blockwise",
     "dequantize_fp4",
     "dequantize_nf4",
+    "gemv_4bit",
     "get_4bit_type",
+    "int8_linear_matmul",
+    "int8_mm_dequant",
+    "int8_vectorwise_dequant",
+    "int8_vectorwise_quant",
+    "matmul_4bit",
     "measured_bits_per_parameter",
     "quantize_4bit",
     "quantize_blockwise",

@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import torch
 
-from edgequant.bnb.checks import check_blocksize, check_finite, check_float_input
+from edgequant.bnb.checks import BLOCKSIZES_8BIT, check_blocksize, check_finite, check_float_input
 from edgequant.bnb.codes import create_dynamic_map
 from edgequant.bnb.quant_state import QuantState
 from edgequant.errors import ConfigError, ShapeError
@@ -110,7 +110,7 @@ def quantize_blockwise(
     name: str = "A",
 ) -> tuple[torch.Tensor, QuantState]:
     """Quantize A (float32/16, bf16) blockwise to uint8 codes of A's shape; see the module docstring."""
-    check_blocksize(blocksize)
+    check_blocksize(blocksize, allowed=BLOCKSIZES_8BIT)
     check_float_input(A, name)
     a32 = A.detach().to("cpu", torch.float32).contiguous()
     check_finite(a32, name)
@@ -167,7 +167,7 @@ def dequantize_blockwise(
             blocksize=blocksize,
             dtype=torch.float32,
         )
-    check_blocksize(quant_state.blocksize, "quant_state.blocksize")
+    check_blocksize(quant_state.blocksize, "quant_state.blocksize", BLOCKSIZES_8BIT)
     am = recover_absmax(quant_state).contiguous()
     n = A.numel()
     if am.numel() != -(-n // quant_state.blocksize):

@@ -8,12 +8,15 @@ from edgequant.errors import ConfigError, NonFiniteError, ShapeError, Unsupporte
 from edgequant.kernels.floats import first_nonfinite
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# 8-bit blockwise: bnb's CPU kernel takes any positive blocksize (its 4-bit ops check BLOCKSIZES); edgequant
+# accepts these, which include the 16384 of bnb's own CPU tests.
+BLOCKSIZES_8BIT = (*BLOCKSIZES, 8192, 16384, 32768, 65536)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_blocksize(blocksize: int, what: str = "blocksize") -> int:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES:
-        raise ConfigError(f"{what}={blocksize!r} is not supported; use one of {BLOCKSIZES}")
+def check_blocksize(blocksize: int, what: str = "blocksize", allowed: tuple[int, ...] = BLOCKSIZES) -> int:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in allowed:
+        raise ConfigError(f"{what}={blocksize!r} is not supported; use one of {allowed}")
     return blocksize
 
 

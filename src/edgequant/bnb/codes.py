@@ -16,6 +16,7 @@ import functools
 import numpy as np
 import torch
 
+from edgequant.bnb import maps
 from edgequant.errors import UnsupportedTypeError
 
 NF4_VALUES = (
@@ -92,22 +93,7 @@ def sorted_codes_and_midpoints(quant_type: str) -> tuple[np.ndarray, np.ndarray]
 
 @functools.cache
 def _dynamic_map(signed: bool) -> np.ndarray:
-    values: list[torch.Tensor] = []
-    max_exponent_bits = 7
-    for e in range(max_exponent_bits):
-        n_points = 2**e + 1 if signed else 2 ** (e + 1) + 1
-        bounds = torch.linspace(0.1, 1.0, n_points, dtype=torch.float32)
-        means = (bounds[:-1] + bounds[1:]) / 2.0
-        scale = torch.tensor(10.0 ** (-(max_exponent_bits - 1) + e), dtype=torch.float32)
-        values.append(means * scale)
-        if signed:
-            values.append(-(means * scale))
-    values.append(torch.zeros(1))
-    values.append(torch.ones(1))
-    table = torch.sort(torch.cat(values)).values
-    if table.numel() != 256:
-        raise AssertionError(f"dynamic map has {table.numel()} entries, expected 256")
-    out = table.numpy().astype(np.float32)
+    out = maps.create_dynamic_map(signed).numpy().astype(np.float32)
     out.flags.writeable = False
     return out
 
@@ -117,6 +103,8 @@ def dynamic_map_np(signed: bool = True) -> np.ndarray:
     return _dynamic_map(bool(signed))
 
 
-def create_dynamic_map(signed: bool = True) -> torch.Tensor:
-    """bitsandbytes' ``create_dynamic_map(signed)`` with its defaults (7 exponent bits, total 8 bits)."""
-    return torch.from_numpy(dynamic_map_np(signed).copy())
+def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """bitsandbytes' ``create_dynamic_map`` (full signature, see ``bnb.maps``); default table cached."""
+    if (max_exponent_bits, total_bits) == (7, 8):
+        return torch.from_numpy(dynamic_map_np(signed).copy())
+    return maps.create_dynamic_map(signed, max_exponent_bits, total_bits)

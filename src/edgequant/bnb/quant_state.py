@@ -49,8 +49,12 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def _dtype_from_name(name: Any, where: str) -> torch.dtype:
     if name not in _DTYPES:
-        raise FormatError(f"{where}: dtype {name!r} is not one of {sorted(_DTYPES)}")
+        raise QuantStateError(f"{where}: dtype {name!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[name]
+
+
+class QuantStateError(FormatError, ValueError):
+    """A state dict that is not a bitsandbytes 4-bit state (a ValueError, as bnb's ``from_dict`` raises)."""
 
 
 class QuantState:
@@ -75,10 +79,21 @@ class QuantState:
         self.quant_type = quant_type
         self.offset = offset
         self.state2 = state2
+        self.nested = (
+            state2 is not None
+        )  # a plain attribute, as bnb's: its CPU repacking sets it and deletes state2
 
-    @property
-    def nested(self) -> bool:
-        return self.state2 is not None
+    def __getattr__(self, name: str):
+        """``state.bitsandbytes__nf4`` (or ``__fp4``): the packed JSON tensor of ``as_dict(packed=True)``.
+
+        FSDP's state_dict walk resolves the key ``weight.quant_state.bitsandbytes__nf4`` one attribute at a
+        time (bnb's proxy, same behaviour). Any other missing attribute raises AttributeError.
+        """
+        if name.startswith("bitsandbytes__") and "quant_type" in self.__dict__:
+            packed = self.as_dict(packed=True)
+            if "quant_state." + name in packed:
+                return packed["quant_state." + name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __getitem__(self, idx):
         """bnb's legacy list: [absmax, shape, dtype, blocksize, [offset, state2] | None, quant_type]."""
@@ -126,7 +141,7 @@ class QuantState:
         packed_keys = [k for k, v in qs_dict.items() if "quant_state" in k and isinstance(v, torch.Tensor)]
         if "quant_type" not in qs_dict:
             if not packed_keys:
-                raise FormatError(
+                raise QuantStateError(
                     f"{where}: no 'quant_state.bitsandbytes__nf4|fp4' entry and no unpacked 'quant_type'; "
                     f"this is not a bitsandbytes 4-bit state (keys: {sorted(qs_dict)})"
                 )
@@ -134,7 +149,7 @@ class QuantState:
                 "bitsandbytes__nf4",
                 "bitsandbytes__fp4",
             ):
-                raise FormatError(
+                raise QuantStateError(
                     f"{where}: expected exactly one 'quant_state.bitsandbytes__nf4|fp4' entry, "
                     f"found {packed_keys}"
                 )
@@ -143,21 +158,21 @@ class QuantState:
             try:
                 qs_dict.update(json.loads(bytes(raw.cpu().to(torch.uint8).numpy()).decode("utf-8")))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise FormatError(f"{where}: {packed_keys[0]} does not hold bnb's JSON ({exc})") from None
+                raise QuantStateError(f"{where}: {packed_keys[0]} does not hold bnb's JSON ({exc})") from None
         qs = {k.split(".")[-1]: v for k, v in qs_dict.items()}
         unknown = set(qs) - set(VALID_KEYS)
         if unknown:
-            raise FormatError(
+            raise QuantStateError(
                 f"{where}: unknown quant_state keys {sorted(unknown)}; valid keys are {VALID_KEYS}"
             )
         for key in ("absmax", "quant_map", "blocksize", "dtype", "quant_type"):
             if key not in qs:
-                raise FormatError(f"{where}: quant_state entry {key!r} is missing")
+                raise QuantStateError(f"{where}: quant_state entry {key!r} is missing")
         state2 = offset = None
         if "nested_absmax" in qs:
             for key in ("nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset"):
                 if key not in qs:
-                    raise FormatError(f"{where}: nested quant_state entry {key!r} is missing")
+                    raise QuantStateError(f"{where}: nested quant_state entry {key!r} is missing")
             offset = torch.tensor(float(qs["nested_offset"])).to(device)
             state2 = cls(
                 absmax=qs["nested_absmax"].to(device),
@@ -183,6 +198,37 @@ class QuantState:
             self.offset = self.offset.to(device)
             self.state2.to(device)
         return self
+
+    def __eq__(self, other) -> bool:
+        """bnb's ``__eq__``: absmax and code ``allclose`` (atol 1e-6), the rest equal, state2 compared alike.
+
+        Where bnb's ``allclose`` would raise (different tensor dtypes or shapes, e.g. a nested state's uint8
+        absmax against a float32 one) this returns False.
+        """
+
+        def close(a, b):
+            return a.dtype == b.dtype and a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+
+        if not isinstance(other, QuantState):
+            return False
+        same_offset = (
+            bool(self.offset == other.offset)
+            if self.offset is not None and other.offset is not None
+            else self.offset is other.offset
+        )
+        s2, o2 = self.__dict__.get("state2"), other.__dict__.get("state2")
+        return (
+            close(self.absmax, other.absmax)
+            and self.shape == other.shape
+            and close(self.code, other.code)
+            and self.dtype == other.dtype
+            and self.blocksize == other.blocksize
+            and self.quant_type == other.quant_type
+            and same_offset
+            and (s2 == o2 if s2 is not None and o2 is not None else s2 is o2)
+        )
+
+    __hash__ = object.__hash__  # identity, so states stay usable as dict keys (bnb's are unhashable)
 
     def equal(self, other: QuantState) -> bool:
         """Exact equality of every field and tensor (bnb's ``__eq__`` uses allclose)."""

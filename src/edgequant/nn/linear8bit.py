@@ -26,13 +26,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgequant.bnb.int8 import DEQ_SCALE, MM_SCALE, int8_vectorwise_quant
 from edgequant.errors import FormatError
 from edgequant.kernels.bnb8_matmul import int8_gemm, int8_matmul_rows
 from edgequant.kernels.parallel import run_ranges
 from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
-
-DEQ_SCALE = 0.007874015718698502  # float32(1/127), bnb's literal
-MM_SCALE = 6.200124e-05  # bnb's literal (1/127**2 would be 6.2000124e-05)
 
 
 def quantize_rows_int8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,17 +78,9 @@ def int8_matmul(a: torch.Tensor, w: torch.Tensor, threads: int | None = None) ->
 
 def llm_int8_forward(x2, cb, scb, bias, threshold, threads=None):
     """Steps 1-4 of the module docstring on a 2-D x; returns (y in x's dtype, outlier columns)."""
-    a = x2.to(torch.float16)
-    cols = torch.empty(0, dtype=torch.int64)
-    if threshold > 0.0:
-        outliers = a.abs() >= threshold
-        if bool(outliers.any()):
-            cols = torch.argwhere(outliers.any(dim=0)).view(-1)
-            a = a.masked_fill(outliers, 0)
-    sca = torch.max(a.abs(), dim=1).values.float()
-    ca = torch.round(a * (127.0 / sca.unsqueeze(-1))).to(torch.int8)
-    if a.shape[0] > 1 and cols.numel():
-        ca[:, cols] = 0
+    ca, sca, cols = int8_vectorwise_quant(x2.to(torch.float16), threshold)
+    if cols is None:
+        cols = torch.empty(0, dtype=torch.int64)
     acc = int8_matmul(ca, cb, threads)
     y = acc * (sca.unsqueeze(-1) * scb.unsqueeze(0)) * MM_SCALE
     if bias is not None:
