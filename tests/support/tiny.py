@@ -162,7 +162,9 @@ _ARCHS = {
         },
     ),
 }
-_ARCHS["phi35"] = (  # Phi-3.5 / Phi-4-mini: LongRoPE (24 short and 24 long factors for 48 rotated dimensions)
+_ARCHS[
+    "phi4mini"
+] = (  # Phi-3.5 / Phi-4-mini: LongRoPE (24 short and 24 long factors for 48 rotated dimensions)
     "Phi3Config",
     "Phi3ForCausalLM",
     {
@@ -179,7 +181,7 @@ _ARCHS["phi35"] = (  # Phi-3.5 / Phi-4-mini: LongRoPE (24 short and 24 long fact
     },
 )
 # pre-tokenizer split regex per tokenizer kind ("bpe" is SmolLM's Digits + ByteLevel)
-_SPLITS = {"bpe-llama3": "llama-bpe", "bpe-qwen2": "qwen2"}
+_SPLITS = {"bpe-llama3": "llama-bpe", "bpe-qwen2": "qwen2", "bpe-gpt4o": "gpt-4o"}
 
 
 def _train_bpe(folder: str, vocab_size: int, kind: str = "bpe") -> int:

@@ -21,7 +21,7 @@ import os
 from hashlib import sha256
 
 from edgequant.errors import ConfigError
-from edgequant.models.gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
+from edgequant.models.gguf_tokenizer import _GPT4O_SPLIT, _LLAMA3_SPLIT, _QWEN2_SPLIT
 
 CHKTXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f "
@@ -75,7 +75,7 @@ def _structural_pre(folder: str) -> str | None:
         return "smollm"
     if kinds and kinds[0] == "Split":
         regex = (steps[0].get("pattern") or {}).get("Regex")
-        return {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}.get(regex)
+        return {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2", _GPT4O_SPLIT: "gpt-4o"}.get(regex)
     return None
 
 
