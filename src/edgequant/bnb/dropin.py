@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from edgequant.bnb import blockwise, codes, fourbit, gemv, int8, maps
+from edgequant.bnb import blockwise, codes, fourbit, gemv, int8, maps, ops
 from edgequant.bnb.quant_state import QuantState
 
 DEFAULT_4BIT_BLOCKSIZE = 64  # bnb's blocksize=None on CPU/CUDA (ROCm would use 128)
@@ -40,7 +40,9 @@ def quantize_4bit(
 
 
 def dequantize_4bit(A, quant_state=None, absmax=None, out=None, blocksize=None, quant_type="fp4"):
-    """bnb's ``dequantize_4bit`` defaults over ``edgequant.bnb.dequantize_4bit``."""
+    """bnb's ``dequantize_4bit`` defaults over ``edgequant.bnb.dequantize_4bit`` (custom op if compiling)."""
+    if quant_state is not None and out is None and torch.compiler.is_compiling():
+        return ops.dequantize(A, quant_state)
     return fourbit.dequantize_4bit(
         A, quant_state, absmax, out, blocksize or DEFAULT_4BIT_BLOCKSIZE, quant_type
     )

@@ -14,7 +14,8 @@ Numerics. bnb on a CPU without AVX512-BF16 computes ``F.linear(A, dequantize_4bi
 
 On an AVX512-BF16 CPU bnb instead repacks W and runs a bf16 kernel (not reproducible bit for bit; see
 docs); edgequant does not follow that path. A weight quantized as (K, N) (bnb's deprecated orientation, when
-``A.shape[-1] == shape[0] != shape[1]``) is used as ``A @ W``, as bnb does.
+``A.shape[-1] == shape[0] != shape[1]``) is used as ``A @ W``, as bnb does. The kernels run as the custom ops
+of ``bnb.ops``, so ``torch.compile(fullgraph=True)`` traces through.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import warnings
 
 import torch
 
-from edgequant.bnb import matmul as _fast
-from edgequant.bnb.blockwise import recover_absmax
-from edgequant.bnb.fourbit import dequantize_4bit, packed_bytes
+from edgequant.bnb import ops
 from edgequant.bnb.quant_state import QuantState
 from edgequant.errors import ConfigError, ShapeError
 
@@ -58,21 +57,14 @@ def matmul_4bit(
             DeprecationWarning,
             stacklevel=2,
         )
-        result = torch.nn.functional.linear(A, dequantize_4bit(B, quant_state).to(A.dtype).t(), bias)
+        result = torch.nn.functional.linear(A, ops.dequantize(B, quant_state).to(A.dtype).t(), bias)
     elif A.dtype == torch.float32 and not needs_grad and A.numel() > 0:
-        y = _fast.matmul_4bit(
-            A.reshape(-1, k),
-            packed_bytes(B),
-            recover_absmax(quant_state).contiguous().numpy(),
-            quant_state.quant_type,
-            n,
-            quant_state.blocksize,
-        )
+        y = ops.matmul(A.reshape(-1, k), B, quant_state)
         if bias is not None:
             y += bias
         result = y.reshape(*A.shape[:-1], n)
     else:
-        result = torch.nn.functional.linear(A, dequantize_4bit(B, quant_state).to(A.dtype), bias)
+        result = torch.nn.functional.linear(A, ops.dequantize(B, quant_state).to(A.dtype), bias)
     return out.copy_(result) if out is not None else result
 
 
