@@ -56,17 +56,11 @@ def run(args) -> int:
     from edgequant.cli.tables import console, safe
     from edgequant.eval.scoring import perplexity
 
+    options = {"n_ctx": args.ctx, "n_chunks": args.chunks, "base_path": args.base, "threads": args.threads}
+    options.update(backend=args.backend, ggml_rounding=not args.float_activations)
     with tensor_progress("evaluate", disable=False) as advance, flag_names():
         res = perplexity(
-            args.model,
-            args.file,
-            n_ctx=args.ctx,
-            n_chunks=args.chunks,
-            base_path=args.base,
-            backend=args.backend,
-            threads=args.threads,
-            ggml_rounding=not args.float_activations,
-            on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"),
+            args.model, args.file, on_chunk=lambda i, n: advance(i, n, f"chunk {i + 1}/{n}"), **options
         )
     if args.json:
         print(dumps(res))

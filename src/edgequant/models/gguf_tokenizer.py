@@ -36,6 +36,24 @@ _GPT4O_SPLIT = (  # o200k (GPT-4o, Phi-4-mini): llama-vocab.cpp's "original rege
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
     r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+def _split_then_bytes(regex: str, trim_offsets: bool) -> dict[str, Any]:
+    """A Split on ``regex`` (isolated) followed by ByteLevel without its own regex."""
+    return {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": trim_offsets,
+                "use_regex": False,
+            },
+        ],
+    }
+
+
 # llama.cpp pre-tokenizer name -> HF pre_tokenizer JSON (the split llama-vocab.cpp applies for that name).
 PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "gpt-2": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
@@ -46,27 +64,9 @@ PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         ],
     },
-    "llama-bpe": {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-        ],
-    },
-    "qwen2": {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        ],
-    },
-    "gpt-4o": {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _GPT4O_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        ],
-    },
+    "llama-bpe": _split_then_bytes(_LLAMA3_SPLIT, trim_offsets=True),
+    "qwen2": _split_then_bytes(_QWEN2_SPLIT, trim_offsets=False),
+    "gpt-4o": _split_then_bytes(_GPT4O_SPLIT, trim_offsets=False),
 }
 PRE_TOKENIZERS["default"] = PRE_TOKENIZERS["gpt-2"]
 PRE_TOKENIZERS["starcoder"] = PRE_TOKENIZERS["smollm"]  # same regexes in llama-vocab.cpp
