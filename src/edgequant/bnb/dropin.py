@@ -117,3 +117,17 @@ def substitute_functional() -> int:
     originals = {name: getattr(bnb_f, name) for name in FUNCTIONAL}
     originals["matmul_4bit"] = bitsandbytes.matmul_4bit
     return _rebind(originals, {**FUNCTIONAL, "matmul_4bit": gemv.matmul_4bit})
+
+
+def substitute_layers() -> int:
+    """Replace ``bitsandbytes.nn``'s ``Params4bit`` and ``Int8Params`` by edgequant's everywhere in bnb.
+
+    bnb's ``Linear4bit``/``Linear8bitLt`` modules then build, quantize, move and (de)serialize their weights
+    with edgequant's parameter classes; their forward calls the (substituted) functional API.
+    """
+    import bitsandbytes.nn as bnb_nn
+
+    from edgequant.nn.params import Int8Params, Params4bit
+
+    originals = {"Params4bit": bnb_nn.Params4bit, "Int8Params": bnb_nn.Int8Params}
+    return _rebind(originals, {"Params4bit": Params4bit, "Int8Params": Int8Params})
