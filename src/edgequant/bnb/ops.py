@@ -5,7 +5,7 @@ dynamo cannot trace (``fullgraph=True`` fails). ``edgequant::dequantize_4bit`` a
 wrap them as opaque ops with shape-only fake implementations; the values are exactly those of the eager
 functions (``fourbit.dequantize_4bit``: float32 ``table[code] * absmax`` cast to ``dtype``; the matmul: the
 tiled float32 kernel). A QuantState goes in as its tensors: ``absmax`` (float32, or uint8 codes when nested,
-then with ``nested_absmax``, ``nested_code``, ``nested_blocksize`` and ``offset``).
+then with ``nested`` = [nested absmax, nested code, offset] and ``nested_blocksize``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from edgequant.bnb.fourbit import dequantize_4bit, packed_bytes
 from edgequant.bnb.quant_state import QuantState
 
 
-def _state(absmax, shape, blocksize, quant_type, dtype, nested_absmax, nested_code, nested_blocksize, offset):
-    state2 = None
-    if nested_absmax is not None:
-        state2 = QuantState(
-            absmax=nested_absmax, code=nested_code, blocksize=nested_blocksize, dtype=torch.float32
-        )
+def _state(absmax, shape, blocksize, quant_type, dtype, nested, nested_blocksize):
+    """A QuantState from the op arguments; ``nested`` is [] or [nested_absmax, nested_code, offset]."""
+    state2 = offset = None
+    if nested:
+        state2 = QuantState(absmax=nested[0], code=nested[1], blocksize=nested_blocksize, dtype=torch.float32)
+        offset = nested[2]
     return QuantState(
         absmax=absmax,
         shape=shape,
@@ -43,76 +43,50 @@ def dequantize_4bit_op(
     blocksize: int,
     quant_type: str,
     dtype: torch.dtype,
-    nested_absmax: torch.Tensor | None,
-    nested_code: torch.Tensor | None,
+    nested: list[torch.Tensor],
     nested_blocksize: int,
-    offset: torch.Tensor | None,
 ) -> torch.Tensor:
-    st = _state(
-        absmax, shape, blocksize, quant_type, dtype, nested_absmax, nested_code, nested_blocksize, offset
-    )
-    return dequantize_4bit(A, st)
+    return dequantize_4bit(A, _state(absmax, shape, blocksize, quant_type, dtype, nested, nested_blocksize))
 
 
 @dequantize_4bit_op.register_fake
-def _(A, absmax, shape, blocksize, quant_type, dtype, nested_absmax, nested_code, nested_blocksize, offset):
+def _(A, absmax, shape, blocksize, quant_type, dtype, nested, nested_blocksize):
     return A.new_empty(shape, dtype=dtype)
 
 
 @torch.library.custom_op("edgequant::matmul_4bit", mutates_args=())
 def matmul_4bit_op(
-    x2d: torch.Tensor,
-    A: torch.Tensor,
-    absmax: torch.Tensor,
-    shape: list[int],
-    blocksize: int,
-    quant_type: str,
-    nested_absmax: torch.Tensor | None,
-    nested_code: torch.Tensor | None,
-    nested_blocksize: int,
-    offset: torch.Tensor | None,
-) -> torch.Tensor:
-    st = _state(
-        absmax,
-        shape,
-        blocksize,
-        quant_type,
-        torch.float32,
-        nested_absmax,
-        nested_code,
-        nested_blocksize,
-        offset,
-    )
+    x2d: torch.Tensor, A: torch.Tensor, absmax: torch.Tensor, shape: list[int],
+    blocksize: int, quant_type: str, nested: list[torch.Tensor], nested_blocksize: int,
+) -> torch.Tensor:  # fmt: skip
+    st = _state(absmax, shape, blocksize, quant_type, torch.float32, nested, nested_blocksize)
     am = recover_absmax(st).contiguous().numpy()
     return _fast.matmul_4bit(x2d, packed_bytes(A), am, quant_type, shape[0], blocksize)
 
 
 @matmul_4bit_op.register_fake
-def _(x2d, A, absmax, shape, blocksize, quant_type, nested_absmax, nested_code, nested_blocksize, offset):
+def _(x2d, A, absmax, shape, blocksize, quant_type, nested, nested_blocksize):
     return x2d.new_empty((x2d.shape[0], shape[0]), dtype=torch.float32)
 
 
-def state_args(qs: QuantState) -> tuple:
-    """(absmax, shape, blocksize, quant_type) and the nested tensors, as the ops take them."""
-    nested = qs.nested
+def _args(qs: QuantState) -> tuple:
+    nested = [qs.state2.absmax, qs.state2.code, qs.offset] if qs.nested else []
     return (
         qs.absmax,
         list(qs.shape),
         qs.blocksize,
         qs.quant_type,
-        qs.state2.absmax if nested else None,
-        qs.state2.code if nested else None,
-        qs.state2.blocksize if nested else 0,
-        qs.offset if nested else None,
+        nested,
+        qs.state2.blocksize if qs.nested else 0,
     )
 
 
 def dequantize(A: torch.Tensor, qs: QuantState) -> torch.Tensor:
     """``dequantize_4bit(A, qs)`` through the custom op."""
-    absmax, shape, bs, qt, n_abs, n_code, n_bs, off = state_args(qs)
-    return dequantize_4bit_op(A, absmax, shape, bs, qt, qs.dtype, n_abs, n_code, n_bs, off)
+    absmax, shape, bs, qt, nested, nested_bs = _args(qs)
+    return dequantize_4bit_op(A, absmax, shape, bs, qt, qs.dtype, nested, nested_bs)
 
 
 def matmul(x2d: torch.Tensor, A: torch.Tensor, qs: QuantState) -> torch.Tensor:
     """float32 (M, K) @ dequantized W (N, K).T -> float32 (M, N) through the custom op."""
-    return matmul_4bit_op(x2d, A, *state_args(qs))
+    return matmul_4bit_op(x2d, A, *_args(qs))

@@ -91,14 +91,18 @@ class Params4bit(torch.nn.Parameter):
     ) -> Params4bit:
         data = torch.empty(0) if data is None else data
         self = torch.Tensor._make_subclass(cls, data, requires_grad)
-        self.blocksize = 64 if blocksize is None else blocksize
-        self.compress_statistics = compress_statistics
-        self.quant_type = quant_type
-        self.quant_state = quant_state
-        self.quant_storage = quant_storage
-        self.bnb_quantized = bnb_quantized
+        blocksize = 64 if blocksize is None else blocksize
+        values = (
+            blocksize,
+            compress_statistics,
+            quant_type,
+            quant_state,
+            quant_storage,
+            bnb_quantized,
+            module,
+        )
+        self.__dict__.update(zip(_ATTRS, values, strict=True))
         self.data = data
-        self.module = module
         return self
 
     absmax = _state_attr("absmax")
