@@ -4,12 +4,14 @@
 shapes in llama.cpp's converter order): F32 norms, matrices of ``weight_type`` (F32, F16 or any type edgequant
 encodes, through ``edgequant.gguf.quantize``), ``general.file_type`` the matching llama ftype id.
 
-``write_tiny_hf(folder, arch, tokenizer)`` writes a complete Hugging Face model folder as ``save_pretrained``
-does (config.json, model.safetensors, generation_config.json) plus either a byte-level BPE ``tokenizer.json``
-trained with ``tokenizers`` (pre-tokenizer Digits + ByteLevel, SmolLM's, which llama.cpp calls "smollm") or a
-SentencePiece BPE ``tokenizer.model`` trained with ``sentencepiece`` (byte fallback, like Llama 2's), both on
-``TRAIN_TEXT``. Sizes: hidden 256 (a multiple of 256, so K-quants apply without fallback), 2 layers, 4 heads
-(2 KV heads), vocabulary ~384.
+``write_tiny_hf(folder, arch, tokenizer)`` (arch: llama, mistral, qwen2, qwen3, llama3, gemma3, phi3,
+phi4mini) writes a complete Hugging Face model folder as ``save_pretrained`` does (config.json,
+model.safetensors, generation_config.json) plus either a byte-level BPE ``tokenizer.json`` trained with
+``tokenizers`` (pre-tokenizer Digits + ByteLevel, SmolLM's, which llama.cpp calls "smollm"; or the Llama 3,
+Qwen2 or GPT-4o split regex) or a SentencePiece BPE ``tokenizer.model`` trained with ``sentencepiece`` (byte
+fallback, like Llama 2's; optionally without the space prefix, like Gemma's), both on ``TRAIN_TEXT``. Sizes:
+hidden 256 (a multiple of 256, so K-quants apply without fallback), 2 layers, 4 heads (2 KV heads),
+vocabulary ~384. ``rename_arch`` relabels a GGUF's architecture.
 """
 
 from __future__ import annotations
