@@ -127,7 +127,7 @@ def substitute_layers() -> int:
     """
     import bitsandbytes.nn as bnb_nn
 
-    from edgequant.nn.params import Int8Params, Params4bit
+    from edgequant.bnb.params import Int8Params, Params4bit
 
     originals = {"Params4bit": bnb_nn.Params4bit, "Int8Params": bnb_nn.Int8Params}
     return _rebind(originals, {"Params4bit": Params4bit, "Int8Params": Int8Params})

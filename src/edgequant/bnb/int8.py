@@ -10,7 +10,8 @@ bnb runs these as pure-PyTorch "default" kernels on CPU, and edgequant's results
 - ``int8_vectorwise_dequant(A, stats) = A * stats[:, None] * 0.007874015718698502`` (float32(1/127)).
 - ``int8_linear_matmul(A, B)``: ``A @ B.T`` in exact int32 for int8 A (..., K) and B (N, K). bnb on a CPU
   without AVX-512 does a float32 matmul cast to int32 (equal while partial sums stay below 2**24); with
-  AVX-512 it uses ``torch._int_mm`` (exact). edgequant is always exact (``nn.linear8bit.int8_matmul``).
+  AVX-512 it uses ``torch._int_mm`` (exact). edgequant is always exact: a float64 GEMM, whose sums of int8
+  products are exact integers (``nn.Linear8bitLt`` has its own faster exact kernel, ``int8_matmul``).
 - ``int8_mm_dequant(A, row_stats, col_stats, out=None, bias=None)``: ``float32(A) * (row_stats[:, None] *
   col_stats[None, :]) * 6.200124e-05`` (bnb's literal), ``+ bias``, cast to float16 (bnb's functional dtype).
 """
@@ -57,9 +58,7 @@ def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tenso
 def int8_linear_matmul(
     A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None, dtype: torch.dtype = torch.int32
 ) -> torch.Tensor:
-    """Exact int32 ``A @ B.T`` for int8 A (..., K) and int8 B (N, K)."""
-    from edgequant.nn.linear8bit import int8_matmul  # nn imports bnb: import here
-
+    """Exact int32 ``A @ B.T`` for int8 A (..., K) and int8 B (N, K) (a float64 GEMM: exact for K < 2**39)."""
     if A.dtype != torch.int8 or B.dtype != torch.int8:
         raise ConfigError(f"int8_linear_matmul: A and B must be int8, got {A.dtype} and {B.dtype}")
     if B.dim() != 2 or A.shape[-1] != B.shape[-1]:
@@ -68,7 +67,7 @@ def int8_linear_matmul(
         )
     if out is not None and out.dtype != torch.int32:
         raise ConfigError(f"int8_linear_matmul: out must be int32, got {out.dtype}")
-    result = int8_matmul(A.reshape(-1, A.shape[-1]), B).reshape(*A.shape[:-1], B.shape[0])
+    result = torch.matmul(A.double(), B.double().t()).to(torch.int32)
     return out.copy_(result) if out is not None else result
 
 

@@ -9,6 +9,12 @@ Loaded by scripts/bnb_peer_suite.sh with ``-p tests.peer.bnb.edgequant_substitut
 - ``layers``: as ``functional``, and ``bitsandbytes.nn``'s ``Linear4bit``/``Params4bit``/``Linear8bitLt``/
   ``Int8Params`` (and their subclasses by name) are replaced by edgequant's.
 
+Time: each ``torch.compile`` test takes 20-60 s on the shared two cores, so unless
+``EDGEQUANT_BNB_PEER_ALL_COMPILE=1`` only a fixed sample of them runs (in every mode alike): of
+``test_linear4bit_torch_compile`` (128) the 8 with ``batch_size=1-mode=default-fullgraph=T-bias=T``, of
+``test_linear8bitlt_torch_compile`` (16) the 2 with ``mode=default-fullgraph=T-bias=T``, and all 4
+``test_linear4bit_torch_compile_activation_checkpointing``. The rest are deselected (reported as such).
+
 Adaptation: ``lion_pytorch`` (imported at the top of test_optim.py, used only by the Lion tests, which are
 not in the selection) is stubbed when it is not installed.
 """
@@ -47,6 +53,25 @@ def pytest_configure(config):
     dropin.substitute_functional()
     if MODE == "layers":
         dropin.substitute_layers()
+
+
+COMPILE_SAMPLE = {
+    "test_linear4bit_torch_compile": "[batch_size=1-mode=default-fullgraph=T-bias=T-",
+    "test_linear8bitlt_torch_compile": "[mode=default-fullgraph=T-bias=T-",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("EDGEQUANT_BNB_PEER_ALL_COMPILE") == "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        base = item.name.split("[")[0]
+        sample = COMPILE_SAMPLE.get(base)
+        (drop if sample is not None and sample not in item.name else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_report_header(config):

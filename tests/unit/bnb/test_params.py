@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgequant.bnb import QuantState, dequantize_4bit, quantize_4bit
-from edgequant.nn.params import Int8Params, Params4bit
+from edgequant.bnb.params import Int8Params, Params4bit
 
 
 def test_params4bit_meta_then_to_quantizes_once():
