@@ -152,15 +152,17 @@ def speed_figure(rows: list[dict], base: dict | None) -> str:
     pts = sorted(rows + ([base] if base and base.get("runtime") else []), key=lambda r: r["bpw"])
     bpw = [r["bpw"] for r in pts]
     rt = [r["runtime"] for r in pts]
-    ax_s.plot(bpw, [x["prompt_tokens_per_s"] for x in rt], marker="o", label="prompt tokens/s")
-    ax_s.plot(bpw, [x["gen_tokens_per_s"] for x in rt], marker="s", label="generation tokens/s")
+    dots = {"ls": "none", "alpha": 0.8}  # one point per candidate: methods share sizes, a line would zigzag
+    ax_s.plot(bpw, [x["prompt_tokens_per_s"] for x in rt], marker="o", label="prompt tokens/s", **dots)
+    ax_s.plot(bpw, [x["gen_tokens_per_s"] for x in rt], marker="s", label="generation tokens/s", **dots)
     ax_s.set_yscale("log")
     ax_s.set(
         xlabel="bits per weight", ylabel="tokens/s", title=f"llama.cpp speed ({rt[0]['threads']} threads)"
     )
     mib = 2**20
-    ax_m.plot(bpw, [r["file_bytes"] / mib for r in pts], marker="o", label="file")
-    ax_m.plot(bpw, [x["rss_growth_bytes"] / mib for x in rt], marker="s", label="RSS growth (load + prompt)")
+    ax_m.plot(bpw, [r["file_bytes"] / mib for r in pts], marker="o", label="file", **dots)
+    rss = [x["rss_growth_bytes"] / mib for x in rt]
+    ax_m.plot(bpw, rss, marker="s", label="RSS growth (load + prompt)", **dots)
     ax_m.set(xlabel="bits per weight", ylabel="MiB", title="memory")
     for ax in (ax_s, ax_m):
         ax.legend(fontsize=7)
