@@ -7,10 +7,11 @@ the packed weight as ``quantize_4bit`` returns it, or its ``.t()``; ``state.shap
 Numerics. bnb on a CPU without AVX512-BF16 computes ``F.linear(A, dequantize_4bit(W).to(A.dtype), bias)``
 (its "default" gemm/gemv kernels; float32 ``table[code] * absmax``, cast to A's dtype). edgequant:
 
-- float32 A, no gradient needed: the tiled kernel of ``bnb.matmul.matmul_4bit`` (same dequantized values,
-  float32 BLAS on tiles: equal to bnb up to summation order, ~1e-6 relative), then ``+ bias`` in float32;
-- otherwise (float16/bfloat16 A, or A/bias requiring grad): bnb's definition above, bit-identical, with
-  gradients to A and bias (W is frozen).
+- ``matmul_4bit`` with float32 A, no gradient needed: the tiled kernel of ``bnb.matmul.matmul_4bit`` (same
+  dequantized values, float32 BLAS on tiles: equal to bnb up to summation order, ~1e-6 relative), then
+  ``+ bias`` in float32;
+- ``gemv_4bit``, and otherwise (float16/bfloat16 A, or A/bias requiring grad): bnb's definition above,
+  bit-identical, with gradients to A and bias (W is frozen).
 
 On an AVX512-BF16 CPU bnb instead repacks W and runs a bf16 kernel (not reproducible bit for bit; see
 docs); edgequant does not follow that path. A weight quantized as (K, N) (bnb's deprecated orientation, when
@@ -46,8 +47,10 @@ def matmul_4bit(
     quant_state: QuantState,
     out: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    *,
+    fast: bool = True,
 ) -> torch.Tensor:
-    """``A @ W.T + bias`` (shape ``(*A.shape[:-1], N)``, A's dtype); see the module docstring."""
+    """``A @ W.T + bias`` (shape ``(*A.shape[:-1], N)``, A's dtype); ``fast=False``: always the definition."""
     n, k = _check_state(A, quant_state, "matmul_4bit")
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
     if A.shape[-1] == n and n != k:  # bnb: a weight quantized as (K, N), deprecated with this warning
@@ -58,7 +61,7 @@ def matmul_4bit(
             stacklevel=2,
         )
         result = torch.nn.functional.linear(A, ops.dequantize(B, quant_state).to(A.dtype).t(), bias)
-    elif A.dtype == torch.float32 and not needs_grad and A.numel() > 0:
+    elif fast and A.dtype == torch.float32 and not needs_grad and A.numel() > 0:
         y = ops.matmul(A.reshape(-1, k), B, quant_state)
         if bias is not None:
             y += bias
@@ -76,7 +79,11 @@ def gemv_4bit(
     transposed_B: bool = False,
     state: QuantState | None = None,
 ) -> torch.Tensor:
-    """bnb's ``gemv_4bit``: ``A @ W.T`` without bias (``transposed_*`` are accepted and ignored, as bnb)."""
+    """bnb's ``gemv_4bit``: ``A @ W.T`` without bias (``transposed_*`` are accepted and ignored, as bnb).
+
+    Always the definition ``F.linear(A, dequantize_4bit(W).to(A.dtype))``: bit-identical to bnb on a CPU
+    without AVX512-BF16, which bnb's own tests expect of it (to ~1e-8 in float32, tighter than BLAS tiling allows).
+    """
     if state is None:
         raise ConfigError("gemv_4bit: state cannot be None; pass the state quantize_4bit returned")
-    return matmul_4bit(A, B, state, out=out)
+    return matmul_4bit(A, B, state, out=out, fast=False)

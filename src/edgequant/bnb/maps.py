@@ -77,9 +77,9 @@ def _centres(n_points: int) -> torch.Tensor:
 
 def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
     """bnb's dynamic map with its full signature (see the module docstring)."""
-    if not 1 <= max_exponent_bits <= total_bits - 1 or total_bits > 8:
+    if not 1 <= max_exponent_bits <= total_bits or total_bits > 8:
         raise ConfigError(
-            f"create_dynamic_map: max_exponent_bits={max_exponent_bits} must be in 1..total_bits-1 and "
+            f"create_dynamic_map: max_exponent_bits={max_exponent_bits} must be in 1..total_bits and "
             f"total_bits={total_bits} at most 8"
         )
     data: list[float] = []
