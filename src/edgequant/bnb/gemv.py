@@ -82,7 +82,7 @@ def gemv_4bit(
     """bnb's ``gemv_4bit``: ``A @ W.T`` without bias (``transposed_*`` are accepted and ignored, as bnb).
 
     Always the definition ``F.linear(A, dequantize_4bit(W).to(A.dtype))``: bit-identical to bnb on a CPU
-    without AVX512-BF16, which bnb's own tests expect of it (to ~1e-8 in float32, tighter than BLAS tiling allows).
+    without AVX512-BF16, as bnb's own tests expect of it (~1e-8 in float32, tighter than BLAS tiling gives).
     """
     if state is None:
         raise ConfigError("gemv_4bit: state cannot be None; pass the state quantize_4bit returned")
