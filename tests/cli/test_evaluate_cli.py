@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 
 
 def _evaluate(model, text, out, *extra, check=True):
-    small = ("--ctx", 64, "--chunks", 2, "--threads", 2, "--n-prompt", 32, "--n-gen", 4, "--fit-ctx", 128)
+    small = ("--ctx", 64, "--chunks", 2, "--threads", 1, "--n-prompt", 32, "--n-gen", 4, "--fit-ctx", 128)
     return run("evaluate", model, "-f", text, "--calibration", text, *small, "-o", out, *extra, check=check)
 
 

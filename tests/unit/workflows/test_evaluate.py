@@ -16,7 +16,7 @@ OPTS = {
     "ftypes": ("Q8_0", "Q4_0"),
     "n_ctx": 64,
     "n_chunks": 3,
-    "threads": 2,
+    "threads": 1,  # one thread: on a busy machine two ggml threads spin-wait for each other
     "n_prompt": 64,
     "n_gen": 8,
     "fit_ctx": 256,
@@ -64,7 +64,7 @@ def test_every_candidate_is_measured(tiny):
         assert rt["ttft_s"] > 0
         assert rt["rss_growth_bytes"] > 0
         assert rt["compute_bytes"] > 0
-        assert rt["threads"] == 2
+        assert rt["threads"] == 1
         assert r["bpw"] == pytest.approx(8 * r["tensor_bytes"] / r["n_params"])
     assert by["Q8_0"]["bpw"] > 8 > by["Q4_0"]["bpw"] > 4
     assert by["Q8_0"]["quality"]["eval"]["mean_kld"] < by["Q4_0"]["quality"]["eval"]["mean_kld"]
