@@ -352,6 +352,7 @@ class _Job:
     def sensitivity(self, calibration: str, settings: dict) -> None:
         from edgequant.workflows.sensitivity import collect_sensitivities
 
+        self.scorer = None  # the base's cached logits are not needed any more
         text, _ = read_text(calibration)
         with self.progress("sensitivity") as advance:
             table = collect_sensitivities(
