@@ -12,6 +12,9 @@ Q4_0 / ... / float / Q4_0 / ..., ``--rounds`` times, so that each QAT/float rati
 the same load; the load average is recorded with every run. One more subprocess profiles a Q4_0 step
 (torch.profiler, top ops by self CPU time). No timing is asserted anywhere.
 
+``--baseline-src DIR`` (a ``src/`` folder of an earlier commit, from ``git archive``) adds each QAT mode
+as run
+by that code (``MODE@base``), in the same interleaved run: before and after under the same load.
 Writes ``benchmarks/results/qat_step.{json,md}``.
 Usage: ``python benchmarks/bench_qat_step.py [--formats Q4_0,Q4_1,Q8_0,lsq] [--rounds 2] [--threads 2]``
 """
@@ -112,7 +115,11 @@ def _run_child(mode: str, args, profile: bool = False) -> dict:
     cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
     if profile:
         cmd += ["--profile", "--top", str(args.top)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if mode.endswith("@base"):  # the same mode run by the baseline source tree (before/after in one run)
+        cmd[cmd.index("--child") + 1] = mode[: -len("@base")]
+        env["PYTHONPATH"] = os.path.abspath(args.baseline_src)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -171,6 +178,11 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--name", default="qat_step")
+    ap.add_argument(
+        "--baseline-src",
+        default=None,
+        help="a src/ folder of an earlier commit (git archive): its QAT modes run too, as MODE@base",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -178,6 +190,8 @@ def main() -> None:
         child(args)
         return
     modes = ["float", *[f for f in args.formats.split(",") if f]]
+    if args.baseline_src:
+        modes += [f"{m}@base" for m in modes[1:]]
     rounds = []
     for r in range(args.rounds):
         cells = {}

@@ -32,7 +32,7 @@ from torch import nn
 
 from edgequant.errors import ShapeError
 from edgequant.qat.quantizers import FakeQuantizer
-from edgequant.qat.ste import fp16_round_ste, grad_scale, round_ste, straight_through
+from edgequant.qat.ste import fp16_round_ste, grad_scale, grid_fake, round_ste, straight_through
 
 BLOCK = 32
 _GRID = {"Q4_0": (-8, 7), "Q4_1": (0, 15), "Q8_0": (-127, 127)}
@@ -123,21 +123,25 @@ class GGMLGridQuantizer(FakeQuantizer):
     def learned_fields(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes, d16, m16) of the learned-scale forward, f32, differentiable (STE) in v, d and m."""
         qmin, qmax = _GRID[self.fmt]
-        g = 1.0 / math.sqrt(BLOCK * max(abs(qmin), qmax))
-        d = grad_scale(self.step, g)
-        d = torch.where(d.abs() < _FP16_TINY, torch.full_like(d, _FP16_TINY), d)
-        d16 = fp16_round_ste(d)
+        d16, m16 = self._scales()
         x = v.float()
-        if self.fmt == "Q4_1":
-            m16 = fp16_round_ste(grad_scale(self.offset, g))
+        if m16 is not None:
             return round_ste(torch.clamp((x - m16) / d16, qmin, qmax)), d16, m16
         return round_ste(torch.clamp(x / d16, qmin, qmax)), d16, torch.zeros_like(d16)
 
+    def _scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(d16, m16 or None): the learned block scale (and Q4_1 offset) rounded to fp16, STE, LSQ-scaled."""
+        qmin, qmax = _GRID[self.fmt]
+        g = 1.0 / math.sqrt(BLOCK * max(abs(qmin), qmax))
+        d = grad_scale(self.step, g)
+        d = torch.where(d.abs() < _FP16_TINY, torch.full_like(d, _FP16_TINY), d)
+        m16 = fp16_round_ste(grad_scale(self.offset, g)) if self.fmt == "Q4_1" else None
+        return fp16_round_ste(d), m16
+
     def fake(self, v):
-        if self.spec.learn_scale:
-            q, d16, m16 = self.learned_fields(v)
-            y = q * d16 + m16 if self.fmt == "Q4_1" else q * d16
-            return y.to(v.dtype)
+        if self.spec.learn_scale:  # fused: one pass, no intermediates kept (ste.grid_fake)
+            d16, m16 = self._scales()
+            return grid_fake(v.float(), d16, m16, *_GRID[self.fmt]).to(v.dtype)
         return straight_through(v, ggml_reference_fake(v.detach().float(), self.fmt)[0].to(v.dtype))
 
     @torch.no_grad()

@@ -75,3 +75,47 @@ def straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     0.0 + (−0.0) loses the sign of zero.
     """
     return _Replace.apply(x, y.detach())
+
+
+class _GridFake(torch.autograd.Function):
+    """Fused learned-scale grid fake quantization (LSQ on a fixed integer grid), one pass each way.
+
+    Forward ``y = round(clamp((v − m)/d, qmin, qmax))·d + m`` (``m`` None: no offset), the same float32
+    operations in the same order as the unfused expression, a rounded −0 taken as the code +0 (so the values
+    are bit-identical to ggml's dequantization of the codes), computed in place in one buffer. Nothing but
+    the inputs is saved (``v`` is the weight itself, ``d``/``m`` one value per block): the backward
+    recomputes ``u = (v − m)/d`` and gives the STE/LSQ gradients ``∂v = g·1[qmin ≤ u ≤ qmax]``,
+    ``∂d = Σ g·(q − u·1[inside])``, ``∂m = Σ g·1[outside]`` (sums over the last dim, the block), by the
+    unfused graph's formulas so they are bit-identical to it.
+    """
+
+    @staticmethod
+    def forward(ctx, v, d, m, qmin: int, qmax: int):
+        ctx.qrange = (qmin, qmax)
+        ctx.has_m = m is not None
+        ctx.save_for_backward(v, d, m if m is not None else d)
+        u = (v - m) if m is not None else v.clone()
+        y = u.div_(d).clamp_(qmin, qmax).round_().add_(0.0).mul_(d)  # + 0.0: code 0 is +0, as ggml's
+        return y.add_(m) if m is not None else y
+
+    @staticmethod
+    def backward(ctx, grad):
+        # The unfused graph's own formulas (mul, clamp, div and sub backward), in its order, so the gradients
+        # are bit-identical to it and training follows the same trajectory.
+        v, d, m = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        u = ((v - m) if ctx.has_m else v) / d
+        gc = (grad * d).masked_fill_((u < qmin) | (u > qmax), 0.0)  # ∂/∂u: 0 outside [qmin, qmax]
+        gv = gc / d
+        gd = gm = None
+        if ctx.needs_input_grad[1]:
+            q = u.clamp(qmin, qmax).round_().mul_(grad)
+            gd = q.sum(-1, keepdim=True) + gc.neg_().mul_(u.div_(d)).sum(-1, keepdim=True)
+        if ctx.has_m and ctx.needs_input_grad[2]:
+            gm = grad.sum(-1, keepdim=True) + gv.neg().sum(-1, keepdim=True)
+        return gv, gd, gm, None, None
+
+
+def grid_fake(v: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qmin: int, qmax: int) -> torch.Tensor:
+    """``round(clamp((v − m)/d, qmin, qmax))·d + m`` with STE/LSQ gradients to v, d and m (``_GridFake``)."""
+    return _GridFake.apply(v, d, m, qmin, qmax)
