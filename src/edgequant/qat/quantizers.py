@@ -19,12 +19,17 @@ from torch import nn
 
 from edgequant.qat.config import QuantSpec
 from edgequant.qat.granularity import activation_reduce_dims, activation_scale_shape, weight_view
-from edgequant.qat.ste import fake_quant_ste, grad_scale, round_ste
+from edgequant.qat.ste import fake_quant_ste, grad_scale, grid_fake, round_ste
 
 _EPS = 1e-8
 # Called with each quantizer right after its data-driven init (set by distributed.synchronized_init, so ranks
 # agree on an init before the next layer's input depends on it).
 INIT_HOOKS: list = []
+
+
+def _fusable(v: torch.Tensor, s: torch.Tensor) -> bool:
+    """``ste.grid_fake`` works in ``v``'s buffer: same dtype, the scale broadcasting into ``v``'s shape."""
+    return v.dtype == s.dtype and torch.broadcast_shapes(v.shape, s.shape) == v.shape
 
 
 class FakeQuantizer(nn.Module):
@@ -172,6 +177,8 @@ class LSQQuantizer(FakeQuantizer):
     def fake(self, v):
         qn, qp = self.qrange()
         s = grad_scale(self.step, self.grad_factor(v))
+        if _fusable(v, s):  # fused, bit-identical to the expression below
+            return grid_fake(v, s, None, qn, qp)
         return round_ste(torch.clamp(v / s, qn, qp)) * s
 
 
@@ -199,4 +206,6 @@ class LSQPlusQuantizer(LSQQuantizer):
         qmin, qmax = self.qrange()
         g = self.grad_factor(v)
         s, beta = grad_scale(self.step, g), grad_scale(self.offset, g)
+        if _fusable(v, s):
+            return grid_fake(v, s, beta, qmin, qmax)
         return round_ste(torch.clamp((v - beta) / s, qmin, qmax)) * s + beta

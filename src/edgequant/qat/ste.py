@@ -85,7 +85,7 @@ class _GridFake(torch.autograd.Function):
     are bit-identical to ggml's dequantization of the codes), computed in place in one buffer. Nothing but
     the inputs is saved (``v`` is the weight itself, ``d``/``m`` one value per block): the backward
     recomputes ``u = (v − m)/d`` and gives the STE/LSQ gradients ``∂v = g·1[qmin ≤ u ≤ qmax]``,
-    ``∂d = Σ g·(q − u·1[inside])``, ``∂m = Σ g·1[outside]`` (sums over the last dim, the block), by the
+    ``∂d = Σ g·(q − u·1[inside])``, ``∂m = Σ g·1[outside]`` (sums over the elements sharing a scale), by the
     unfused graph's formulas so they are bit-identical to it.
     """
 
@@ -110,9 +110,9 @@ class _GridFake(torch.autograd.Function):
         gd = gm = None
         if ctx.needs_input_grad[1]:
             q = u.clamp(qmin, qmax).round_().mul_(grad)
-            gd = q.sum(-1, keepdim=True) + gc.neg_().mul_(u.div_(d)).sum(-1, keepdim=True)
+            gd = q.sum_to_size(d.shape) + gc.neg_().mul_(u.div_(d)).sum_to_size(d.shape)
         if ctx.has_m and ctx.needs_input_grad[2]:
-            gm = grad.sum(-1, keepdim=True) + gv.neg().sum(-1, keepdim=True)
+            gm = grad.sum_to_size(m.shape) + gv.neg().sum_to_size(m.shape)
         return gv, gd, gm, None, None
 
 

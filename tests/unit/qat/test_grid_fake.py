@@ -1,9 +1,12 @@
-"""The fused learned-scale fake quantization (ste.grid_fake) equals the unfused autograd graph bit for bit."""
+"""The fused learned-scale fake quantization (ste.grid_fake: ggml grids, LSQ, LSQ+) equals the unfused
+autograd graph bit for bit."""
 
 import pytest
 import torch
 
-from edgequant.qat.ste import grid_fake, round_ste
+from edgequant.qat import QuantSpec
+from edgequant.qat.quantizers import LSQPlusQuantizer, LSQQuantizer
+from edgequant.qat.ste import grad_scale, grid_fake, round_ste
 
 
 def _unfused(v, d, m, qmin, qmax):
@@ -45,3 +48,41 @@ def test_grid_fake_without_scale_gradient():
     grid_fake(v, d, None, -8, 7).sum().backward()
     assert v.grad is not None
     assert v.grad.shape == v.shape
+
+
+def _lsq_unfused(q, v):
+    qmin, qmax = q.qrange()
+    g = q.grad_factor(v)
+    if isinstance(q, LSQPlusQuantizer):
+        s, beta = grad_scale(q.step, g), grad_scale(q.offset, g)
+        return round_ste(torch.clamp((v - beta) / s, qmin, qmax)) * s + beta
+    s = grad_scale(q.step, g)
+    return round_ste(torch.clamp(v / s, qmin, qmax)) * s
+
+
+@pytest.mark.parametrize("cls", [LSQQuantizer, LSQPlusQuantizer])
+@pytest.mark.parametrize(
+    ("role", "spec", "shape"),
+    [
+        ("weight", QuantSpec(bits=3, method="lsq", granularity="group", group_size=32), (16, 64)),
+        ("activation", QuantSpec(bits=4, method="lsq", granularity="tensor"), (3, 5, 64)),
+        ("activation", QuantSpec(bits=8, method="lsq", granularity="channel"), (3, 5, 64)),
+    ],
+)
+def test_lsq_fused_forward_equals_the_unfused_graph(cls, role, spec, shape):
+    torch.manual_seed(1)
+    x = torch.randn(shape)
+    q = cls(spec, role, (shape[-1],) if role == "activation" else shape, "t")
+    q(x)  # init
+    with torch.no_grad():
+        q.step.mul_(0.7)
+    g = torch.randn(shape)
+    out = []
+    for fn in (lambda v: q(v), lambda v: _lsq_unfused(q, q.view(v)).reshape(v.shape)):
+        q.zero_grad(set_to_none=True)
+        v = x.clone().requires_grad_()
+        y = fn(v)
+        (y * g).sum().backward()
+        out.append([y, v.grad, q.step.grad] + ([q.offset.grad] if cls is LSQPlusQuantizer else []))
+    for a, b in zip(*out, strict=True):
+        assert torch.equal(_bits(a), _bits(b))
