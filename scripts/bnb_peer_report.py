@@ -55,8 +55,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", action="append", required=True, help="NAME=SRC[,SRC...]")
     ap.add_argument("--out", default="benchmarks/results/bnb_peer_suite")
+    ap.add_argument("--drop", default="", help="regex of test ids to leave out (e.g. tests outside a sample)")
     args = ap.parse_args()
     runs = {m.split("=", 1)[0]: _mode(m.split("=", 1)[1]) for m in args.mode}
+    if args.drop:
+        runs = {m: {k: v for k, v in o.items() if not re.search(args.drop, k)} for m, o in runs.items()}
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
     result = {
@@ -68,9 +71,43 @@ def main() -> None:
         counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("passed", "failed", "skipped")}
         failed = sorted(n for n, v in outcomes.items() if v == "failed")
         result["modes"][name] = {**counts, "failed_tests": failed}
+        by_file = {}
+        for node, v in outcomes.items():
+            part = (
+                "::".join(node.split("::")[:-1])
+                if node.startswith("test_functional")
+                else node.split("::")[0]
+            )
+            row = by_file.setdefault(part, {"passed": 0, "failed": 0, "skipped": 0})
+            row[v if v in row else "failed"] += 1
+        result["modes"][name]["by_file"] = by_file
     Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out + ".md").write_text(_markdown(result))
     summary = {k: {c: v[c] for c in ("passed", "failed", "skipped")} for k, v in result["modes"].items()}
     print(json.dumps(summary))
+
+
+def _markdown(result: dict) -> str:
+    modes = result["modes"]
+    lines = [
+        "| run | passed | failed | skipped (CPU) |",
+        "| --- | --- | --- | --- |",
+        *(f"| {m} | {v['passed']} | {v['failed']} | {v['skipped']} |" for m, v in modes.items()),
+        "",
+        "| part | " + " | ".join(f"{m} passed/failed" for m in modes) + " |",
+        "| --- |" + " --- |" * len(modes),
+    ]
+    parts = sorted({p for v in modes.values() for p in v["by_file"]})
+    for part in parts:
+        cells = []
+        for v in modes.values():
+            row = v["by_file"].get(part, {"passed": 0, "failed": 0})
+            cells.append(f"{row['passed']}/{row['failed']}")
+        lines.append(f"| `{part}` | " + " | ".join(cells) + " |")
+    for m, v in modes.items():
+        if v["failed_tests"]:
+            lines += ["", f"Failed in {m}:", *(f"- `{t}`" for t in v["failed_tests"])]
+    return f"commit {result['commit']}, {result['date']}\n\n" + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
