@@ -148,8 +148,9 @@ def markdown(d: dict) -> str:
         f"{d['eval_text']}, ctx 512, 16 chunks, by llama.cpp (llama-cpp-python) on the written files: mean "
         "KLD against the F32 file.",
         "* Both files of a row use the same imatrix and llama.cpp's tensor types and scale fields; only the "
-        "codes differ (GPTQ: column by column with error feedback through chol(H⁻¹), 1% dampening; a "
-        "tensor keeps llama.cpp's codes where GPTQ's tr(ΔW H ΔWᵀ) on the calibration text is larger).",
+        "codes differ (GPTQ: column by column in act-order, decreasing H_jj, with error feedback through "
+        "chol(H⁻¹), 1% dampening; a tensor keeps llama.cpp's codes where GPTQ's tr(ΔW H ΔWᵀ) on the "
+        "calibration text is larger).",
         "",
         "| ftype | bytes | bpw | KLD llama.cpp | KLD GPTQ | ratio | goal | KLD 99.9% llama / GPTQ | "
         "PPL llama / GPTQ | same top llama / GPTQ | tensors GPTQ (kept plain) | Σtr(ΔWHΔWᵀ) GPTQ/plain |",
