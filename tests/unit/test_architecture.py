@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
     ("cli",),
     ("workflows",),
-    ("eval", "report"),
+    ("eval",),
     ("analysis",),
     ("qat",),
     ("nn", "optim"),
