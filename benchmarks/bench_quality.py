@@ -39,7 +39,6 @@ Usage: ``python benchmarks/bench_quality.py [--model smollm2|reference-lm] [--ct
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -162,14 +161,6 @@ def load_rows(path: str) -> dict:
 
 
 KEYS = ("ppl", "mean_kld", "same_top_fraction", "rms_delta_p", "delta_ppl", "model_eval_seconds")
-
-
-def sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main() -> int:
@@ -361,7 +352,9 @@ def quality_row(args, work, f32, imat, imatrix, ftype, use_im, chunking, t_chunk
         r = llama_peer.llama_quantize_file(
             f32, ref, parse_ftype(ftype)[1], args.threads, imatrix=imat if use_im else None
         )
-        row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and sha(ref) == sha(out)
+        from edgequant.core.hashing import file_sha256
+
+        row["bytes_identical_to_llama_quantize"] = r["rc"] == 0 and file_sha256(ref) == file_sha256(out)
         os.remove(ref)
     t0 = time.perf_counter()
     mt, _ = load_torch_backend(out, args.threads)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgequant.core.hashing import file_sha256
 from edgequant.gguf.reader import GGUFFile
 
 
@@ -32,14 +32,6 @@ class GGUFComparison:
             and self.kv_order_equal
             and self.tensors_identical == self.tensors_total
         )
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compare_gguf(ours: str | os.PathLike, theirs: str | os.PathLike) -> GGUFComparison:
@@ -75,7 +67,7 @@ def compare_gguf(ours: str | os.PathLike, theirs: str | os.PathLike) -> GGUFComp
                 c.mismatched.append(f"{tb.name}: {ta.type_name} bytes differ")
             else:
                 c.tensors_identical += 1
-    c.files_identical = os.path.getsize(ours) == os.path.getsize(theirs) and sha256_file(ours) == sha256_file(
+    c.files_identical = os.path.getsize(ours) == os.path.getsize(theirs) and file_sha256(ours) == file_sha256(
         theirs
     )
     return c

@@ -26,7 +26,6 @@ again and replaced.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from edgequant.core.atomic import atomic_write_bytes, check_writable
+from edgequant.core.hashing import file_sha256
 from edgequant.core.text import dumps
 from edgequant.errors import ConfigError
 from edgequant.eval.text import DEFAULT_CALIBRATION_TEXT, DEFAULT_TEXT, Chunking, read_text
@@ -91,14 +91,6 @@ def candidates(opts: EvalOptions) -> list[Candidate]:
     if opts.imatrix:
         out += [Candidate(f"{n}+imatrix", n, True) for n in names if n not in NO_IMATRIX]
     return out
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_identity(path: str) -> tuple[dict, dict, bool]:
