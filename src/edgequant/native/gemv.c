@@ -15,6 +15,10 @@
  *     out[i, o] = sum_j a16[i, j] * w[o, j] in int32 (exact: products of int8 values widened to int16 and
  *     added pairwise by vpmaddwd), a16 = the int8 activations already widened to int16, w int8 (n, k).
  *
+ * int8_quant_act(...), int8_linear_rows(...): LLM.int8's batch-1..8 forward in two calls (activation
+ *     quantization with outlier columns; the int8 rows, dequantization, bias, the outlier columns' dequantized
+ *     weights and optionally their product): see int8_linear.h.
+ *
  * Pointers travel as integers (the Python wrappers check shapes, dtypes and contiguity). Threads: the caller
  * (GIL released) and threads - 1 detached pthreads share the output rows dynamically, CHUNK rows at a
  * time from an atomic counter; the caller returns once every row is done. A helper that the OS starts late
@@ -22,7 +26,7 @@
  * freed by whoever leaves last). Python threads are not used, so no helper ever waits for the GIL. Results
  * do not depend on which thread computes which row.
  * The AVX2 code is compiled with a target attribute and used only when the CPU reports AVX2 and FMA
- * (has_avx2()); on other CPUs (or compilers) the module still imports and the callers use their
+ * (and F16C: has_avx2()); on other CPUs (or compilers) the module still imports and the callers use their
  * numba paths.
  */
 #define PY_SSIZE_T_CLEAN
@@ -32,6 +36,7 @@
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(_WIN32)
 #define EQ_X86 1
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -185,7 +190,7 @@ static int cpu_ok(void) {
     static int ok = -1;
     if (ok < 0) {
         __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
     return ok;
 }
@@ -217,7 +222,12 @@ struct job {
     const float *absmax, *table;
     Py_ssize_t m, k, bs;
     void *out;
-    float *xbuf; /* gemv4: x in decode32's order, owned by the job */
+    float *xbuf; /* gemv4: x in decode32's order; int8_linear: a16, sca, cols, xo; owned by the job */
+    const float *sca, *bias, *xo; /* int8_linear_rows: SCA (m), bias or NULL, x's outlier columns or NULL */
+    const int64_t *cols;           /* int8_linear_rows: the outlier columns (nc) */
+    float *wo;                     /* int8_linear_rows: their dequantized weights (n, nc) */
+    Py_ssize_t nc;
+    float mm_scale, deq_scale;
 };
 
 static void job_run(job_t *j) {
@@ -358,10 +368,14 @@ static PyObject *py_int8_gemm(PyObject *self, PyObject *args) {
 #endif
 }
 
+#include "int8_linear.h"
+
 static PyMethodDef METHODS[] = {
     {"has_avx2", py_has_avx2, METH_NOARGS, "True when the CPU has AVX2 and FMA and the kernels were compiled."},
     {"gemv4", py_gemv4, METH_VARARGS, "NF4/FP4 rows: see the source header."},
     {"int8_gemm", py_int8_gemm, METH_VARARGS, "Exact int8 rows: see the source header."},
+    {"int8_quant_act", py_int8_quant_act, METH_VARARGS, "LLM.int8 activations, batch 1..8: see int8_linear.h."},
+    {"int8_linear_rows", py_int8_linear_rows, METH_VARARGS, "LLM.int8 output rows: see int8_linear.h."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from edgequant.bnb.int8 import DEQ_SCALE, MM_SCALE, int8_vectorwise_quant
 from edgequant.errors import FormatError
+from edgequant.kernels.bnb8_linear import llm_int8_gemv
 from edgequant.kernels.bnb8_matmul import int8_gemm, int8_matmul_rows
 from edgequant.kernels.parallel import run_ranges
 from edgequant.nn.quantized_linear import QuantizedLinear, check_finite
@@ -77,7 +78,13 @@ def int8_matmul(a: torch.Tensor, w: torch.Tensor, threads: int | None = None) ->
 
 
 def llm_int8_forward(x2, cb, scb, bias, threshold, threads=None):
-    """Steps 1-4 of the module docstring on a 2-D x; returns (y in x's dtype, outlier columns)."""
+    """Steps 1-4 of the module docstring on a 2-D x; returns (y in x's dtype, outlier columns).
+
+    Batch 1..8 on an AVX2 CPU: ``kernels.bnb8_linear.llm_int8_gemv`` (native; bit-identical to the torch path
+    below, see its docstring); everything it does not cover takes the torch path."""
+    fast = llm_int8_gemv(x2, cb, scb, bias, threshold, MM_SCALE, DEQ_SCALE, threads)
+    if fast is not None:
+        return fast
     ca, sca, cols = int8_vectorwise_quant(x2.to(torch.float16), threshold)
     if cols is None:
         cols = torch.empty(0, dtype=torch.int64)
