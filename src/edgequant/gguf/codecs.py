@@ -7,7 +7,9 @@ A codec is a pair of numba row kernels (``edgequant.kernels.*``) plus the block 
 * ``dequantize_rows(data, out)``: ``data`` uint8 (rows, row_bytes), ``out`` float32 (rows, n_per_row).
 
 Kernels release the GIL, so ``threads=N`` splits the rows into N contiguous chunks run on a thread pool
-(``kernels.parallel.run_ranges``).
+(``kernels.parallel.run_ranges``). Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 without an importance vector run ggml's
+``quantize_row_*_ref`` in C when ``kernels.legacy_native`` could build it (same bytes; it spares a
+whole-file quantization the start-up of numba), their numba kernels otherwise.
 Every path is per row or per block, so the bytes do not depend on the thread count (as in ggml).
 """
 
@@ -22,7 +24,7 @@ from types import MappingProxyType
 import numpy as np
 
 from edgequant.errors import ConfigError, NonFiniteError, ShapeError, UnsupportedTypeError
-from edgequant.kernels.floats import first_nonfinite, rows_with_overflowed_scales
+from edgequant.kernels import legacy_native
 from edgequant.kernels.parallel import run_ranges
 
 Kernel = Callable[..., None]
@@ -101,6 +103,15 @@ def resolve_threads(threads: int | None) -> int:
     return int(threads) or (os.cpu_count() or 1)
 
 
+def first_nonfinite(x: np.ndarray) -> int:
+    """Flat index of the first NaN/Inf of a C-contiguous float32 array, or -1 (C when built, else numba)."""
+    if legacy_native.available():
+        return legacy_native.first_nonfinite(x)
+    from edgequant.kernels.floats import first_nonfinite as scan
+
+    return int(scan(x))
+
+
 def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
     """Raise NonFiniteError naming the first row holding NaN/Inf."""
     i = first_nonfinite(x)
@@ -144,8 +155,14 @@ def quantize(
         check_finite_rows(x)
     qw = _imatrix_vector(imatrix, n) if codec.uses_imatrix else np.zeros(0, np.float32)
     out = np.empty((rows, codec.row_bytes(n)), np.uint8)
-    kernel = codec.quantize_rows
-    run_ranges(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
+    if qw.size == 0 and codec.name in legacy_native.TYPES and legacy_native.available():
+        name = codec.name
+        run_ranges(
+            lambda a, b: legacy_native.quantize_rows(name, x[a:b], out[a:b]), rows, resolve_threads(threads)
+        )
+    else:
+        kernel = codec.quantize_rows
+        run_ranges(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
     if codec.fp16_scale_fields:
         warn_nonfinite_scales(out, codec)
     return out
@@ -165,9 +182,16 @@ def _imatrix_vector(imatrix: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def nonfinite_scale_rows(out: np.ndarray, codec: Codec) -> np.ndarray:
-    """Indices of rows whose fp16 scale fields decode to inf/NaN (what ``ggml_validate_row_data`` rejects)."""
-    fields = np.array(codec.fp16_scale_fields, np.int64)
-    return rows_with_overflowed_scales(np.ascontiguousarray(out), codec.type_size, fields)
+    """Indices of rows whose fp16 scale fields decode to inf/NaN (what ``ggml_validate_row_data`` rejects):
+    the high byte of the field has all five exponent bits set (``& 0x7C == 0x7C``). numpy on strided views
+    (no numba: whole-file quantization to a legacy type runs without starting it)."""
+    out = np.ascontiguousarray(out)
+    rows = out.shape[0] if out.ndim > 1 else 1
+    blocks = out.reshape(rows, -1, codec.type_size)
+    bad = np.zeros(rows, np.bool_)
+    for f in codec.fp16_scale_fields:
+        bad |= ((blocks[:, :, f + 1] & 0x7C) == 0x7C).any(axis=1)
+    return np.flatnonzero(bad)
 
 
 def warn_nonfinite_scales(out: np.ndarray, codec: Codec) -> None:

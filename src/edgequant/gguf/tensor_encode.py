@@ -16,10 +16,9 @@ from gguf.constants import GGUFValueType
 
 from edgequant.core.text import quote
 from edgequant.errors import NonFiniteError, ShapeError
-from edgequant.gguf.codecs import dequantize, get_codec, nonfinite_scale_rows, quantize
+from edgequant.gguf.codecs import dequantize, first_nonfinite, get_codec, nonfinite_scale_rows, quantize
 from edgequant.gguf.imatrix import Imatrix
 from edgequant.gguf.writer import GGUFStreamWriter
-from edgequant.kernels.floats import first_nonfinite
 
 
 def imatrix_for_tensor(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:

@@ -52,6 +52,7 @@ from edgequant.gguf.reader import (
 
 MAX_NAME_BYTES = 63  # llama.cpp refuses tensor names of GGML_MAX_NAME (64) bytes or more
 _CHUNK = 16 << 20
+_U64 = struct.Struct("<Q")
 
 
 def _align(n: int, alignment: int) -> int:
@@ -86,6 +87,27 @@ def _pack_scalar(vtype: GGUFValueType, value: Any, what: str) -> bytes:
     return struct.pack(fmt, float(value))
 
 
+def _pack_strings(items: list, what: str) -> bytes:
+    """``u64 length, UTF-8 bytes`` for each string, concatenated: the same bytes as ``_pack_string`` per item,
+    joined once (a tokenizer's 50k-150k strings took 0.1 s one call each, about as long as quantizing a
+    small model's weights)."""
+    if all(type(s) is str for s in items):
+        enc = [s.encode("utf-8") for s in items]
+    else:
+        enc = []
+        for s in items:
+            if isinstance(s, str):
+                enc.append(s.encode("utf-8"))
+            elif isinstance(s, (bytes, bytearray, memoryview)):
+                enc.append(_pack_string(s, what)[8:])  # checks the bytes are UTF-8
+            else:
+                raise ConfigError(f"{what}: STRING value must be str, got {type(s).__name__}")
+    parts: list[bytes] = [b""] * (2 * len(enc))
+    parts[0::2] = map(_U64.pack, map(len, enc))
+    parts[1::2] = enc
+    return b"".join(parts)
+
+
 def _pack_array(etype: GGUFValueType, items: Any, what: str) -> bytes:
     if isinstance(items, (str, bytes)):
         raise ConfigError(f"{what}: array items must be a sequence, got {type(items).__name__}")
@@ -102,8 +124,7 @@ def _pack_array(etype: GGUFValueType, items: Any, what: str) -> bytes:
     elif etype == GGUFValueType.STRING:
         items = list(items)
         out += struct.pack("<Q", len(items))
-        for s in items:
-            out += _pack_scalar(etype, s, what)
+        out += _pack_strings(items, what)
     else:
         dt = SCALAR_FORMATS[etype][1]
         arr = np.asarray(items)
