@@ -2,10 +2,11 @@
 # bitsandbytes' own CPU tests with edgequant in its place (issue 16). Fetches nothing: the tests are the vendored
 # copy in tests/peer/bnb (bitsandbytes tag 0.50.1 = the Python files of the installed 0.50.2; MIT, LICENSE there).
 #
-#   bash scripts/bnb_peer_suite.sh [bnb|functional|layers|all] [extra pytest args...]
+#   bash scripts/bnb_peer_suite.sh [bnb|functional|layers|modules|all] [extra pytest args...]
 #
 # bnb: bitsandbytes itself; functional: edgequant.bnb in place of bitsandbytes.functional (+ bnb.matmul_4bit);
-# layers: also edgequant's Linear4bit/Params4bit/Linear8bitLt/Int8Params in place of bitsandbytes.nn's.
+# layers: also edgequant's Params4bit/Int8Params in place of bitsandbytes.nn's (bnb's layer classes stay);
+# modules: also edgequant's layer classes (edgequant.nn.bnb_dropin: Linear4bit/LinearFP4/LinearNF4/Linear8bitLt).
 # Writes JUnit XML per mode to ${BNB_PEER_OUT:-/tmp/bnb_peer}; scripts/bnb_peer_report.py makes the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ run() {
     --junitxml="$OUT/$mode.xml" "${SELECTION[@]}" "$@" || true
 }
 if [ "$MODE" = all ]; then
-  for m in bnb functional layers; do run "$m" "$@"; done
+  for m in bnb functional layers modules; do run "$m" "$@"; done
 else
   run "$MODE" "$@"
 fi

@@ -6,7 +6,10 @@ bnb's functional objects (``QuantState``, the code maps, 8-bit blockwise and 4-b
 restore bnb's defaults where edgequant's differ (``quant_type="fp4"``, ``blocksize=None`` meaning 64) and
 bnb's ``get_4bit_type(typename, device, blocksize)`` signature; the numerics are edgequant's defaults (the
 definitions; see each module's docstring for where they equal bnb's CPU path).
-``substitute_layers()`` does the same for ``bitsandbytes.nn``'s 4-bit and 8-bit layers and parameters.
+``substitute_layers()`` does the same for ``bitsandbytes.nn``'s 4-bit and 8-bit parameter classes;
+``substitute_modules(classes)`` for its layer classes (and ``bitsandbytes.MatmulLtState``): the classes are
+``edgequant.nn.bnb_dropin.MODULES`` (in ``nn/``, a layer above this package), whose ``substitute_modules()``
+runs all three.
 
 Used by the peer suite (scripts/bnb_peer_suite.sh) to run bitsandbytes' own tests against edgequant, and
 usable by code written for bitsandbytes. Neither function can be undone; run them in a process of its own.
@@ -131,3 +134,16 @@ def substitute_layers() -> int:
 
     originals = {"Params4bit": bnb_nn.Params4bit, "Int8Params": bnb_nn.Int8Params}
     return _rebind(originals, {"Params4bit": Params4bit, "Int8Params": Int8Params})
+
+
+def substitute_modules(classes: dict[str, type]) -> int:
+    """Replace ``bitsandbytes.nn``'s ``Linear4bit`` / ``LinearFP4`` / ``LinearNF4`` / ``Linear8bitLt`` (and
+    ``bitsandbytes.MatmulLtState``) by ``classes[name]`` everywhere in bnb; returns the count.
+
+    ``classes`` is ``edgequant.nn.bnb_dropin.MODULES`` (edgequant's layers under bnb's contract).
+    """
+    import bitsandbytes
+    import bitsandbytes.nn as bnb_nn
+
+    originals = {name: getattr(bitsandbytes if name == "MatmulLtState" else bnb_nn, name) for name in classes}
+    return _rebind(originals, classes)

@@ -30,6 +30,12 @@ import torch
 from edgequant.bnb.fourbit import quantize_4bit
 from edgequant.bnb.int8 import int8_vectorwise_quant
 from edgequant.bnb.quant_state import QuantState
+from edgequant.errors import FormatError
+
+
+class NotQuantizedError(FormatError, RuntimeError):
+    """A quantized checkpoint loaded into a layer whose weight is not quantized yet (bnb: RuntimeError)."""
+
 
 _ATTRS = (
     "blocksize",

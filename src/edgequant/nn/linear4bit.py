@@ -24,11 +24,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgequant.bnb import QuantState, dequantize_4bit, quantize_4bit
+from edgequant.bnb import QuantState, dequantize_4bit, ops, quantize_4bit
 from edgequant.bnb.blockwise import recover_absmax
 from edgequant.bnb.checks import check_blocksize, check_quant_type
 from edgequant.bnb.fourbit import check_state_matches, packed_bytes
 from edgequant.bnb.matmul import matmul_4bit
+from edgequant.bnb.params import Params4bit
 from edgequant.errors import ConfigError, FormatError, ShapeError
 from edgequant.nn.quantized_linear import QuantizedLinear
 
@@ -56,14 +57,41 @@ class _Dequant4bitLinear(torch.autograd.Function):
         return grad_x, grad_bias, None
 
 
+def _spec_property(attr: str, doc: str):
+    """A layer attribute read from (and written to) its ``Params4bit`` weight, as bnb keeps it there."""
+
+    def get(self):
+        return getattr(self.weight, attr, self._spec[attr])
+
+    def put(self, value):
+        self._spec[attr] = value
+        if isinstance(self.weight, Params4bit):
+            setattr(self.weight, attr, value)
+
+    return property(get, put, doc=doc)
+
+
 class Linear4bit(QuantizedLinear):
     """4-bit (NF4/FP4) linear layer, bitsandbytes-compatible. Defaults as bnb: fp4, double quantization on.
 
     Build from a float layer with ``Linear4bit.from_linear(linear, quant_type="nf4")``, or pass
     ``weight=`` (out, in) to the constructor; without it the weight is nn.Linear's random initialisation.
+
+    bitsandbytes' module contract: ``weight`` is always an ``edgequant.bnb.Params4bit``; the layer can be
+    built on ``device="meta"`` (nothing quantized, nothing allocated), its weight assigned or loaded as floats
+    (``layer.weight = Params4bit(w)``, ``load_state_dict`` of a float checkpoint), and ``.to(device)`` or the
+    first use (forward, ``dequantize``) quantizes it once. ``quant_state`` is the weight's ``quant_state``
+    (None before quantization); ``quant_type`` / ``blocksize`` / ``compress_statistics`` / ``quant_storage``
+    are the weight's. Off the ``meta`` device edgequant's class quantizes at construction
+    (``quantize_on_init``); ``edgequant.nn.bnb_dropin``'s classes, bnb's contract, wait.
     """
 
     bias_keeps_requires_grad = True
+
+    quant_type = _spec_property("quant_type", "'nf4' or 'fp4' (the weight's)")
+    blocksize = _spec_property("blocksize", "weights per absmax block (the weight's)")
+    compress_statistics = _spec_property("compress_statistics", "double quantization of absmax")
+    quant_storage = _spec_property("quant_storage", "dtype the packed bytes are stored as")
 
     def __init__(
         self,
@@ -74,8 +102,8 @@ class Linear4bit(QuantizedLinear):
         compress_statistics: bool = True,
         quant_type: str = "fp4",
         quant_storage: torch.dtype = torch.uint8,
-        blocksize: int = 64,
         device=None,
+        blocksize: int = 64,
         *,
         weight: torch.Tensor | None = None,
         bnb_cpu_compatible: bool = False,
@@ -83,7 +111,8 @@ class Linear4bit(QuantizedLinear):
         name: str = "",
     ):
         super().__init__()
-        weight = self._init_linear(in_features, out_features, bias, weight, name)
+        given = weight is not None
+        weight = self._init_linear(in_features, out_features, bias, weight, name, device)
         check_blocksize(blocksize)
         check_quant_type(quant_type)
         if compute_dtype not in _COMPUTE_DTYPES:
@@ -91,16 +120,41 @@ class Linear4bit(QuantizedLinear):
                 f"Linear4bit {name}: compute_dtype {compute_dtype} is not float32/bfloat16/float16"
             )
         self.compute_dtype = compute_dtype
-        self.compress_statistics = compress_statistics
-        self.quant_type = quant_type
-        self.quant_storage = quant_storage
-        self.blocksize = blocksize
+        self.compute_type_is_set = compute_dtype is not None  # bnb's attribute; edgequant never changes it
         self.bnb_cpu_compatible = bnb_cpu_compatible
         self.threads = threads
-        self.weight: nn.Parameter
-        self.quant_state: QuantState
-        self.set_weight(weight)
         self._absmax_cache: tuple[int, torch.Tensor] | None = None
+        self._module_quant_state: QuantState | None = None
+        self._spec = {
+            "blocksize": blocksize,
+            "compress_statistics": compress_statistics,
+            "quant_type": quant_type,
+            "quant_storage": quant_storage,
+        }
+        self.weight: nn.Parameter = Params4bit(weight.detach(), False, module=self, **self._spec)
+        if given or (self.quantize_on_init and weight.device.type != "meta"):
+            self.set_weight(weight)
+
+    @property
+    def quant_state(self) -> QuantState | None:
+        """The weight's QuantState; None before quantization (bnb's ``Linear4bit.quant_state``)."""
+        if not self.is_quantized:
+            return None
+        qs = getattr(self.weight, "quant_state", None)
+        return qs if qs is not None else self._module_quant_state
+
+    @quant_state.setter
+    def quant_state(self, value: QuantState | None) -> None:
+        # Params4bit._quantize reports here (module=self); kept to rebuild a weight that lost its state
+        self._module_quant_state = value
+
+    @property
+    def is_quantized(self) -> bool:
+        """Whether ``weight`` holds packed codes (else the float weight waiting for ``.to(device)``)."""
+        w = self.weight
+        if isinstance(w, Params4bit):
+            return bool(w.bnb_quantized)
+        return tuple(w.shape) != (self.out_features, self.in_features)
 
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantize a float weight of shape (out, in) into this layer."""
@@ -118,13 +172,50 @@ class Linear4bit(QuantizedLinear):
         self._adopt(packed, state)
 
     def _adopt(self, packed: torch.Tensor, state: QuantState) -> None:
-        self.weight = nn.Parameter(packed, requires_grad=False)
-        self.quant_state = state
+        self.weight = Params4bit(
+            packed,
+            requires_grad=False,
+            quant_state=state,
+            blocksize=state.blocksize,
+            compress_statistics=state.nested,
+            quant_type=state.quant_type,
+            quant_storage=packed.dtype,
+            module=self,
+            bnb_quantized=True,
+        )
+        self._module_quant_state = state
         self._absmax_cache = None
+
+    def quantize_weight(self) -> None:
+        """Quantize a float weight now (what ``.to(device)`` does); nothing if it is quantized.
+
+        A packed weight that lost its QuantState (a plain Parameter, e.g. after FSDP) gets the layer's back,
+        as bnb's ``fix_4bit_weight_quant_state_from_module``.
+        """
+        w = self.weight
+        if self.is_quantized:
+            if not isinstance(w, Params4bit) or w.quant_state is None:
+                qs = self.quant_state  # a pickled Params4bit comes back as a Parameter with the attributes
+                if qs is None:
+                    raise FormatError(f"{self.weight_name}: packed 4-bit weight without a quant_state")
+                self._adopt(w.data, qs)
+            return
+        if w.device.type == "meta":
+            raise ConfigError(
+                f"{self.weight_name}: the weight is on the meta device; assign or load it, then .to(device)"
+            )
+        if isinstance(w, Params4bit):
+            w._quantize(w.device)
+            self._absmax_cache = None
+        else:
+            self.set_weight(w.data)
 
     # -- use ----------------------------------------------------------------------------------------
     def dequantize(self) -> torch.Tensor:
         """The float weight (out, in) in the original dtype: ``table[code] * absmax`` (float32), then cast."""
+        self.quantize_weight()
+        if torch.compiler.is_compiling():  # the same values through the traceable custom op
+            return ops.dequantize(self.weight.data, self.quant_state)
         return dequantize_4bit(
             self.weight.data,
             self.quant_state,
@@ -146,6 +237,7 @@ class Linear4bit(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        self.quantize_weight()
         inp_dtype = x.dtype
         cdt = self._compute_dtype_for(x)
         xc = x.to(cdt)
@@ -156,7 +248,16 @@ class Linear4bit(QuantizedLinear):
         if self.training or needs_grad or cdt != torch.float32 or xc.numel() == 0:
             return _Dequant4bitLinear.apply(xc, bias, self).to(inp_dtype)
         x2 = xc.reshape(-1, self.in_features)
-        y = matmul_4bit(
+        if torch.compiler.is_compiling():  # the same kernel through the traceable custom op
+            y = ops.matmul(x2, self.weight.data, self.quant_state)
+        else:
+            y = self._matmul(x2)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(inp_dtype)
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        return matmul_4bit(
             x2,
             packed_bytes(self.weight.data),
             self._absmax_f32().numpy(),
@@ -165,9 +266,6 @@ class Linear4bit(QuantizedLinear):
             self.blocksize,
             self.threads,
         )
-        if bias is not None:
-            y += bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(inp_dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -180,6 +278,8 @@ class Linear4bit(QuantizedLinear):
     # -- bitsandbytes state_dict layout -------------------------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.quant_state is None:  # not quantized yet: the float weight alone, as bnb
+            return
         for k, v in self.quant_state.as_dict(packed=True).items():
             destination[prefix + "weight." + k] = v if keep_vars else v.detach()
 
@@ -188,6 +288,8 @@ class Linear4bit(QuantizedLinear):
         qs_keys = [k for k in state_dict if k.startswith(wkey + ".")]
         if not qs_keys:
             w = state_dict[wkey]
+            if not self.is_quantized:  # bnb's flow: load the float weight, then .to(device) quantizes it
+                return None
             if w.is_floating_point() and tuple(w.shape) == (self.out_features, self.in_features):
                 raise FormatError(
                     f"{where}: the state_dict holds a float weight {tuple(w.shape)}, "
@@ -208,6 +310,4 @@ class Linear4bit(QuantizedLinear):
             )
         check_state_matches(w, state, wkey)
         self._adopt(w.detach().clone().to("cpu"), state)
-        self.quant_type, self.blocksize = state.quant_type, state.blocksize
-        self.compress_statistics = state.nested
         return {wkey, *qs_keys}

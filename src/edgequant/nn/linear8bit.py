@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from edgequant.bnb.int8 import DEQ_SCALE, MM_SCALE, int8_vectorwise_quant
-from edgequant.errors import FormatError
+from edgequant.bnb.matmul_state import MatmulLtState
+from edgequant.bnb.params import Int8Params, NotQuantizedError
+from edgequant.errors import ConfigError, FormatError
 from edgequant.kernels.bnb8_linear import llm_int8_gemv
 from edgequant.kernels.bnb8_matmul import int8_gemm, int8_matmul_rows
 from edgequant.kernels.parallel import run_ranges
@@ -128,7 +130,18 @@ class _LLMInt8(torch.autograd.Function):
 
 
 class Linear8bitLt(QuantizedLinear):
-    """LLM.int8 linear layer, bitsandbytes-compatible (see the module docstring)."""
+    """LLM.int8 linear layer, bitsandbytes-compatible (see the module docstring).
+
+    bitsandbytes' module contract: ``weight`` is always an ``edgequant.bnb.Int8Params``, ``state`` a
+    ``MatmulLtState`` (``threshold``, ``has_fp16_weights``, and after quantization ``CB`` = the int8
+    weight and ``SCB`` its row scales; ``layer.SCB`` is the weight's). The layer can be built on
+    ``device="meta"``; a float weight (assigned, or loaded from a float checkpoint) is quantized by
+    ``.to(device)`` or at the first use. Loading an int8 checkpoint (one with ``SCB``) into a layer whose
+    weight is not quantized yet raises ``NotQuantizedError`` (a RuntimeError), as bitsandbytes. Off the
+    ``meta`` device edgequant's class quantizes at construction (``quantize_on_init``), so it takes an int8
+    checkpoint at once; ``edgequant.nn.bnb_dropin``'s classes follow bnb (defaults
+    ``has_fp16_weights=True``, ``threshold=0.0``, quantization on ``.to()``).
+    """
 
     def __init__(
         self,
@@ -137,6 +150,7 @@ class Linear8bitLt(QuantizedLinear):
         bias: bool = True,
         has_fp16_weights: bool = False,
         threshold: float = 6.0,
+        index=None,
         device=None,
         *,
         weight: torch.Tensor | None = None,
@@ -144,31 +158,110 @@ class Linear8bitLt(QuantizedLinear):
         name: str = "",
     ):
         super().__init__()
-        weight = self._init_linear(in_features, out_features, bias, weight, name)
-        self.has_fp16_weights = has_fp16_weights
-        self.threshold = float(threshold)
+        given = weight is not None
+        weight = self._init_linear(in_features, out_features, bias, weight, name, device)
+        self.state = MatmulLtState()
+        self.state.threshold = float(threshold)
+        self.state.has_fp16_weights = has_fp16_weights
+        self.state.use_pool = threshold > 0.0 and not has_fp16_weights
+        self.index = index
         self.threads = threads
         self.outlier_cols = torch.empty(0, dtype=torch.int64)
-        self.register_buffer("SCB", torch.zeros(out_features), persistent=False)
-        self.set_weight(weight)
+        self.weight: nn.Parameter = Int8Params(
+            weight.detach(), requires_grad=has_fp16_weights, has_fp16_weights=has_fp16_weights
+        )
+        if given or (self.quantize_on_init and weight.device.type != "meta"):
+            self.set_weight(weight)
+
+    @property
+    def threshold(self) -> float:
+        """Outlier threshold of the mixed decomposition (``state.threshold``)."""
+        return self.state.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.state.threshold = float(value)
+
+    @property
+    def has_fp16_weights(self) -> bool:
+        """Train the float weight, requantized at every forward (``state.has_fp16_weights``)."""
+        return self.state.has_fp16_weights
+
+    @has_fp16_weights.setter
+    def has_fp16_weights(self, value: bool) -> None:
+        self.state.has_fp16_weights = value
+
+    @property
+    def SCB(self) -> torch.Tensor | None:
+        """float32 row scales of the int8 weight (the weight's ``SCB``); None before quantization."""
+        scb = getattr(self.weight, "SCB", None)
+        return scb if scb is not None else self.state.SCB
+
+    @SCB.setter
+    def SCB(self, value: torch.Tensor) -> None:
+        self.weight.SCB = value
+        self._sync_state()
+
+    @property
+    def is_quantized(self) -> bool:
+        """Whether ``weight`` holds the int8 codes (always False with ``has_fp16_weights``)."""
+        return self.weight.dtype == torch.int8
 
     def set_weight(self, weight: torch.Tensor) -> None:
         self._check_weight_shape(weight)
         if self.has_fp16_weights:
-            self.weight = nn.Parameter(weight.detach().clone().float())
+            self.weight = Int8Params(
+                weight.detach().clone().float(), requires_grad=True, has_fp16_weights=True
+            )
             return
         cb, scb = quantize_rows_int8(weight, self.weight_name)
-        self.weight = nn.Parameter(cb, requires_grad=False)
-        self.SCB = scb
+        self._adopt(cb, scb)
+
+    def _adopt(self, cb: torch.Tensor, scb: torch.Tensor) -> None:
+        self.weight = Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
+        self._sync_state()
+
+    def _sync_state(self) -> None:
+        """``state.CB`` / ``state.SCB`` = the weight's codes and scales (None before quantization)."""
+        quantized = self.is_quantized
+        self.state.CB = self.weight.data if quantized else None
+        self.state.SCB = getattr(self.weight, "SCB", None) if quantized else None
+
+    def quantize_weight(self) -> None:
+        """Quantize a float weight now (what ``.to(device)`` does); nothing if quantized or fp16 weights.
+
+        ``Int8Params`` quantize in place (``quantize_rows_int8``'s codes and scales: bnb's); a plain float
+        Parameter assigned to the layer is replaced by its quantized twin (a tie to it does not survive).
+        """
+        w = self.weight
+        if self.has_fp16_weights or self.is_quantized:
+            return
+        if w.device.type == "meta":
+            raise ConfigError(
+                f"{self.weight_name}: the weight is on the meta device; assign or load it, then .to(device)"
+            )
+        if isinstance(w, Int8Params) and w.device.type == "cpu":
+            w._quantize(w.device)
+            self._sync_state()
+        else:
+            self.set_weight(w.data)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._sync_state()
+        return self
 
     def dequantize(self) -> torch.Tensor:
         """float32 weight: ``CB * SCB[:, None] * float32(1/127)`` (or the float weight itself)."""
         if self.has_fp16_weights:
             return self.weight.detach()
+        self.quantize_weight()
         return self.weight.data * self.SCB.unsqueeze(-1) * DEQ_SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        self.quantize_weight()
+        self.state.is_training = self.training
         x2 = x.reshape(-1, self.in_features)
         y = _LLMInt8.apply(x2, self.weight, self.bias, self)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -182,17 +275,24 @@ class Linear8bitLt(QuantizedLinear):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not self.has_fp16_weights:
-            destination[prefix + "SCB"] = self.SCB if keep_vars else self.SCB.detach()
+        scb = self.SCB
+        if not self.has_fp16_weights and self.is_quantized and scb is not None:
+            destination[prefix + "SCB"] = scb if keep_vars else scb.detach()
             destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
 
     def _load_weight(self, state_dict, prefix, where):
         if self.has_fp16_weights:
             return None
         wkey, skey, fkey = prefix + "weight", prefix + "SCB", prefix + "weight_format"
+        if not self.is_quantized:
+            if skey in state_dict:
+                raise NotQuantizedError(
+                    f"{where}: Loading a quantized checkpoint into non-quantized Linear8bitLt is not "
+                    f"supported; call .to(device) first (it quantizes the layer), then load_state_dict"
+                )
+            return None  # a float checkpoint into a float weight: nn.Module copies it; .to(device) quantizes
         self._check_int8_rows(state_dict, wkey, skey, where, "bitsandbytes' Linear8bitLt")
         if fkey in state_dict and int(state_dict[fkey]) != 0:
             raise FormatError(f"{where}: weight_format {int(state_dict[fkey])} is not 0 ('row')")
-        self.weight = nn.Parameter(state_dict[wkey].detach().clone(), requires_grad=False)
-        self.SCB = state_dict[skey].detach().clone().float()
+        self._adopt(state_dict[wkey].detach().clone(), state_dict[skey].detach().clone().float())
         return {wkey, skey, fkey}

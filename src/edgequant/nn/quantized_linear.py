@@ -1,7 +1,11 @@
 """``QuantizedLinear``: what Linear4bit, Linear8bitLt and Int8DynamicLinear share.
 
 - Construction: positive ``in_features`` / ``out_features``, nn.Linear's initialisation when no ``weight=``
-  is given (as bitsandbytes' layers), ``bias``, ``layer_name``; ``from_linear`` builds from a float layer.
+  is given (as bitsandbytes' layers; on ``device``, ``meta`` included), ``bias``, ``layer_name``;
+  ``from_linear`` builds from a float layer. ``quantize_on_init`` (a class attribute): True for edgequant's
+  layers (a layer built off the ``meta`` device holds a quantized weight at once), False for the
+  bitsandbytes-contract classes of ``edgequant.nn.bnb_dropin`` (the float weight waits in its ``Params4bit`` /
+  ``Int8Params`` for ``.to(device)`` or the first use, as bitsandbytes' layers).
 - Checks that name the layer: the weight's shape, the input's last dimension, finite weights.
 - ``state_dict`` loading: a subclass validates and adopts its own weight layout in ``_load_weight`` (returning
   the keys it took); the bias (shape checked), buffers and the missing / unexpected key bookkeeping are
@@ -27,11 +31,19 @@ class QuantizedLinear(nn.Module):
     """Base of the quantized linear layers; subclasses call ``_init_linear`` first in ``__init__``."""
 
     bias_keeps_requires_grad = False  # from_linear: copy the float bias' requires_grad (Linear4bit) or not
+    quantize_on_init = True  # see the module docstring
 
     def _init_linear(
-        self, in_features: int, out_features: int, bias: bool, weight: torch.Tensor | None, name: str
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        weight: torch.Tensor | None,
+        name: str,
+        device=None,
     ) -> torch.Tensor:
-        """Set the features, name and bias; return the float weight to quantize (nn.Linear's if None)."""
+        """Set the features, name and bias; return the float weight to quantize (nn.Linear's if None, built
+        on ``device``: on ``meta`` it has a shape and no values)."""
         kind = type(self).__name__
         if in_features <= 0 or out_features <= 0:
             raise ShapeError(
@@ -40,7 +52,7 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.layer_name = name
         if weight is None:  # nn.Linear's initialisation, as bitsandbytes' layers
-            ref = nn.Linear(in_features, out_features, bias=bias)
+            ref = nn.Linear(in_features, out_features, bias=bias, device=device)
             weight, init_bias = ref.weight.detach(), ref.bias
         else:
             init_bias = torch.zeros(out_features)

@@ -6,8 +6,11 @@ Loaded by scripts/bnb_peer_suite.sh with ``-p tests.peer.bnb.edgequant_substitut
 - ``bnb``: nothing is replaced (bitsandbytes itself, the baseline);
 - ``functional``: the functions of ``bitsandbytes.functional`` that edgequant provides are replaced by
   ``edgequant.bnb``'s (``QuantState`` included);
-- ``layers``: as ``functional``, and ``bitsandbytes.nn``'s ``Linear4bit``/``Params4bit``/``Linear8bitLt``/
-  ``Int8Params`` (and their subclasses by name) are replaced by edgequant's.
+- ``layers``: as ``functional``, and ``bitsandbytes.nn``'s ``Params4bit``/``Int8Params`` are replaced by
+  edgequant's (``edgequant.bnb.params``); bnb's layer classes stay;
+- ``modules``: as ``layers``, and ``bitsandbytes.nn``'s ``Linear4bit``/``LinearFP4``/``LinearNF4``/
+  ``Linear8bitLt`` (and ``bitsandbytes.MatmulLtState``) are edgequant's layers
+  (``edgequant.nn.bnb_dropin.substitute_modules()``).
 
 Time: each ``torch.compile`` test takes 20-60 s on the shared two cores, so unless
 ``EDGEQUANT_BNB_PEER_ALL_COMPILE=1`` only a fixed sample of them runs (in every mode alike): of
@@ -44,9 +47,14 @@ def _stub_lion() -> None:
 
 def pytest_configure(config):
     _stub_lion()
-    if MODE not in ("bnb", "functional", "layers"):
-        raise SystemExit(f"EDGEQUANT_BNB_PEER={MODE!r}: use bnb, functional or layers")
+    if MODE not in ("bnb", "functional", "layers", "modules"):
+        raise SystemExit(f"EDGEQUANT_BNB_PEER={MODE!r}: use bnb, functional, layers or modules")
     if MODE == "bnb":
+        return
+    if MODE == "modules":
+        from edgequant.nn import bnb_dropin
+
+        bnb_dropin.substitute_modules()
         return
     from edgequant.bnb import dropin
 
