@@ -140,6 +140,9 @@ typedef void (*rows4_fn)(const float *, Py_ssize_t, const uint8_t *, const float
                          float *, Py_ssize_t, Py_ssize_t, Py_ssize_t);
 static const rows4_fn ROWS4[9] = {NULL, rows4_1, rows4_2, rows4_3, rows4_4, rows4_5, rows4_6, rows4_7, rows4_8};
 
+#ifndef EQ_PF8
+#define EQ_PF8 1024
+#endif
 /* int8: one weight row against M activation rows, 16 weights per step (vpmovsxbw + vpmaddwd). */
 EQ_INLINE EQ_AVX2 void row8(const int16_t *a, Py_ssize_t k, const int8_t *w, int32_t *out, Py_ssize_t n,
                             const int M) {
@@ -147,6 +150,7 @@ EQ_INLINE EQ_AVX2 void row8(const int16_t *a, Py_ssize_t k, const int8_t *w, int
     for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
     Py_ssize_t j = 0;
     for (; j + 32 <= k; j += 32) {
+        _mm_prefetch((const char *)(w + j + EQ_PF8), _MM_HINT_T0);
         __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j)));
         __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j + 16)));
         for (int i = 0; i < M; i++) {

