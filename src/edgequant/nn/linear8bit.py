@@ -251,6 +251,7 @@ class Linear8bitLt(QuantizedLinear):
         """
         w = self.weight
         if self.has_fp16_weights or self.is_quantized:
+            self._sync_state()  # a quantized weight assigned from outside (transformers' loader)
             return
         if w.device.type == "meta":
             raise ConfigError(
@@ -279,7 +280,12 @@ class Linear8bitLt(QuantizedLinear):
         self.quantize_weight()
         self.state.is_training = self.training
         x2 = x.reshape(-1, self.in_features)
-        y = _llm_int8(x2, self)
+        if torch.compiler.is_compiling() and not self.has_fp16_weights:  # the same values, traceable
+            from edgequant.nn.linear8bit_op import llm_int8_linear
+
+            y = llm_int8_linear(x2, self.weight.data, self.SCB, self.bias, self.threshold)
+        else:
+            y = _llm_int8(x2, self)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
