@@ -23,8 +23,10 @@
  * (GIL released) and threads - 1 detached pthreads share the output rows dynamically, CHUNK rows at a
  * time from an atomic counter; the caller returns once every row is done. A helper that the OS starts late
  * (a loaded machine) costs nothing: the others take its rows and it finds none left (the job it reads is
- * freed by whoever leaves last). Python threads are not used, so no helper ever waits for the GIL. Results
- * do not depend on which thread computes which row.
+ * freed by whoever leaves last). A helper preempted while it holds rows makes the caller wait for it; when that
+ * made a call slower than the caller alone, the next calls run on the caller alone for a while (dynamic thread
+ * count: job_parallel). Python threads are not used, so no helper ever waits for the GIL. Results do not
+ * depend on which thread computes which row.
  * The AVX2 code is compiled with a target attribute and used only when the CPU reports AVX2 and FMA
  * (and F16C: has_avx2()); on other CPUs (or compilers) the module still imports and the callers use their
  * numba paths.
@@ -37,6 +39,7 @@
 #define EQ_X86 1
 #include <immintrin.h>
 #include <math.h>
+#include <time.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -234,12 +237,15 @@ struct job {
     float mm_scale, deq_scale;
 };
 
-static void job_run(job_t *j) {
+/* Claim and compute CHUNK rows at a time until none is left; returns how many rows this thread did. */
+static Py_ssize_t job_run(job_t *j) {
+    Py_ssize_t mine = 0;
     for (;;) {
         Py_ssize_t r0 = (Py_ssize_t)__atomic_fetch_add(&j->next, CHUNK, __ATOMIC_RELAXED);
         if (r0 >= j->n) break;
         Py_ssize_t r1 = r0 + CHUNK < j->n ? r0 + CHUNK : j->n;
         j->rows(j, r0, r1);
+        mine += r1 - r0;
         if (__atomic_add_fetch(&j->done, (int64_t)(r1 - r0), __ATOMIC_ACQ_REL) == (int64_t)j->n) {
             __atomic_store_n(&j->finished, 1, __ATOMIC_RELEASE);
 #ifdef __linux__
@@ -247,6 +253,7 @@ static void job_run(job_t *j) {
 #endif
         }
     }
+    return mine;
 }
 
 /* Wait until every row is done: a short spin, then sleep (futex) so that a helper sharing this CPU runs. */
@@ -284,9 +291,26 @@ static void *job_worker(void *arg) {
 }
 
 /* Run j on the caller and threads - 1 helpers; returns when every row is done. Takes ownership of j. */
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Dynamic thread count, as OpenMP's OMP_DYNAMIC or MKL_DYNAMIC: `threads` is an upper bound. After a
+ * parallel call the caller estimates its time alone, t_own * n / rows_own (t_own: until no rows were left to
+ * claim, rows_own: the rows it did). If the call took longer (a helper started late or was preempted while
+ * holding rows: an oversubscribed machine), the next `backoff` calls run on the caller alone and backoff
+ * doubles (8 .. 256); a parallel call that paid off resets it to 8. Results never depend on the threads. */
+static int solo_left = 0, backoff = 8;
+
 static void job_parallel(job_t *j, Py_ssize_t threads) {
     Py_ssize_t helpers = threads - 1, max_helpers = (j->n + CHUNK - 1) / CHUNK - 1;
     if (helpers > max_helpers) helpers = max_helpers;
+    if (helpers > 0 && __atomic_load_n(&solo_left, __ATOMIC_RELAXED) > 0) {
+        __atomic_sub_fetch(&solo_left, 1, __ATOMIC_RELAXED);
+        helpers = 0;
+    }
     if (helpers > 63) helpers = 63;
     j->refs = 1 + (helpers > 0 ? helpers : 0);
     if (helpers > 0) {
@@ -300,9 +324,21 @@ static void job_parallel(job_t *j, Py_ssize_t threads) {
         }
         pthread_attr_destroy(&attr);
     }
-    job_run(j);
+    Py_ssize_t n = j->n;
+    double t0 = now_s();
+    Py_ssize_t own = job_run(j);
+    double t1 = now_s();
     job_wait(j);
     job_release(j);
+    if (helpers > 0) {
+        int b = __atomic_load_n(&backoff, __ATOMIC_RELAXED);
+        if (own > 0 && now_s() - t0 > (t1 - t0) * (double)n / (double)own) {
+            __atomic_store_n(&solo_left, b, __ATOMIC_RELAXED);
+            __atomic_store_n(&backoff, b < 256 ? 2 * b : 256, __ATOMIC_RELAXED);
+        } else {
+            __atomic_store_n(&backoff, 8, __ATOMIC_RELAXED);
+        }
+    }
 }
 
 static void job_rows4(const job_t *j, Py_ssize_t r0, Py_ssize_t r1) {
