@@ -8,7 +8,11 @@ PPL (llama-perplexity's method), mean / 99% / 99.9% KL divergence, same top toke
 evaluation text and, with --shifted, on a shifted-domain text (code vs prose); prompt and generation tokens/s
 and time to first token at --threads; the RSS growth of loading the file and decoding a prompt; llama.cpp's
 KV and compute buffers at --fit-ctx (for the report's device advice). --sensitivity adds the per-tensor
-predicted KLD table (the report's heatmap).
+predicted KLD table (the report's heatmap). --attribution [LABELS] adds, for those candidates (default
+Q4_K_M, else the middle ftype), each transformer layer's contribution to the mean KLD (alone, and as the
+increment when the layers are quantized in order: the increments add up to the whole KLD), the critical
+path (the layers making up 80% of it) and the tensor kinds of its top layers, measured in PyTorch with
+llama.cpp's activation rounding on --attribution-chunks windows of --attribution-ctx tokens.
 
 Everything goes to one JSON file, rewritten atomically after each candidate: run the command again and it
 skips what is there with the same settings (model, texts, context, threads), so an interrupted sweep resumes
@@ -29,6 +33,7 @@ EXAMPLES = """examples:
   edgequant evaluate model-f32.gguf --ftypes Q8_0,Q4_K_M,Q2_K --no-imatrix -o results.json --json
   edgequant evaluate model.gguf -f eval.txt --calibration calib.txt --shifted code.py --sensitivity -o r.json
   edgequant evaluate --smollm2 --ftypes Q8_0,Q4_0 -o smollm2.json      # the packaged SmolLM2-135M
+  edgequant evaluate --smollm2 --attribution Q4_K_M,Q2_K -o smollm2.json  # per-layer error attribution
   edgequant report results.json -o report.html
 """
 
@@ -72,6 +77,26 @@ def register(sub) -> None:
         help="tensor types of the sensitivity table (default %(default)s)",
     )
     p.add_argument(
+        "--attribution",
+        nargs="?",
+        const="auto",
+        metavar="LABELS",
+        help="per-layer error attribution of these candidates, comma-separated (bare flag: Q4_K_M, else the "
+        "middle ftype)",
+    )
+    p.add_argument(
+        "--attribution-ctx",
+        type=int,
+        default=d.attribution_ctx,
+        help="tokens per attribution window (default %(default)s)",
+    )
+    p.add_argument(
+        "--attribution-chunks",
+        type=int,
+        default=d.attribution_chunks,
+        help="attribution windows (default %(default)s)",
+    )
+    p.add_argument(
         "--workdir", metavar="DIR", help="keep intermediate files here (default: a temporary folder)"
     )
     p.add_argument("--keep-files", action="store_true", help="keep the quantized files (with --workdir)")
@@ -101,6 +126,9 @@ def _options(args):
         sensitivity_types=items(args.sensitivity_types),
         workdir=args.workdir,
         keep_files=args.keep_files,
+        attribution=items(args.attribution or ""),
+        attribution_ctx=args.attribution_ctx,
+        attribution_chunks=args.attribution_chunks,
     )
 
 
@@ -117,13 +145,24 @@ def run(args) -> int:
         from edgequant.models.packaged import smollm2_gguf_path
 
         model = smollm2_gguf_path()
-    with flag_names(types="--sensitivity-types", n_chunks="--chunks"):
+    flags = {"attribution_ctx": "--attribution-ctx", "attribution_chunks": "--attribution-chunks"}
+    with flag_names(types="--sensitivity-types", n_chunks="--chunks", attribution="--attribution", **flags):
         doc = run_evaluate(model, args.output, _options(args), progress=tensor_progress)
     if args.json:
         print(dumps(doc))
         return 0
     _print(doc, args.output)
     return 0
+
+
+def attribution_line(a: dict) -> str:
+    """One line: the critical path, its share of the KLD, and the top tensor kinds."""
+    path = ", ".join(a["critical_path"]) or "none (no KLD)"
+    kinds = [f"{u['name']}:{u['top_kind']}" for u in a["units"] if u.get("top_kind")]
+    return (
+        f"mean KLD {a['total']:.5f} (torch, {a['n_chunks']}x{a['n_ctx']} tokens); critical path {path} "
+        f"= {100 * a['path_share']:.0f}% of it; top kinds {', '.join(kinds) or '-'}; {a['seconds']:.0f} s"
+    )
 
 
 def _print(doc: dict, out: str) -> None:
@@ -151,6 +190,8 @@ def _print(doc: dict, out: str) -> None:
             f"{rt['rss_growth_bytes'] / 2**20:.1f}",
         )
     console.print(table)
+    for label, a in ((doc.get("attribution") or {}).get("candidates") or {}).items():
+        console.print(f"attribution {safe(label)}: {safe(attribution_line(a))}")
     base = doc.get("base") or {}
     ppl = (base.get("quality") or {}).get("eval", {}).get("ppl")
     skipped = f"; {len(doc['skipped'])} already measured, skipped" if doc.get("skipped") else ""

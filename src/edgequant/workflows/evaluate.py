@@ -11,6 +11,9 @@ Per candidate (:mod:`edgequant.workflows.evaluate_measure`): file bytes, bits pe
 in llama.cpp's runtime; prompt and generation tokens/s and time to first token at ``threads``; RSS growth;
 llama.cpp's buffers at ``fit_ctx`` (for ``recommend``'s fit rule). With ``sensitivity``, the per-tensor
 table of :func:`edgequant.workflows.sensitivity.collect_sensitivities` (predicted KLD per tensor and type).
+With ``attribution`` (candidate labels; ``"auto"``: Q4_K_M when swept, else the middle ftype), the per-layer
+error attribution of those candidates (:mod:`edgequant.workflows.evaluate_attribution`) under the key
+``"attribution"``: ``{"version": 1, "candidates": {label: {"settings": ..., "units": [...], ...}}}``.
 
 Results file (JSON, written atomically after every candidate)::
 
@@ -72,6 +75,9 @@ class EvalOptions:
     sensitivity_types: tuple[str, ...] = SENSITIVITY_TYPES
     workdir: str | None = None
     keep_files: bool = False
+    attribution: tuple[str, ...] = ()
+    attribution_ctx: int = 256
+    attribution_chunks: int = 2
 
 
 @dataclass(frozen=True)
@@ -215,12 +221,16 @@ def run_evaluate(
     base_settings = _candidate_settings(settings, Candidate("base", "F32", False))
     want_base = (doc.get("base") or {}).get("settings") != base_settings
     skipped = [c.label for c in cands if c not in todo]
-    if todo or want_sens or want_base:
+    attr = _attribution_todo(doc, opts, cands, settings)
+    if todo or want_sens or want_base or attr:
         with _workdir(opts) as work:
             job = _Job(model, out, doc, opts, threads, work, progress, [c.label for c in cands])
             job.prepare(is_float, texts, base_settings if want_base else None)
+            job.keep = {c.label for c, _ in attr}
             for c in todo:
                 job.candidate(c, _candidate_settings(settings, c))
+            for c, s in attr:
+                job.attribution(c, s)
             if want_sens:
                 job.sensitivity(texts["calibration"], sens_settings)
     doc["skipped"] = skipped
@@ -247,6 +257,7 @@ class _Job:
         self.model, self.out, self.doc, self.opts = model, out, doc, opts
         self.threads, self.work, self.progress, self.order = threads, work, progress, order
         self._imatrix = None
+        self.keep: set[str] = set()  # candidates whose file the attribution needs after scoring
 
     def prepare(self, is_float: bool, texts: dict[str, str], base_settings: dict | None) -> None:
         from edgequant.workflows.dequantize import dequantize_model
@@ -336,9 +347,16 @@ class _Job:
             "runtime": runtime,
             "seconds": time.perf_counter() - t0,
         }
-        if not self.opts.keep_files:
+        if not self.opts.keep_files and c.label not in self.keep:
             os.remove(dst)
         _put(self.doc, record)
+        _save(self.out, self.doc, self.order)
+
+    def attribution(self, c: Candidate, settings: dict) -> None:
+        from edgequant.workflows.evaluate_attribution import run_attribution
+
+        self.scorer = None  # the base's cached logits are not needed any more
+        run_attribution(self, c, settings)
         _save(self.out, self.doc, self.order)
 
     def sensitivity(self, calibration: str, settings: dict) -> None:
@@ -367,6 +385,20 @@ class _Job:
             },
         }
         _save(self.out, self.doc, self.order)
+
+
+def _attribution_todo(doc: dict, opts: EvalOptions, cands: list[Candidate], settings: dict) -> list:
+    """[(candidate, settings)] whose attribution is asked and not in ``doc`` with the same settings."""
+    from edgequant.workflows.evaluate_attribution import attribution_labels, attribution_settings
+
+    by = {c.label: c for c in cands}
+    done = (doc.get("attribution") or {}).get("candidates", {})
+    out = []
+    for label in attribution_labels(opts.attribution, [c.label for c in cands]):
+        s = attribution_settings(opts, _candidate_settings(settings, by[label]))
+        if (done.get(label) or {}).get("settings") != s:
+            out.append((by[label], s))
+    return out
 
 
 def _file_info(path: str) -> dict:

@@ -8,6 +8,10 @@ Device advice (:func:`device_table`) applies ``edgequant recommend``'s rule to t
 fit = tensor bytes + KV cache at the fit context (the model's shape, F16 cache) + llama.cpp's compute and
 output buffers measured by ``evaluate``; candidates ranked by mean KLD (lowest first); for each memory size
 the first that fits, beside the book's rule of thumb (for 7B-class models).
+
+Error attribution (``evaluate --attribution``, results key ``"attribution"`` version 1): one figure per
+attributed candidate and one sentence of advice (:func:`attribution_advice`) naming its critical path and
+the tensor kinds that matter most in its top layers.
 """
 
 from __future__ import annotations
@@ -140,6 +144,38 @@ def advice(doc: dict, devices: list[dict]) -> list[str]:
     return out
 
 
+def attributions(doc: dict) -> dict[str, dict]:
+    """{candidate label: attribution} of a results document (empty without a version-1 entry)."""
+    entry = doc.get("attribution")
+    if not isinstance(entry, dict) or entry.get("version") != 1:
+        return {}
+    return dict(entry.get("candidates") or {})
+
+
+def attribution_advice(label: str, a: dict) -> str:
+    """One sentence: the critical path of ``label``, its share, and the top tensor kind of its top layers."""
+    if not a["critical_path"]:
+        return f"{label}: no measurable KLD to attribute."
+    by = {u["name"]: u for u in a["units"]}
+    top = sorted(a["critical_path"], key=lambda n: -by[n]["increment"])
+    kinds = [
+        f"{n} ({by[n]['top_kind']}, {by[n]['kinds'][by[n]['top_kind']]:.3g} alone)"
+        for n in top
+        if by[n].get("top_kind")
+    ]
+    text = (
+        f"{label}: {len(top)} of {len(by)} layers make up {100 * a['path_share']:.0f}% of the mean KLD "
+        f"({a['total']:.4g} in PyTorch); the largest increments: {', '.join(top[:5])}. "
+    )
+    if kinds:
+        text += f"Keep these at a higher type first; the tensor that matters most: {', '.join(kinds)}. "
+    inter = a["interaction"]
+    how = "compound (the whole is worse than the sum)" if inter > 0 else "partly cancel"
+    return text + (
+        f"The layers' isolated KLDs sum to {a['isolated_sum']:.4g}: the errors {how} by {abs(inter):.3g}."
+    )
+
+
 def _template():
     import jinja2
 
@@ -171,6 +207,15 @@ def render_report(doc: dict) -> str:
         figures["speed"] = Markup(figs.speed_figure(rows, base))
     if sens:
         figures["heatmap"] = Markup(figs.heatmap_figure(sens))
+    attrib = [
+        {
+            "label": lbl,
+            "a": a,
+            "figure": Markup(figs.attribution_figure(lbl, a)),
+            "advice": attribution_advice(lbl, a),
+        }
+        for lbl, a in attributions(doc).items()
+    ]
     front = {
         rows[i]["label"] for i in figs.pareto([(r["bpw"], r["quality"]["eval"]["mean_kld"]) for r in rows])
     }
@@ -183,8 +228,9 @@ def render_report(doc: dict) -> str:
         front=front,
         figures=figures,
         devices=devices,
-        advice=advice(doc, devices) if rows else [],
+        advice=(advice(doc, devices) if rows else []) + [x["advice"] for x in attrib],
         keep_higher=keep_higher(sens),
+        attributions=attrib,
         settings=settings,
         eval_text=texts.get("eval", {}).get("path", "?"),
         shifted_text=texts.get("shifted", {}).get("path"),

@@ -7,6 +7,8 @@ give the same bytes).
   and ringed; the shifted-domain text dashed when present.
 * :func:`heatmap_figure`: the sensitivity table as layers x tensor kinds, one panel per type, colour =
   log10 of the predicted mean KLD that tensor alone adds at that type.
+* :func:`attribution_figure`: one candidate's per-layer error attribution (edgequant evaluate --attribution):
+  bars of each layer's isolated KLD and of its increment in forward order, the critical path shaded.
 * :func:`speed_figure`: prompt and generation tokens/s, and memory (file, RSS growth, llama.cpp's fit at
   the fit context) against bits per weight.
 """
@@ -166,4 +168,37 @@ def speed_figure(rows: list[dict], base: dict | None) -> str:
     ax_m.set(xlabel="bits per weight", ylabel="MiB", title="memory")
     for ax in (ax_s, ax_m):
         ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _unit_label(name: str) -> str:
+    return {"token_embd": "emb", "output": "out"}.get(name, name.removeprefix("blk."))
+
+
+def attribution_figure(label: str, a: dict) -> str:
+    """Per-unit bars of one candidate's attribution: the isolated KLD (unit alone quantized) and the
+    increment (added when the units are quantized in forward order; the increments sum to the total); the
+    units of the critical path shaded."""
+    plt = _plt()
+    units = a["units"]
+    n = len(units)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 3.6))
+    path = set(a["critical_path"])
+    for i, u in enumerate(units):
+        if u["name"] in path:
+            ax.axvspan(i - 0.5, i + 0.5, color="#f4d7a8", lw=0, zorder=0)
+    x = list(range(n))
+    ax.bar([i - 0.2 for i in x], [u["isolated"] for u in units], width=0.4, label="isolated (alone)")
+    ax.bar([i + 0.2 for i in x], [u["increment"] for u in units], width=0.4, label="increment (in order)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [_unit_label(u["name"]) for u in units], fontsize=7)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set(
+        xlabel="layer (emb: token embedding, out: output head)",
+        ylabel="mean KLD",
+        title=f"{label}: per-layer error attribution (total {a['total']:.4g}; shaded: critical path, "
+        f"{100 * a['path_share']:.0f}%)",
+    )
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
     return _svg(fig)
