@@ -103,7 +103,7 @@ def attribute_candidate(
 
 
 VERSION = 1  # of the results file's "attribution" entry
-SHARE, KIND_LAYERS = 0.8, 3
+SHARE, KIND_LAYERS = 0.8, 2
 DEFAULT_FTYPE = "Q4_K_M"
 
 
