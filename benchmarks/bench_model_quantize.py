@@ -8,6 +8,13 @@
 
 Writes ``benchmarks/results/model_quantize.{json,md}``. Run: ``python benchmarks/bench_model_quantize.py``
 (``--quick`` for 3 ftypes and a 1 GiB memory model).
+
+``--process``: part 1 timed as whole processes instead of calls in this one: ``python -m edgequant quantize
+IN OUT FTYPE N`` (the CLI: interpreter start, imports, summary) against ``python`` importing llama_cpp and
+calling ``llama_model_quantize`` (interpreter start, its imports, the library load), the two alternated in
+every repeat, best of ``--repeats``, after one untimed run of each (page cache warm, kernels built). The
+1-minute load average is recorded before each row and at the end (the machine may be shared).
+E.g. ``--process --no-memory --ftypes Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q4_K_M --repeats 5 --name NAME``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -94,6 +102,92 @@ def speed(workdir: str, ftypes: list[str], threads: list[int], repeats: int) -> 
                     "files_identical": cmp.files_identical,
                 }
             )
+            print(rows[-1], flush=True)
+    return rows
+
+
+_LLAMA_CHILD = r"""
+import ctypes, sys
+import llama_cpp
+src, dst, ftype, threads = sys.argv[1:5]
+llama_cpp.llama_backend_init()
+quiet = llama_cpp.llama_log_callback(lambda level, text, user: None)
+llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype, params.nthread = int(ftype), int(threads)
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
+"""
+
+
+def _timed_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child and its threads) of one process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]}... exited {out.returncode}: {out.stderr.strip()[-400:]}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def speed_process(
+    workdir: str, ftypes: list[str], threads: list[int], repeats: int, baseline: str | None = None
+) -> list[dict]:
+    """Whole processes, edgequant's CLI against a llama_model_quantize process, alternated (see --process).
+    ``baseline``: a ``src`` folder of another edgequant version, timed the same way in the same rounds."""
+    f32 = os.path.join(workdir, "smollm2-F32.gguf")
+    dequantize_model(smollm2_gguf_path(), f32, "f32")
+    ours, theirs = os.path.join(workdir, "ours.gguf"), os.path.join(workdir, "theirs.gguf")
+    old_env = {**os.environ, "PYTHONPATH": baseline} if baseline else None
+    rows = []
+    for ftype in ftypes:
+        name, fid = parse_ftype(ftype)
+        eq = [sys.executable, "-m", "edgequant", "quantize", f32, ours, name]
+        old = [sys.executable, "-m", "edgequant", "quantize", f32, os.path.join(workdir, "old.gguf"), name]
+        ll = [sys.executable, "-c", _LLAMA_CHILD, f32, theirs, str(fid)]
+        first = _timed_process([*eq, "1"])[0]  # untimed warm-up of each: page cache, kernels built or loaded
+        _timed_process([*ll, "1"])
+        if baseline:
+            _timed_process([*old, "1"], old_env)
+        for n in threads:
+            load = os.getloadavg()[0]
+            t: dict[str, list[tuple[float, float]]] = {"eq": [], "ll": [], "old": []}
+            for _ in range(repeats):
+                t["eq"].append(_timed_process([*eq, str(n)]))
+                t["ll"].append(_timed_process([*ll, str(n)]))
+                if baseline:
+                    t["old"].append(_timed_process([*old, str(n)], old_env))
+            cmp = compare_gguf(ours, theirs)
+            best = {k: min(w for w, _ in v) for k, v in t.items() if v}
+            cpu = {k: min(c for _, c in v) for k, v in t.items() if v}
+            row = {
+                "ftype": name,
+                "threads": n,
+                "edgequant_s": round(best["eq"], 3),
+                "llama_s": round(best["ll"], 3),
+                "ratio": round(best["ll"] / best["eq"], 3),
+                "edgequant_cpu_s": round(cpu["eq"], 3),
+                "llama_cpu_s": round(cpu["ll"], 3),
+                "cpu_ratio": round(cpu["ll"] / cpu["eq"], 3),
+                "edgequant_all_s": [round(w, 3) for w, _ in t["eq"]],
+                "llama_all_s": [round(w, 3) for w, _ in t["ll"]],
+                "first_run_s": round(first, 3),
+                "load_1min": round(load, 2),
+                "tensors_identical": f"{cmp.tensors_identical}/{cmp.tensors_total}",
+                "kv_equal": not cmp.kv_diffs,
+                "files_identical": cmp.files_identical,
+            }
+            if baseline:
+                same = compare_gguf(os.path.join(workdir, "old.gguf"), theirs).files_identical
+                row.update(
+                    baseline_s=round(best["old"], 3),
+                    baseline_ratio=round(best["ll"] / best["old"], 3),
+                    baseline_cpu_s=round(cpu["old"], 3),
+                    baseline_all_s=[round(w, 3) for w, _ in t["old"]],
+                    baseline_files_identical=same,
+                )
+            rows.append(row)
             print(rows[-1], flush=True)
     return rows
 
@@ -204,13 +298,8 @@ def memory(workdir: str, gib: float, ftypes: list[str], threads: int) -> dict:
     return {"model": info, "runs": runs}
 
 
-def to_markdown(res: dict) -> str:
+def _speed_table(res: dict) -> list[str]:
     lines = [
-        "# Whole-file quantization: edgequant vs llama.cpp `llama_model_quantize`\n",
-        f"{res['machine']['cpu']}, {res['machine']['cores']} cores; commit {res['machine']['commit']}, "
-        f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
-        "best of {} runs.\n".format(res["repeats"]),
-        "## SmolLM2-135M (F32 source, 539.8 MB)\n",
         "| ftype | threads | edgequant s | llama.cpp s | ratio | first run s | tensors identical "
         "| metadata equal | files identical |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -220,6 +309,48 @@ def to_markdown(res: dict) -> str:
             f"| {r['ftype']} | {r['threads']} | {r['edgequant_s']} | {r['llama_s']} | {r['ratio']} | "
             f"{r['first_run_s']} | {r['tensors_identical']} | {r['kv_equal']} | {r['files_identical']} |"
         )
+    return lines
+
+
+def _process_table(res: dict) -> list[str]:
+    base = any("baseline_s" in r for r in res["speed"])
+    lines = [
+        "Whole processes: `python -m edgequant quantize IN OUT FTYPE N` against a `python` process calling "
+        "`llama_model_quantize`, alternated in every round, start-up and imports included; wall time best of "
+        f"{res['repeats']}, CPU = user + system seconds of the process (all threads; less sensitive to other "
+        f"load than wall time). 1-minute load average: {res['load_start']} at the start, {res['load_end']} "
+        "at the end, and before each row (load column)."
+        + (f" Baseline: the same CLI from `{res.get('baseline')}`, timed in the same rounds." if base else "")
+        + "\n",
+        "| ftype | threads | edgequant s | llama.cpp s | ratio | edgequant CPU s | llama.cpp CPU s "
+        "| CPU ratio "
+        + ("| baseline s | baseline ratio | baseline CPU s " if base else "")
+        + "| files identical | load |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if base else "") + "---|---|",
+    ]
+    for r in res["speed"]:
+        extra = f" {r['baseline_s']} | {r['baseline_ratio']} | {r['baseline_cpu_s']} |" if base else ""
+        same = r["files_identical"] and (r.get("baseline_files_identical", True))
+        lines.append(
+            f"| {r['ftype']} | {r['threads']} | {r['edgequant_s']} | {r['llama_s']} | {r['ratio']} | "
+            f"{r['edgequant_cpu_s']} | {r['llama_cpu_s']} | {r['cpu_ratio']} |{extra} {same} | "
+            f"{r['load_1min']} |"
+        )
+    return lines
+
+
+def to_markdown(res: dict) -> str:
+    lines = [
+        "# Whole-file quantization: edgequant vs llama.cpp `llama_model_quantize`\n",
+        f"{res['machine']['cpu']}, {res['machine']['cores']} cores; commit {res['machine']['commit']}, "
+        f"{res['machine']['date']}. Ratio = llama.cpp time / edgequant time (> 1: edgequant faster); "
+        "best of {} runs.\n".format(res["repeats"]),
+        "## SmolLM2-135M (F32 source, 539.8 MB)\n",
+    ]
+    if res.get("process"):
+        lines += _process_table(res)
+    else:
+        lines += _speed_table(res)
     if res.get("memory"):
         m = res["memory"]["model"]
         lines += [
@@ -238,6 +369,8 @@ def to_markdown(res: dict) -> str:
                 f"| {r['tool']} | {r['ftype']} | {r['threads']} | {r['seconds']} | {r['peak_rss_mib']} | "
                 f"{r['peak_rss_over_file']} |"
             )
+    if res.get("notes"):
+        lines += ["", res["notes"].rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -251,10 +384,22 @@ def main() -> None:
         "--memory-only", action="store_true", help="rerun only the memory part; keep the speed table"
     )
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--process", action="store_true", help="time whole processes (see the description)")
+    ap.add_argument("--ftypes", help="comma-separated ftypes (default: all; --quick: Q8_0,Q4_K_M,Q4_0)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--name", default="model_quantize", help="results file name (default model_quantize)")
+    ap.add_argument("--notes", metavar="FILE.md", help="markdown appended to the results (e.g. a breakdown)")
+    ap.add_argument(
+        "--baseline-src", metavar="DIR", help="--process: also time the edgequant whose src folder is DIR"
+    )
     args = ap.parse_args()
     if not ggml_peer.available():
         sys.exit("llama-cpp-python is required (bash scripts/setup.sh --test)")
     ftypes = ["Q8_0", "Q4_K_M", "Q4_0"] if args.quick else list(FTYPES)
+    if args.ftypes:
+        ftypes = [parse_ftype(f)[0] for f in args.ftypes.split(",")]
+    threads = [int(n) for n in args.threads.split(",")]
+    load_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
         if args.memory_only:  # keep the committed speed table, redo the memory runs
             with open(
@@ -263,14 +408,24 @@ def main() -> None:
                 res = json.load(f)
             res["memory_machine"] = machine_info()
         else:
+            if args.process:
+                rows = speed_process(wd, ftypes, threads, args.repeats, args.baseline_src)
+            else:
+                rows = speed(wd, ftypes, threads, args.repeats)
             res = {
                 "machine": machine_info(),
                 "repeats": args.repeats,
-                "speed": speed(wd, ftypes, [1, 2], args.repeats),
+                "process": args.process,
+                "baseline": args.baseline_src,
+                "speed": rows,
             }
+            res["load_start"], res["load_end"] = load_start, round(os.getloadavg()[0], 2)
         if not args.no_memory:
             res["memory"] = memory(wd, 1.0 if args.quick else args.mem_gib, ["Q8_0", "Q4_K_M"], 2)
-    write_results("model_quantize", res, to_markdown(res))
+    if args.notes:
+        with open(args.notes) as f:
+            res["notes"] = f.read()
+    write_results(args.name, res, to_markdown(res))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,10 @@ def first_nonfinite(x: np.ndarray) -> int:
 
 def check_finite_rows(x: np.ndarray, what: str = "input") -> None:
     """Raise NonFiniteError naming the first row holding NaN/Inf."""
-    i = first_nonfinite(x)
+    _refuse_nonfinite(x, first_nonfinite(x), what)
+
+
+def _refuse_nonfinite(x: np.ndarray, i: int, what: str = "input") -> None:
     if i >= 0:
         row, col = divmod(int(i), x.shape[-1])
         value = x.reshape(-1)[i]
@@ -128,6 +131,7 @@ def quantize(
     *,
     threads: int | None = None,
     check_finite: bool = True,
+    warn_overflow: bool = True,
 ) -> np.ndarray:
     """Quantize float32 rows to ggml blocks, byte-identical to llama.cpp's ``ggml_quantize_chunk``.
 
@@ -135,7 +139,8 @@ def quantize(
     ``imatrix``: None or float32 of length n_per_row (llama-imatrix's per-column mean of squared
     activations), shared by all rows; types that ignore it (Q8_0, F16, BF16, F32) ignore it here too.
     Returns uint8 of shape (rows, row_bytes). Warns (``RuntimeWarning``) when a block's fp16 scale
-    overflows to inf/NaN, which llama.cpp writes the same way and then rejects at validation.
+    overflows to inf/NaN, which llama.cpp writes the same way and then rejects at validation, unless
+    ``warn_overflow`` is False (a caller that checks ``nonfinite_scale_rows`` itself: one pass, not two).
     """
     codec = get_codec(qtype)
     if codec.quantize_rows is None:
@@ -151,21 +156,40 @@ def quantize(
     if n % codec.block_size:
         raise ShapeError(f"{codec.name} needs a row length that is a multiple of {codec.block_size}, got {n}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if check_finite:
+    native = (
+        codec.name in legacy_native.TYPES
+        and (imatrix is None or not codec.uses_imatrix)
+        and legacy_native.available()
+    )
+    if check_finite and not native:
         check_finite_rows(x)
-    qw = _imatrix_vector(imatrix, n) if codec.uses_imatrix else np.zeros(0, np.float32)
     out = np.empty((rows, codec.row_bytes(n)), np.uint8)
-    if qw.size == 0 and codec.name in legacy_native.TYPES and legacy_native.available():
-        name = codec.name
-        run_ranges(
-            lambda a, b: legacy_native.quantize_rows(name, x[a:b], out[a:b]), rows, resolve_threads(threads)
-        )
+    if native:  # the C kernels find the first NaN/Inf in the pass they make anyway
+        bad = _quantize_native(codec.name, x, out, resolve_threads(threads))
+        if check_finite:
+            _refuse_nonfinite(x, bad)
     else:
+        qw = _imatrix_vector(imatrix, n) if codec.uses_imatrix else np.zeros(0, np.float32)
         kernel = codec.quantize_rows
         run_ranges(lambda a, b: kernel(x[a:b], qw, out[a:b]), rows, resolve_threads(threads))
-    if codec.fp16_scale_fields:
+    if codec.fp16_scale_fields and warn_overflow:
         warn_nonfinite_scales(out, codec)
     return out
+
+
+def _quantize_native(name: str, x: np.ndarray, out: np.ndarray, threads: int) -> int:
+    """``legacy_native.quantize_rows`` over row ranges on ``threads`` threads; the flat index of the first
+    NaN/Inf of ``x``, or -1."""
+    n = x.shape[1]
+    bad: list[int] = []
+
+    def run(a: int, b: int) -> None:
+        i = legacy_native.quantize_rows(name, x[a:b], out[a:b])
+        if i >= 0:
+            bad.append(a * n + i)
+
+    run_ranges(run, x.shape[0], threads)
+    return min(bad, default=-1)
 
 
 def _imatrix_vector(imatrix: np.ndarray | None, n: int) -> np.ndarray:

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from gguf.constants import GGUFValueType
 
@@ -37,24 +35,31 @@ def imatrix_for_tensor(qmap: dict[str, np.ndarray], t) -> np.ndarray | None:
     return qw
 
 
-def tensor_rows_f32(raw: np.ndarray, t) -> np.ndarray:
-    """The tensor as float32 rows: a zero-copy view of the map for F32, decoded otherwise; NaN/Inf refused."""
+def tensor_rows_f32(raw: np.ndarray, t, check: bool = True) -> np.ndarray:
+    """The tensor as float32 rows: a zero-copy view of the map for F32, decoded otherwise; NaN/Inf refused
+    (``check=False``: the caller passes the rows to ``encode_tensor(..., check_finite=True)``, which refuses
+    them with the same error, for the legacy types in the pass that quantizes them)."""
     rows = t.n_elements // t.shape_ne[0]
     if t.type_name == "F32":
         x = raw.view(np.float32).reshape(rows, t.shape_ne[0])  # read-only view; the kernels only read it
     else:
         x = dequantize(raw, t.type_name, (rows, t.shape_ne[0]))
+    if check:
+        _refuse_nonfinite(x, t)
+    return x
+
+
+def _refuse_nonfinite(x: np.ndarray, t) -> None:
     i = first_nonfinite(x)
     if i >= 0:
         row = i // t.shape_ne[0]
         raise NonFiniteError(f"tensor '{t.name}': row {row} holds NaN or Inf; fix the source weights")
-    return x
 
 
-def _quantize_matrices(x, new_type, qw, ne, n_mat, threads) -> np.ndarray:
+def _quantize_matrices(x, new_type, qw, ne, n_mat, threads, check) -> np.ndarray:
     """Rows quantized; a 3-D (expert) tensor with an imatrix one expert at a time, each with its slice."""
     if qw is None or n_mat == 1:
-        return quantize(x, new_type, qw, threads=threads, check_finite=False)
+        return quantize(x, new_type, qw, threads=threads, check_finite=check, warn_overflow=False)
     per = x.shape[0] // n_mat
     return np.concatenate(
         [
@@ -63,22 +68,29 @@ def _quantize_matrices(x, new_type, qw, ne, n_mat, threads) -> np.ndarray:
                 new_type,
                 qw[e * ne[0] : (e + 1) * ne[0]],
                 threads=threads,
-                check_finite=False,
+                check_finite=check,
+                warn_overflow=False,
             )
             for e in range(n_mat)
         ]
     )
 
 
-def encode_tensor(x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None) -> np.ndarray:
-    """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice."""
+def encode_tensor(
+    x: np.ndarray, new_type: str, qw: np.ndarray | None, t, threads: int | None, check_finite: bool = False
+) -> np.ndarray:
+    """Quantize rows, splitting a 3-D (expert) tensor so each expert uses its own imatrix slice.
+    ``check_finite``: refuse NaN/Inf rows as ``tensor_rows_f32`` does (for rows it did not check)."""
     ne = t.shape_ne
     n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
-    with warnings.catch_warnings():
-        # quantize() warns about overflowed fp16 scales; here they are checked below and refused with a
-        # one-line error, so the warning would only add lines (issue 17: one stderr line per failure)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = _quantize_matrices(x, new_type, qw, ne, n_mat, threads)
+    # no warning from quantize() about overflowed fp16 scales: they are checked below and refused with a
+    # one-line error, so the warning would only add lines (issue 17: one stderr line per failure)
+    try:
+        out = _quantize_matrices(x, new_type, qw, ne, n_mat, threads, check_finite)
+    except NonFiniteError:
+        if check_finite:
+            _refuse_nonfinite(x, t)  # the tensor's own message (its row in the whole tensor)
+        raise
     codec = get_codec(new_type)
     if codec.fp16_scale_fields:
         bad = nonfinite_scale_rows(out, codec)

@@ -5,8 +5,11 @@
  * -ffp-contract=off so that x*id + 8.5f stays two float32 roundings (ggml's bytes; the numba kernels do the
  * same). Float->int8 conversions follow x86 cvttss2si (NaN or out of int32 range -> INT_MIN, then the low
  * byte), as the numba kernels and ggml's x86 builds do, so inf/NaN rows give ggml's bytes too.
- * Every function works on whole blocks of one contiguous range, so callers split rows over threads.
+ * Every function works on whole blocks of one contiguous range, so callers split rows over threads. The
+ * quantizers also report the first NaN/Inf they met (from the per-block magnitude pass they make anyway),
+ * so a caller that refuses non-finite input needs no separate scan.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -73,7 +76,8 @@ static inline float absmax_signed(const float *x, int *finite) {
 }
 
 /* Q4_0 (nmax 8, 18 B) and Q5_0 (nmax 16, 22 B): d = max/-nmax, code = MIN(2nmax-1, (int8_t)(x*id + nmax+.5)) */
-static void sym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
+static int64_t sym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
+    int64_t bad = -1;
     const int bsize = nmax == 16 ? 22 : 18;
     const int qs_at = nmax == 16 ? 6 : 2;
     const float shift = (float)nmax + 0.5f;
@@ -83,6 +87,7 @@ static void sym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
         uint8_t *o = y + i * bsize;
         int finite;
         const float max = absmax_signed(xb, &finite);
+        if (!finite && bad < 0) bad = i;
         const float d = max / (float)(-nmax);
         const float id = d ? 1.0f / d : 0.0f;
         put16(o, fp16(d));
@@ -108,27 +113,56 @@ static void sym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
             for (int k = 0; k < 4; k++) o[2 + k] = (uint8_t)(qh >> (8 * k));
         }
     }
+    return bad;
 }
 
 /* Q4_1 (nmax 15, 20 B): code = MIN(15, (int8_t)((x-min)*id + .5)); Q5_1 (nmax 31, 24 B): (uint8_t)(...) */
-static void asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
+static int64_t asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
+    int64_t bad = -1;
     const int bsize = nmax == 31 ? 24 : 20;
     const int qs_at = nmax == 31 ? 8 : 4;
     for (int64_t i = 0; i < nb; i++) {
         const float *xb = x + i * QK;
         uint8_t *o = y + i * bsize;
-        float min = 3.402823466e+38f, max = -3.402823466e+38f;
+        /* min and max as integers: k(b) = b >= 0 ? b : b ^ 0x7FFFFFFF orders finite floats as the floats
+         * (with -0 < +0), and integer min/max vectorize where a float compare-and-assign does not. Only a
+         * zero extreme (ggml's scan keeps the first of -0 and +0) or inf/NaN needs ggml's scan. */
+        int32_t kmin = INT32_MAX, kmax = INT32_MIN, ex = 0;
         for (int j = 0; j < QK; j++) {
-            const float v = xb[j];
-            if (v < min) min = v;
-            if (v > max) max = v;
+            const int32_t b = (int32_t)f2u(xb[j]);
+            const int32_t k = b >= 0 ? b : b ^ 0x7FFFFFFF;
+            const int32_t e = b & (int32_t)INF_BITS;
+            kmin = kmin < k ? kmin : k;
+            kmax = kmax > k ? kmax : k;
+            ex = ex > e ? ex : e;
+        }
+        float min = u2f((uint32_t)(kmin >= 0 ? kmin : kmin ^ 0x7FFFFFFF));
+        float max = u2f((uint32_t)(kmax >= 0 ? kmax : kmax ^ 0x7FFFFFFF));
+        if (ex == (int32_t)INF_BITS || min == 0.0f || max == 0.0f) {
+            if (ex == (int32_t)INF_BITS && bad < 0) bad = i;
+            min = 3.402823466e+38f;
+            max = -3.402823466e+38f;
+            for (int j = 0; j < QK; j++) {
+                const float v = xb[j];
+                if (v < min) min = v;
+                if (v > max) max = v;
+            }
         }
         const float d = (max - min) / (float)nmax;
         const float id = d ? 1.0f / d : 0.0f;
         put16(o, fp16(d));
         put16(o + 2, fp16(min));
         uint32_t qh = 0;
-        for (int j = 0; j < QK / 2; ++j) {
+        if (ex < (int32_t)INF_BITS && fabsf(id) <= FLT_MAX_F && max - min <= FLT_MAX_F) {
+            /* 0 <= (x-min)*id <= nmax: plain casts are exact (the clamp is the numba kernels' no-op) */
+            for (int j = 0; j < QK / 2; ++j) {
+                const int32_t a = min_i(nmax, (int32_t)((xb[j] - min) * id + 0.5f));
+                const int32_t b = min_i(nmax, (int32_t)((xb[QK / 2 + j] - min) * id + 0.5f));
+                o[qs_at + j] = (uint8_t)((a & 0x0F) | ((b & 0x0F) << 4));
+                qh |= (uint32_t)((a >> 4) & 1) << j;
+                qh |= (uint32_t)((b >> 4) & 1) << (j + QK / 2);
+            }
+        } else for (int j = 0; j < QK / 2; ++j) {
             const float x0 = (xb[j] - min) * id;
             const float x1 = (xb[QK / 2 + j] - min) * id;
             int32_t a = cvtt(x0 + 0.5f), b = cvtt(x1 + 0.5f);
@@ -146,6 +180,7 @@ static void asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
             for (int k = 0; k < 4; k++) o[4 + k] = (uint8_t)(qh >> (8 * k));
         }
     }
+    return bad;
 }
 
 /* C roundf (half away from zero) without a libm call: exact for every float */
@@ -158,7 +193,8 @@ static inline float round_away(float v) {
 }
 
 /* Q8_0 (34 B): d = amax/127, q = (int8_t)roundf(x*id) */
-static void q8_0_ref(const float *x, uint8_t *y, int64_t nb) {
+static int64_t q8_0_ref(const float *x, uint8_t *y, int64_t nb) {
+    int64_t bad = -1;
     for (int64_t i = 0; i < nb; i++) {
         const float *xb = x + i * QK;
         uint8_t *o = y + i * 34;
@@ -168,6 +204,7 @@ static void q8_0_ref(const float *x, uint8_t *y, int64_t nb) {
             mb = mb > a ? mb : a;
         }
         float amax = u2f((uint32_t)mb);
+        if (mb >= (int32_t)INF_BITS && bad < 0) bad = i;
         if (mb > (int32_t)INF_BITS) { /* a NaN: ggml's MAX(amax, |v|) scan, NaN included */
             amax = 0.0f;
             for (int j = 0; j < QK; j++) {
@@ -190,19 +227,28 @@ static void q8_0_ref(const float *x, uint8_t *y, int64_t nb) {
             for (int j = 0; j < QK; ++j) o[2 + j] = (uint8_t)wrap8(cvtt(round_away(xb[j] * id)));
         }
     }
+    return bad;
 }
 
-/* kind: 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 8 Q8_0; n_elements a multiple of 32 */
-int eq_quantize_ref(int kind, const float *x, uint8_t *y, int64_t n_elements) {
+int64_t eq_first_nonfinite(const float *x, int64_t n);
+
+/* kind: 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 8 Q8_0; n_elements a multiple of 32. Returns the flat index of the
+ * first NaN/Inf of x (its blocks are still written, as ggml writes them), -1 if none, -2 for a bad kind. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default"))) /* one build, AVX2 where the CPU has it (same bytes) */
+#endif
+int64_t eq_quantize_ref(int kind, const float *x, uint8_t *y, int64_t n_elements) {
     const int64_t nb = n_elements / QK;
+    int64_t bad;
     switch (kind) {
-    case 0: sym_ref(x, y, nb, 8); return 0;
-    case 2: sym_ref(x, y, nb, 16); return 0;
-    case 1: asym_ref(x, y, nb, 15); return 0;
-    case 3: asym_ref(x, y, nb, 31); return 0;
-    case 8: q8_0_ref(x, y, nb); return 0;
-    default: return -1;
+    case 0: bad = sym_ref(x, y, nb, 8); break;
+    case 2: bad = sym_ref(x, y, nb, 16); break;
+    case 1: bad = asym_ref(x, y, nb, 15); break;
+    case 3: bad = asym_ref(x, y, nb, 31); break;
+    case 8: bad = q8_0_ref(x, y, nb); break;
+    default: return -2;
     }
+    return bad < 0 ? -1 : bad * QK + eq_first_nonfinite(x + bad * QK, QK);
 }
 
 /* flat index of the first NaN/Inf (exponent all ones) of n float32, or -1 */

@@ -85,7 +85,7 @@ def _library() -> ctypes.CDLL | None:
     except OSError:
         return None
     lib.eq_quantize_ref.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    lib.eq_quantize_ref.restype = ctypes.c_int
+    lib.eq_quantize_ref.restype = ctypes.c_int64
     lib.eq_first_nonfinite.argtypes = [ctypes.c_void_p, ctypes.c_int64]
     lib.eq_first_nonfinite.restype = ctypes.c_int64
     return lib
@@ -96,14 +96,17 @@ def available() -> bool:
     return _library() is not None
 
 
-def quantize_rows(qtype: str, x: np.ndarray, out: np.ndarray) -> None:
+def quantize_rows(qtype: str, x: np.ndarray, out: np.ndarray) -> int:
     """ggml's ``quantize_row_<qtype>_ref`` over the rows of ``x`` (float32, C-contiguous, row length a
-    multiple of 32) into ``out`` (uint8, C-contiguous, the rows' block bytes). Needs ``available()``."""
+    multiple of 32) into ``out`` (uint8, C-contiguous, the rows' block bytes). Needs ``available()``.
+
+    Returns the flat index in ``x`` of its first NaN/Inf, or -1 (found in the same pass: no extra scan)."""
     lib = _library()
     assert lib is not None
     assert x.dtype == np.float32 and x.flags.c_contiguous and out.flags.c_contiguous  # noqa: PT018
-    if x.size:
-        lib.eq_quantize_ref(_KINDS[qtype], x.ctypes.data, out.ctypes.data, x.size)
+    if not x.size:
+        return -1
+    return int(lib.eq_quantize_ref(_KINDS[qtype], x.ctypes.data, out.ctypes.data, x.size))
 
 
 def first_nonfinite(x: np.ndarray) -> int:

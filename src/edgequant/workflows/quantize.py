@@ -183,7 +183,8 @@ def _write_tensor(w, reader, t, c, requant, qw, threads, measure_error, hessians
     raw = reader.tensor_data(t)
     rmse, extra = None, {}
     if requant:
-        x = tensor_rows_f32(raw, t)
+        # without GPTQ the encoder refuses NaN/Inf itself (the legacy C kernels: in their one pass)
+        x = tensor_rows_f32(raw, t, check=hessians is not None)
         out, extra = _encode(x, c.new_type, qw, t, threads, hessians)
         if measure_error:
             back = dequantize(out, c.new_type, x.shape, threads=threads)
@@ -212,7 +213,7 @@ def _encode(x, new_type, qw, t, threads, hessians) -> tuple[np.ndarray, dict]:
             res = encode_gptq(x, new_type, qw, h, t.name)
             rounding = "llama" if res.used_plain else "gptq"
             return res.raw, {"rounding": rounding, "out_err": res.err, "plain_err": res.err_plain}
-    return encode_tensor(x, new_type, qw, t, threads), {}
+    return encode_tensor(x, new_type, qw, t, threads, check_finite=hessians is None), {}
 
 
 def _plan(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgequant.gguf.codecs import get_codec
+from edgequant.errors import NonFiniteError
+from edgequant.gguf.codecs import check_finite_rows, get_codec, quantize
 from edgequant.kernels import floats, legacy, legacy_native
 from tests.support.cases import row_cases
 
@@ -50,7 +51,9 @@ def _both(qtype: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ref = np.empty((x.shape[0], codec.row_bytes(x.shape[1])), np.uint8)
     NUMBA[qtype](x, np.zeros(0, np.float32), ref)
     ours = np.full_like(ref, 0xAA)
-    legacy_native.quantize_rows(qtype, x, ours)
+    bad = legacy_native.quantize_rows(qtype, x, ours)
+    nonfinite = np.flatnonzero(~np.isfinite(x.reshape(-1)))
+    assert bad == (int(nonfinite[0]) if nonfinite.size else -1)  # the first NaN/Inf, found in passing
     return ours, ref
 
 
@@ -71,6 +74,26 @@ def test_one_block_worked_case(qtype: str) -> None:
     if qtype == "Q4_0":
         assert ours[0, :2].tobytes() == np.float16(-3.875).tobytes()
         assert ours[0, 2] & 0x0F == 8
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_codecs_quantize_refuses_nonfinite_like_the_scan(qtype: str, threads: int) -> None:
+    """The C path of ``codecs.quantize`` reports NaN/Inf from its own pass with ``check_finite_rows``'s
+    message (first row and column over all thread ranges); ``check_finite=False`` returns the bytes."""
+    x = np.ones((9, 64), np.float32)
+    x[7, 40] = np.inf
+    x[5, 33] = np.nan
+    with pytest.raises(NonFiniteError) as got:
+        quantize(x, qtype, threads=threads)
+    with pytest.raises(NonFiniteError) as want:
+        check_finite_rows(x)
+    assert str(got.value) == str(want.value)
+    assert "row 5" in str(got.value)
+    assert "column 33" in str(got.value)
+    _, ref = _both(qtype, x)
+    out = quantize(x, qtype, threads=threads, check_finite=False, warn_overflow=False)
+    assert out.tobytes() == ref.tobytes()
 
 
 def test_first_nonfinite_matches_numba_at_chunk_edges() -> None:
