@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--drop", default="", help="regex of test ids to leave out (e.g. tests outside a sample)")
     ap.add_argument("--keep", default="", help="earlier report JSON whose other modes are kept as they are")
     ap.add_argument("--reuse", action="append", default=[], help="A=B: parts A did not run from B")
+    ap.add_argument("--ran-at", default="", help="commit the --mode runs were made at (default: HEAD)")
+    ap.add_argument("--ran-date", default="", help="when they ran, 'YYYY-MM-DD HH:MM UTC' (default: now)")
     args = ap.parse_args()
     runs = {m.split("=", 1)[0]: _mode(m.split("=", 1)[1]) for m in args.mode}
     if args.drop:
@@ -103,7 +105,7 @@ def main() -> None:
             if name not in runs:
                 result["modes"][name] = {"commit": old["commit"], "date": old["date"], **v}
     for name, outcomes in runs.items():
-        result["modes"][name] = _summary(outcomes, commit, date)
+        result["modes"][name] = _summary(outcomes, args.ran_at or commit, args.ran_date or date)
     for spec in args.reuse:
         a, b = spec.split("=", 1)
         _reuse(result["modes"][a], result["modes"][b], b)
