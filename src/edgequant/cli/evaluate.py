@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   edgequant evaluate model-f32.gguf --ftypes Q8_0,Q4_K_M,Q2_K --no-imatrix -o results.json --json
   edgequant evaluate model.gguf -f eval.txt --calibration calib.txt --shifted code.py --sensitivity -o r.json
   edgequant evaluate --smollm2 --ftypes Q8_0,Q4_0 -o smollm2.json      # the packaged SmolLM2-135M
+  edgequant evaluate model-f32.gguf --ftypes Q4_K_M --torch -o r.json  # + RTN 2-8 bit, NF4/int8 (PyTorch)
   edgequant evaluate --smollm2 --attribution Q4_K_M,Q2_K -o smollm2.json  # per-layer error attribution
   edgequant report results.json -o report.html
 """
@@ -97,6 +98,13 @@ def register(sub) -> None:
         help="attribution windows (default %(default)s)",
     )
     p.add_argument(
+        "--torch",
+        action="store_true",
+        help="also the PyTorch sweep: weight-only RTN at 2/4/6/8 bits x sym/asym (groups of 32), NF4, "
+        "NF4+double quant, FP4, LLM.int8, each scored in PyTorch against the float model, with a "
+        "per-layer time and memory profile (torch.profiler)",
+    )
+    p.add_argument(
         "--workdir", metavar="DIR", help="keep intermediate files here (default: a temporary folder)"
     )
     p.add_argument("--keep-files", action="store_true", help="keep the quantized files (with --workdir)")
@@ -129,6 +137,7 @@ def _options(args):
         attribution=items(args.attribution or ""),
         attribution_ctx=args.attribution_ctx,
         attribution_chunks=args.attribution_chunks,
+        torch_sweep=args.torch,
     )
 
 
@@ -190,6 +199,7 @@ def _print(doc: dict, out: str) -> None:
             f"{rt['rss_growth_bytes'] / 2**20:.1f}",
         )
     console.print(table)
+    _print_torch(doc.get("torch"))
     for label, a in ((doc.get("attribution") or {}).get("candidates") or {}).items():
         console.print(f"attribution {safe(label)}: {safe(attribution_line(a))}")
     base = doc.get("base") or {}
@@ -200,3 +210,28 @@ def _print(doc: dict, out: str) -> None:
         if ppl is not None
         else f"results in {safe(out)}{skipped}"
     )
+
+
+def _print_torch(section: dict | None) -> None:
+    from rich.table import Table
+
+    from edgequant.cli.tables import console, safe
+
+    if not section or not section.get("candidates"):
+        return
+    table = Table(
+        title="PyTorch sweep (linear layers of the blocks; scored in PyTorch against the float model)"
+    )
+    for col in ("candidate", "bpw", "MiB", "PPL", "mean KLD", "same top", "forward ms"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    profiles = section.get("profiles") or {}
+    for r in section["candidates"]:
+        q = r["quality"]["eval"]
+        prof = profiles.get(r["label"])
+        ms = sum(p["ms"] for p in prof if p["module"].count(".") == 2) if prof else None
+        table.add_row(
+            safe(r["label"]), f"{r['bpw']:.3f}", f"{r['bytes'] / 2**20:.1f}", f"{q['ppl']:.3f}",
+            f"{q['mean_kld']:.5f}", f"{100 * q['same_top_fraction']:.1f} %",
+            "-" if ms is None else f"{ms:.0f}",
+        )  # fmt: skip
+    console.print(table)

@@ -14,6 +14,8 @@ table of :func:`edgequant.workflows.sensitivity.collect_sensitivities` (predicte
 With ``attribution`` (candidate labels; ``"auto"``: Q4_K_M when swept, else the middle ftype), the per-layer
 error attribution of those candidates (:mod:`edgequant.workflows.evaluate_attribution`) under the key
 ``"attribution"``: ``{"version": 1, "candidates": {label: {"settings": ..., "units": [...], ...}}}``.
+With ``torch_sweep``, the PyTorch candidates of :mod:`edgequant.workflows.evaluate_torch` (the book's bits x
+{sym, asym} scan, NF4/FP4/int8 layers, a per-layer time and memory profile) under the key ``"torch"``.
 
 Results file (JSON, written atomically after every candidate)::
 
@@ -78,6 +80,7 @@ class EvalOptions:
     attribution: tuple[str, ...] = ()
     attribution_ctx: int = 256
     attribution_chunks: int = 2
+    torch_sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ def run_evaluate(
     want_base = (doc.get("base") or {}).get("settings") != base_settings
     skipped = [c.label for c in cands if c not in todo]
     attr = _attribution_todo(doc, opts, cands, settings)
-    if todo or want_sens or want_base or attr:
+    torch_todo = _torch_todo(doc, opts, settings)
+    if todo or want_sens or want_base or attr or torch_todo:
         with _workdir(opts) as work:
             job = _Job(model, out, doc, opts, threads, work, progress, [c.label for c in cands])
             job.prepare(is_float, texts, base_settings if want_base else None)
@@ -231,6 +235,8 @@ def run_evaluate(
                 job.candidate(c, _candidate_settings(settings, c))
             for c, s in attr:
                 job.attribution(c, s)
+            if torch_todo:
+                job.torch_sweep(*torch_todo)
             if want_sens:
                 job.sensitivity(texts["calibration"], sens_settings)
     doc["skipped"] = skipped
@@ -359,6 +365,17 @@ class _Job:
         run_attribution(self, c, settings)
         _save(self.out, self.doc, self.order)
 
+    def torch_sweep(self, settings: dict, labels: list[str]) -> None:
+        from edgequant.workflows.evaluate_torch import run_into_results
+
+        self.scorer = None
+        texts = {k: v for k, v in self.texts.items() if k != "calibration"}
+        chunking = Chunking(self.opts.n_ctx, self.opts.n_chunks)
+        save = lambda: _save(self.out, self.doc, self.order)  # noqa: E731
+        run_into_results(
+            self.doc, self.base, texts, chunking, self.threads, settings, labels, self.progress, save
+        )
+
     def sensitivity(self, calibration: str, settings: dict) -> None:
         from edgequant.workflows.sensitivity import collect_sensitivities
 
@@ -399,6 +416,15 @@ def _attribution_todo(doc: dict, opts: EvalOptions, cands: list[Candidate], sett
         if (done.get(label) or {}).get("settings") != s:
             out.append((by[label], s))
     return out
+
+
+def _torch_todo(doc: dict, opts: EvalOptions, settings: dict) -> tuple[dict, list[str]] | None:
+    """(settings, labels) of the PyTorch sweep still to run, or None."""
+    if not opts.torch_sweep:
+        return None
+    from edgequant.workflows.evaluate_torch import pending
+
+    return pending(doc, settings)
 
 
 def _file_info(path: str) -> dict:
