@@ -176,6 +176,31 @@ def attribution_advice(label: str, a: dict) -> str:
     )
 
 
+def torch_section(doc: dict) -> dict | None:
+    """The PyTorch sweep of a results document (``evaluate --torch``), or None without a version-1 one."""
+    section = doc.get("torch")
+    if not isinstance(section, dict) or section.get("version") != 1 or not section.get("candidates"):
+        return None
+    return section
+
+
+def torch_advice(section: dict) -> str:
+    """One sentence: the smallest PyTorch candidate within :data:`KLD_GOOD`, and sym against asym."""
+    rows = sorted(section["candidates"], key=lambda r: r["bpw"])
+    good = [r for r in rows if r["quality"]["eval"]["mean_kld"] <= KLD_GOOD]
+    text = (
+        f"In PyTorch, the smallest layer format within mean KLD {KLD_GOOD} is {good[0]['label']} "
+        f"({good[0]['bpw']:.2f} bits per weight)."
+        if good
+        else f"In PyTorch, no layer format stays within mean KLD {KLD_GOOD}."
+    )
+    by = {r["label"]: r["quality"]["eval"]["mean_kld"] for r in rows}
+    wins = [b for b in (2, 4, 6, 8) if by.get(f"rtn-w{b}-asym", 1) < by.get(f"rtn-w{b}-sym", 0)]
+    if wins:
+        text += f" An offset (asym) beats a symmetric grid at {', '.join(map(str, wins))} bits."
+    return text
+
+
 def _template():
     import jinja2
 
@@ -216,6 +241,9 @@ def render_report(doc: dict) -> str:
         }
         for lbl, a in attributions(doc).items()
     ]
+    torch_rows = torch_section(doc)
+    if torch_rows:
+        figures["torch"] = Markup(figs.torch_figure(torch_rows))
     front = {
         rows[i]["label"] for i in figs.pareto([(r["bpw"], r["quality"]["eval"]["mean_kld"]) for r in rows])
     }
@@ -228,7 +256,10 @@ def render_report(doc: dict) -> str:
         front=front,
         figures=figures,
         devices=devices,
-        advice=(advice(doc, devices) if rows else []) + [x["advice"] for x in attrib],
+        advice=(advice(doc, devices) if rows else [])
+        + [x["advice"] for x in attrib]
+        + ([torch_advice(torch_rows)] if torch_rows else []),
+        torch_rows=sorted(torch_rows["candidates"], key=lambda r: -r["bpw"]) if torch_rows else [],
         keep_higher=keep_higher(sens),
         attributions=attrib,
         settings=settings,

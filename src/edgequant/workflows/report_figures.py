@@ -9,6 +9,7 @@ give the same bytes).
   log10 of the predicted mean KLD that tensor alone adds at that type.
 * :func:`attribution_figure`: one candidate's per-layer error attribution (edgequant evaluate --attribution):
   bars of each layer's isolated KLD and of its increment in forward order, the critical path shaded.
+* :func:`torch_figure`: the PyTorch sweep, mean KLD against bits per weight, and per-layer forward times.
 * :func:`speed_figure`: prompt and generation tokens/s, and memory (file, RSS growth, llama.cpp's fit at
   the fit context) against bits per weight.
 """
@@ -201,4 +202,35 @@ def attribution_figure(label: str, a: dict) -> str:
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def torch_figure(section: dict) -> str:
+    """The PyTorch sweep (edgequant evaluate --torch): mean KLD against bits per weight for the RTN scan
+    (sym and asym joined by bit width) and the bitsandbytes-style layers; beside it, each decoder layer's
+    forward time from the profile, float against each profiled candidate."""
+    plt = _plt()
+    fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = section["candidates"]
+    for kind, marker in (("sym", "o"), ("asym", "s")):
+        pts = sorted((r["bpw"], r["quality"]["eval"]["mean_kld"], r["label"]) for r in rows
+                     if r["label"].startswith("rtn-") and r["label"].endswith("-" + kind))  # fmt: skip
+        if pts:
+            ax_q.plot([p[0] for p in pts], [max(p[1], 1e-7) for p in pts], marker=marker, label=f"RTN {kind}")
+    bnb = [r for r in rows if r["method"] == "torch:bnb"]
+    for r in bnb:
+        ax_q.plot(r["bpw"], max(r["quality"]["eval"]["mean_kld"], 1e-7), marker="D", ls="none", color="k")
+        ax_q.annotate(r["label"], (r["bpw"], max(r["quality"]["eval"]["mean_kld"], 1e-7)), fontsize=7,
+                      xytext=(4, 2), textcoords="offset points")  # fmt: skip
+    ax_q.set_yscale("log")
+    ax_q.set(xlabel="bits per weight (linears packed, other tensors 16-bit)", ylabel="mean KLD (PyTorch)",
+             title="PyTorch sweep: quality vs size")  # fmt: skip
+    ax_q.legend(fontsize=7)
+    profiles = section.get("profiles") or {}
+    for label, prof in profiles.items():
+        layers = [p for p in prof if p["module"].count(".") == 2]
+        ax_t.plot(range(len(layers)), [p["ms"] for p in layers], marker=".", label=label)
+    ax_t.set(xlabel="decoder layer", ylabel="ms (torch.profiler, one chunk)", title="per-layer forward time")
+    if profiles:
+        ax_t.legend(fontsize=7)
     return _svg(fig)
