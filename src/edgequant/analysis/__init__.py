@@ -18,6 +18,8 @@ Pure functions over tensors, measurements and plans; no file loops (the whole-mo
   memory budget, applied through ``quantize_``.
 * :mod:`~edgequant.analysis.gptq` and :mod:`~edgequant.analysis.ggml_codes`: GPTQ error-feedback rounding
   into ggml blocks (llama.cpp's scale fields kept, codes rewritten), the code bits of every storable type.
+* :mod:`~edgequant.analysis.attribution`: each layer's contribution to a quantized candidate's output KLD
+  (isolated, cumulative increments that sum to the total, interaction) and the critical path.
 * :mod:`~edgequant.analysis.compensation`: PyTorch-side compensation (bias correction, per-channel / per-block
   scale search, batch-norm recalibration).
 
@@ -32,6 +34,7 @@ _M, _D, _G = "edgequant.analysis.metrics", "edgequant.analysis.decompose", "edge
 _P, _S = "edgequant.analysis.propagation", "edgequant.analysis.sensitivity"
 _A, _T = "edgequant.analysis.allocate", "edgequant.analysis.torch_plan"
 _C, _Q = "edgequant.analysis.compensation", "edgequant.analysis.gptq"
+_R = "edgequant.analysis.attribution"
 
 _LAZY = {
     **dict.fromkeys(
@@ -58,6 +61,7 @@ _LAZY = {
     **dict.fromkeys(("plan_layers", "apply_plan", "threshold_plan", "LayerPlan", "DEFAULT_CANDIDATES"), _T),
     **dict.fromkeys(("bias_correct", "scale_search", "bn_calibrate"), _C),
     **dict.fromkeys(("gptq_quantize", "GptqResult", "output_error"), _Q),
+    **dict.fromkeys(("attribute_layers", "Attribution", "UnitAttribution", "critical_path"), _R),
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _LAZY)
