@@ -1,4 +1,4 @@
-"""Straight-through estimator primitives (pure torch, no state).
+"""Straight-through estimator primitives (torch; ``grid_fake`` runs numba kernels where it can, no state).
 
 * ``round_ste(x)``: forward ``round(x)`` (half to even), backward identity.
 * ``grad_scale(x, g)``: forward ``x``, backward ``g · grad`` (LSQ's step-gradient scaling).
@@ -87,6 +87,11 @@ class _GridFake(torch.autograd.Function):
     recomputes ``u = (v − m)/d`` and gives the STE/LSQ gradients ``∂v = g·1[qmin ≤ u ≤ qmax]``,
     ``∂d = Σ g·(q − u·1[inside])``, ``∂m = Σ g·1[outside]`` (sums over the elements sharing a scale), by the
     unfused graph's formulas so they are bit-identical to it.
+
+    float32 CPU tensors in the block layout (``v`` (…, K), ``d``/``m`` (…, 1)) run the one-pass numba
+    kernels of ``kernels.fake_quant`` (same operations, same order, torch's summation order for ∂d/∂m,
+    so the same bits); anything else, or a row length whose torch sum order is not reproduced, runs the
+    torch code below.
     """
 
     @staticmethod
@@ -94,6 +99,11 @@ class _GridFake(torch.autograd.Function):
         ctx.qrange = (qmin, qmax)
         ctx.has_m = m is not None
         ctx.save_for_backward(v, d, m if m is not None else d)
+        from edgequant.kernels.fake_quant import grid_fake_forward
+
+        y = grid_fake_forward(v, d, m, qmin, qmax)
+        if y is not None:
+            return y
         u = (v - m) if m is not None else v.clone()
         y = u.div_(d).clamp_(qmin, qmax).round_().add_(0.0).mul_(d)  # + 0.0: code 0 is +0, as ggml's
         return y.add_(m) if m is not None else y
@@ -104,6 +114,12 @@ class _GridFake(torch.autograd.Function):
         # are bit-identical to it and training follows the same trajectory.
         v, d, m = ctx.saved_tensors
         qmin, qmax = ctx.qrange
+        need_d, need_m = ctx.needs_input_grad[1], ctx.has_m and ctx.needs_input_grad[2]
+        from edgequant.kernels.fake_quant import grid_fake_backward
+
+        fast = grid_fake_backward(v, d, m if ctx.has_m else None, grad, qmin, qmax, need_d, need_m)
+        if fast is not None:
+            return (*fast, None, None)
         u = ((v - m) if ctx.has_m else v) / d
         gc = (grad * d).masked_fill_((u < qmin) | (u > qmax), 0.0)  # ∂/∂u: 0 outside [qmin, qmax]
         gv = gc / d
