@@ -121,7 +121,9 @@ def _rows(v, d, m):
 
     per_row = (*v.shape[:-1], 1)
     tensors = (v, d) if m is None else (v, d, m)
-    if v.dim() < 1 or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+    if v.dim() < 1 or not v.is_contiguous():  # a strided v: torch's backward sums in another order
+        return None
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
         return None
     if tuple(d.shape) != per_row or (m is not None and tuple(m.shape) != per_row):
         return None
@@ -152,17 +154,18 @@ def grid_fake_forward(v, d, m, qmin: int, qmax: int):
 def grid_fake_backward(v, d, m, grad, qmin: int, qmax: int, need_d: bool, need_m: bool):
     """``_GridFake``'s (∂v, ∂d or None, ∂m or None) by ``_backward``, or None when the torch path must run.
 
-    ``grad`` must be contiguous when ``∂m`` is wanted: torch sums a strided ``grad`` in another order.
+    ``v`` and ``grad`` must be contiguous: torch's intermediates take their strides, and a strided
+    intermediate is summed in another order.
     """
     import torch
 
     rows = _rows(v, d, m)
     if rows is None or grad.dtype != torch.float32 or grad.shape != v.shape:
         return None
-    if need_m and not grad.is_contiguous():
+    if not grad.is_contiguous():
         return None
     vv, dd, mm = rows
-    gg = grad.contiguous().numpy().reshape(vv.shape)
+    gg = grad.numpy().reshape(vv.shape)
     gv = torch.empty(v.shape, dtype=torch.float32)
     gd = torch.empty(d.shape, dtype=torch.float32)
     gm = torch.empty(d.shape, dtype=torch.float32)
