@@ -29,15 +29,18 @@ import numpy as np
 from edgequant.kernels.parallel import run_ranges
 from edgequant.kernels.primitives import F, jit
 
-_LANES = (8, 16)
+LANES = 8  # torch's Vectorized<float> width with AVX2 (and its default build); AVX-512's 16 falls back
 _WIDTH: dict[int, int | None] = {}
 
 
 @jit
-def _row_sum(t, k, lanes):
-    """torch's float32 sum of ``t[:k]`` (contiguous inner reduction, ``lanes``-wide vectors, < 64 vectors)."""
+def _row_sum(t, k, lanes, acc):
+    """torch's float32 sum of ``t[:k]`` (contiguous inner reduction, ``lanes``-wide vectors, < 64 vectors);
+    ``acc``: (4, lanes) scratch."""
     nvec = k // lanes
-    acc = np.zeros((4, lanes), np.float32)
+    for a in range(4):
+        for lane in range(lanes):
+            acc[a, lane] = 0.0
     for i in range(nvec):
         a = i % 4 if i < (nvec // 4) * 4 else 0
         for lane in range(lanes):
@@ -55,8 +58,9 @@ def _row_sum(t, k, lanes):
 
 @jit
 def _row_sums(x, lanes, out):
+    acc = np.empty((4, lanes), np.float32)
     for r in range(x.shape[0]):
-        out[r] = _row_sum(x[r], x.shape[1], lanes)
+        out[r] = _row_sum(x[r], x.shape[1], lanes, acc)
 
 
 @jit
@@ -73,9 +77,10 @@ def _forward(v, d, m, has_m, lo, hi, y, first, last):
 
 
 @jit
-def _backward(v, d, m, g, has_m, need_d, need_m, lo, hi, lanes, gv, gd, gm, first, last):
+def _backward(v, d, m, g, has_m, need_d, need_m, lo, hi, gv, gd, gm, first, last):
     k = v.shape[1]
     t = np.empty((4, k), np.float32)
+    acc = np.empty((4, LANES), np.float32)
     for b in range(first, last):
         db = d[b]
         mb = m[b] if has_m else F(0.0)
@@ -91,9 +96,9 @@ def _backward(v, d, m, g, has_m, need_d, need_m, lo, hi, lanes, gv, gd, gm, firs
             t[2, j] = gj
             t[3, j] = -gvj
         if need_d:
-            gd[b] = _row_sum(t[0], k, lanes) + _row_sum(t[1], k, lanes)
+            gd[b] = _row_sum(t[0], k, LANES, acc) + _row_sum(t[1], k, LANES, acc)
         if need_m:
-            gm[b] = _row_sum(t[2], k, lanes) + _row_sum(t[3], k, lanes)
+            gm[b] = _row_sum(t[2], k, LANES, acc) + _row_sum(t[3], k, LANES, acc)
 
 
 def lane_width(k: int) -> int | None:
@@ -105,13 +110,11 @@ def lane_width(k: int) -> int | None:
         x = torch.randn(64, k, generator=gen) * torch.logspace(-4, 4, k)
         ref = x.sum_to_size(64, 1).numpy()[:, 0]
         _WIDTH[k] = None
-        for lanes in _LANES:
-            if lanes <= k < 64 * lanes:
-                out = np.empty(64, np.float32)
-                _row_sums(x.numpy(), lanes, out)
-                if np.array_equal(out.view(np.int32), ref.view(np.int32)):
-                    _WIDTH[k] = lanes
-                    break
+        if LANES <= k < 64 * LANES:
+            out = np.empty(64, np.float32)
+            _row_sums(x.numpy(), LANES, out)
+            if np.array_equal(out.view(np.int32), ref.view(np.int32)):
+                _WIDTH[k] = LANES
     return _WIDTH[k]
 
 
@@ -170,7 +173,6 @@ def grid_fake_backward(v, d, m, grad, qmin: int, qmax: int, need_d: bool, need_m
     gd = torch.empty(d.shape, dtype=torch.float32)
     gm = torch.empty(d.shape, dtype=torch.float32)
     outs = (gv.numpy().reshape(vv.shape), gd.numpy().reshape(-1), gm.numpy().reshape(-1))
-    lanes = lane_width(v.shape[-1])
-    args = (vv, dd, mm, gg, m is not None, need_d, need_m, F(qmin), F(qmax), lanes, *outs)
+    args = (vv, dd, mm, gg, m is not None, need_d, need_m, F(qmin), F(qmax), *outs)
     run_ranges(_backward, vv.shape[0], torch.get_num_threads(), *args, min_chunk=256)
     return gv, (gd if need_d else None), (gm if need_m else None)
