@@ -6,16 +6,17 @@ direction reads the weights once:
 * forward, per element: ``y = (rint(clamp((v − m)/d, qmin, qmax)) + 0)·d + m`` (``m`` absent: ``v/d``, no
   ``+ m``), the torch path's float32 operations in its order (``+ 0``: a rounded −0 is the code +0);
 * backward, per element: ``u = (v − m)/d``, ``gc = 0`` if ``u < qmin`` or ``u > qmax`` else ``g·d``,
-  ``∂v = gc/d``; per row, in the same pass: ``∂d = Σ rint(clamp(u))·g + Σ (−gc)·(u/d)`` and
-  ``∂m = Σ g + Σ (−∂v)``.
+  ``∂v = gc/d``; per row, in the same pass (the row's four addend vectors in an L1 scratch):
+  ``∂d = Σ rint(clamp(u))·g + Σ (−gc)·(u/d)`` and ``∂m = Σ g + Σ (−∂v)``.
 
 The sums reproduce torch's CPU order for a contiguous inner reduction of float32 (ATen ``SumKernel.cpp``,
 ``vectorized_inner_sum`` + ``row_sum``): ``L``-lane vector accumulators (L = 8 with AVX2), four of them
 interleaved over the row's ``K // L`` vectors, folded ``((a0 + a1) + a2) + a3``, then a scalar accumulator
 from 0 over the ``K mod L`` tail, then the L lanes in order. That order holds while ``K // L < 64`` (no
-cascade level); ``lane_width`` checks it against ``torch.sum`` once per row length and returns None when no
-width reproduces torch, so the caller keeps the torch path: the results are bit-identical to the unfused
-graph either way, never merely close.
+cascade level) and only for contiguous ``v`` and ``grad`` (torch's intermediates take their strides);
+``lane_width`` checks it against ``torch.sum`` once per row length and returns None when it does not match
+(an AVX-512 torch sums 16 lanes), so the caller keeps the torch path: the results are bit-identical to the
+unfused graph either way, never merely close (no reassociation bound is needed).
 
 Threads: the rows are split over ``torch.get_num_threads()`` threads (``parallel.run_ranges``; GIL-free
 serial kernels, no numba threading layer next to torch's OpenMP); rows are independent, so the result does
