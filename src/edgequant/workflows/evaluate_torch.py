@@ -30,7 +30,9 @@ bitsandbytes candidate.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import time
 from collections.abc import Callable
 
@@ -144,8 +146,9 @@ def layer_profile(model, chunk) -> list[dict]:
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     ids = torch.as_tensor(chunk, dtype=torch.int64).unsqueeze(0)
     try:
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            model(input_ids=ids, use_cache=False)
+        with _c_stderr_muted(), torch.inference_mode():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -162,6 +165,24 @@ def layer_profile(model, chunk) -> list[dict]:
                 }
             )
     return out
+
+
+@contextlib.contextmanager
+def _c_stderr_muted():
+    """File descriptor 2 to /dev/null: the profiler's C++ side (Kineto, c10) logs start/stop lines and
+    allocator warnings there, below Python's reach, on every profile."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def run_torch_sweep(
