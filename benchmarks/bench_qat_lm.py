@@ -60,6 +60,9 @@ SPECS = {
     "qat3": QuantSpec(bits=3, method="lsq", granularity="group", group_size=32, init="minmax"),
 }
 ORDER = ["float", "ptq4", "qat4", "ptq3", "qat3"]
+# optional cell (``--cells qat4a``): qat4 trained and scored with llama.cpp's Q8_0 rounding of every Q4_0
+# matmul's input (``eval.ggml_activations.round_q8_0``, straight-through gradient)
+EXTRA = ["qat4a"]
 REFLM_TRAIN_FILES = 3_000_000  # bytes of training-split source text to draw windows from
 DEFAULTS = {  # per model: steps, batch, seq_len, lr, scale_lr
     "reference-lm": {"steps": 300, "batch": 4, "seq_len": 256, "lr": 1e-5, "scale_lr": 1e-4},
@@ -173,7 +176,7 @@ def main() -> int:
     state_path = os.path.join(work, "cells.json")
     cells = load_rows(state_path)
     settings = {"train": train, "eval_windows": args.eval_windows}
-    for name in ORDER:
+    for name in ORDER + EXTRA:
         old = cells.get(name)
         if old is not None and old.get("settings") == _cell_settings(name, settings):
             continue
@@ -222,7 +225,9 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
     steps = []
     m = model if name == "float" else copy.deepcopy(model)
     if name != "float":
-        prepare(m, QATConfig(weight=SPECS[name]))
+        prepare(m, QATConfig(weight=SPECS[name.removesuffix("a")]))
+    if name == "qat4a":
+        _round_inputs_q8_0(m)
     if name.startswith("qat"):
         t = settings["train"]
         cfg = LMTrainConfig(
@@ -236,7 +241,7 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
                       max_windows=settings["eval_windows"])  # fmt: skip
     teacher.caching = False
     res.update({"train_seconds": train_s, "log": steps, "settings": _cell_settings(name, settings)})
-    if name in ("ptq4", "qat4"):
+    if name in ("ptq4", "qat4", "qat4a"):
         from edgequant.qat.export import export_gguf
 
         path = os.path.join(work, f"{name}.gguf")
@@ -260,6 +265,21 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
     return res
 
 
+def _round_inputs_q8_0(model) -> None:
+    """Every QAT linear's input rounded as llama.cpp's Q4_0 matmul rounds it (to Q8_0 blocks of 32), with a
+    straight-through gradient."""
+    from edgequant.eval.ggml_activations import round_q8_0
+    from edgequant.qat.modules import QATLinear
+
+    def hook(_m, inp):
+        x = inp[0]
+        return (x + (round_q8_0(x.detach()).to(x.dtype) - x.detach()), *inp[1:])
+
+    for mod in model.modules():
+        if isinstance(mod, QATLinear):
+            mod.register_forward_pre_hook(hook)
+
+
 def _progress(name, rec, log):
     if rec["step"] % 5 == 0 or rec["step"] == 1:
         log(f"  {name} step {rec['step']}: kd {rec['kd']:.4f} ({rec['seconds']:.2f} s/step)")
@@ -268,8 +288,9 @@ def _progress(name, rec, log):
 def _rows(cells: dict) -> list[dict]:
     f = cells["float"]
     rows = []
-    for bits in (4, 3):
-        p, q = cells[f"ptq{bits}"], cells[f"qat{bits}"]
+    variants = [(4, "qat4"), (3, "qat3")] + ([("4a", "qat4a")] if "qat4a" in cells else [])
+    for bits, qat in variants:
+        p, q = cells[f"ptq{str(bits)[0]}"], cells[qat]
         row = {
             "bits": bits,
             "torch": {
@@ -331,7 +352,7 @@ def markdown(d: dict) -> str:
                 f"{x['qat_gap_pct']:+.2f}% | {100 * x['gap_closed']:.0f}% | {kl_p:.5f} | {kl_q:.5f} | "
                 f"{100 * x['kl_closed']:.0f}% |"
             )
-    r4, r3 = d["rows"]
+    r4, r3 = d["rows"][:2]
     g4 = r4.get("llamacpp", r4["torch"])["qat_gap_pct"]
     md += [
         "",
@@ -340,6 +361,9 @@ def markdown(d: dict) -> str:
         f"Goal, 3 bits: QAT closes ≥ 70 % of PTQ's gap: "
         f"**{'met' if r3['torch']['gap_closed'] >= 0.7 else 'not met'}** "
         f"({100 * r3['torch']['gap_closed']:.0f} %, PyTorch).",
+        "",
+        "Bits 4a: the 4-bit QAT trained (and scored in PyTorch) with every Q4_0 matmul's input rounded to "
+        "Q8_0 as llama.cpp does (`--cells qat4a`), against the same PTQ.",
         "",
         "Gap closed = (PTQ ppl − QAT ppl) / (PTQ ppl − float ppl); KL closed = (PTQ KL − QAT KL) / PTQ KL, "
         "the same for the mean KL(float ‖ model), whose float value is exactly 0. When PTQ's ppl gap "
