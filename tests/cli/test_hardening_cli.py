@@ -472,7 +472,13 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("mode", ["hook", "default"])
 def test_an_interrupt_swallowed_by_a_c_callback_is_delivered_again(mode):
-    p = subprocess.run([sys.executable, "-c", _SWALLOWED, mode], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_default_sigint,  # under a CI shell SIGINT may be ignored, and the child would inherit it
+    )
     if mode == "hook":  # what the CLI installs: the interrupt surfaces in Python code, no traceback
         assert p.stdout.strip() == "interrupted", p.stderr
         assert "Traceback" not in p.stderr
