@@ -27,7 +27,7 @@ frozen, ``--steps`` steps of ``--batch`` random windows of ``--seq-len`` tokens.
 
 Goals (issue 14): 4-bit QAT perplexity within 3 % of float, on both models; 3-bit QAT closes at least 70 % of
 PTQ's perplexity gap. Writes ``benchmarks/results/qat_<model>.{json,md}`` and ``qat_<model>_loss.png``.
-Resumable: each finished cell (and each trained QAT model's state) is kept in ``--workdir``.
+Resumable: each finished cell's numbers (not the trained model) are kept in ``--workdir``.
 
 Usage: ``python benchmarks/bench_qat_lm.py --model reference-lm [--steps 300] [--lr 1e-4] [--quick]``
 """
@@ -167,7 +167,7 @@ def main() -> int:
     scorer = LazyScorer(args.model, work, args.threads)
     from edgequant.models import load_causal_lm
 
-    model, tok = load_causal_lm(_hf_source(args.model, scorer))
+    model, tok = load_causal_lm(_source(args.model))
     teacher = EvalCachedTeacher(model)
     text, train_label = training_text(args.model)
     train_ids = torch.tensor(tok(text)["input_ids"])
@@ -206,7 +206,7 @@ def main() -> int:
     return 0
 
 
-def _hf_source(model: str, scorer) -> str:
+def _source(model: str) -> str:
     if model == "smollm2":
         from edgequant.models.packaged import smollm2_gguf_path
 

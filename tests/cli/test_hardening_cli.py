@@ -461,7 +461,7 @@ def callback():
     raise KeyboardInterrupt  # as a Ctrl-C landing in numba's LLVM cache callback does
 try:
     ctypes.CFUNCTYPE(None)(callback)()  # ctypes cannot propagate it: it goes to sys.unraisablehook
-    # the hook's timer thread sends the signal 10 ms later; on a loaded machine it may take much longer to run
+    # the hook's timer thread sends the signal 10 ms later: wait generously for it on a busy machine
     for _ in range(1000 if sys.argv[1] == "hook" else 20):
         time.sleep(0.01)
     print("carried on")

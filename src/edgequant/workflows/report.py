@@ -178,10 +178,12 @@ def attribution_advice(label: str, a: dict) -> str:
 
 def torch_section(doc: dict) -> dict | None:
     """The PyTorch sweep of a results document (``evaluate --torch``), or None without a version-1 one."""
-    section = doc.get("torch")
-    if not isinstance(section, dict) or section.get("version") != 1 or not section.get("candidates"):
+    from edgequant.workflows.evaluate_torch import TORCH_KEY, TORCH_VERSION
+
+    section = doc.get(TORCH_KEY)
+    if not isinstance(section, dict) or section.get("version") != TORCH_VERSION:
         return None
-    return section
+    return section if section.get("candidates") else None
 
 
 def torch_advice(section: dict) -> str:
