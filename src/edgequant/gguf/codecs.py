@@ -1,6 +1,7 @@
 """The ggml block codecs: one registry entry per type, and the public ``quantize`` / ``dequantize``.
 
-A codec is a pair of numba row kernels (``edgequant.kernels.*``) plus the block geometry:
+A codec is a pair of numba row kernels (``edgequant.kernels.*``) plus the block geometry. The registry names
+them through ``KernelRef``s, so looking a codec up imports no kernel module (and so not numba):
 
 * ``quantize_rows(x, qw, out)``: ``x`` float32 (rows, n_per_row) C-contiguous, ``qw`` float32 of length
   n_per_row (importance vector) or length 0 (none), ``out`` uint8 (rows, row_bytes) to fill.
@@ -28,6 +29,32 @@ from edgequant.kernels import legacy_native
 from edgequant.kernels.parallel import run_ranges
 
 Kernel = Callable[..., None]
+
+
+class KernelRef:
+    """A row kernel named by module and attribute, imported on its first call.
+
+    Importing numba costs about 0.2 CPU-s and the kernel modules more; a whole-file quantization to a legacy
+    ftype runs only the C kernels of ``kernels.legacy_native`` and the float copies, so it never pays that.
+    Behaves as the kernel itself when called (``resolve()`` returns the kernel)."""
+
+    __slots__ = ("_fn", "module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name, self._fn = module, name, None
+
+    def resolve(self) -> Kernel:
+        if self._fn is None:
+            import importlib
+
+            self._fn = getattr(importlib.import_module(self.module), self.name)
+        return self._fn
+
+    def __call__(self, *args) -> None:
+        return self.resolve()(*args)
+
+    def __repr__(self) -> str:
+        return f"KernelRef({self.module}.{self.name})"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantiz
 
 from edgequant.core.text import quote
 from edgequant.errors import FormatError, ShapeError
+from edgequant.gguf.cursor import Cursor
 from edgequant.gguf.metadata import Metadata
 
 GGUF_MAGIC_BYTES = b"GGUF"
@@ -159,51 +160,6 @@ class TensorInfo:
     n_elements: int
 
 
-class _Cursor:
-    """Bounds-checked little-endian reads over the mapped bytes."""
-
-    def __init__(self, buf: memoryview, path: str) -> None:
-        self.buf, self.path, self.size, self.pos = buf, path, len(buf), 0
-
-    def left(self) -> int:
-        return self.size - self.pos
-
-    def take(self, n: int, what: str) -> int:
-        if n > self.left():
-            raise FormatError(
-                f"{self.path}: truncated while reading {what} (needs {n} bytes at offset "
-                f"{self.pos}, only {self.left()} left)"
-            )
-        start, self.pos = self.pos, self.pos + n
-        return start
-
-    def unpack(self, fmt: str, size: int, what: str) -> Any:
-        return struct.unpack_from(fmt, self.buf, self.take(size, what))[0]
-
-    def check_count(self, count: int, each: int, what: str, label: str) -> None:
-        if count * each > self.left():
-            raise FormatError(
-                f"{self.path}: truncated while reading {what}: {label} {count} cannot fit in the "
-                f"{self.left()} bytes left in the file (each needs at least {each}); the file is "
-                "truncated or corrupt"
-            )
-
-    def string(self, what: str) -> str:
-        n = self.unpack("<Q", 8, what)
-        if n > self.left():
-            raise FormatError(
-                f"{self.path}: truncated while reading {what}: string length {n} exceeds the "
-                f"{self.left()} bytes left in the file"
-            )
-        start = self.take(n, what)
-        try:
-            return str(self.buf[start : start + n], "utf-8")
-        except UnicodeDecodeError as e:
-            raise FormatError(
-                f"{self.path}: invalid UTF-8 in {what} at file offset {start + e.start}"
-            ) from None
-
-
 def _align(n: int, alignment: int) -> int:
     return (n + alignment - 1) // alignment * alignment
 
@@ -223,14 +179,14 @@ class GGUFFile:
         self._mm: np.memmap | None = np.memmap(self.path, dtype=np.uint8, mode="r")
         try:
             with memoryview(self._mm) as buf:
-                self._parse(_Cursor(buf, self.path))
+                self._parse(Cursor(buf, self.path))
         except BaseException:
             self.close()
             raise
         self._by_name = {t.name: t for t in self.tensors}
 
     # -- parsing --
-    def _parse(self, cur: _Cursor) -> None:
+    def _parse(self, cur: Cursor) -> None:
         magic = bytes(cur.buf[:4])
         if magic != GGUF_MAGIC_BYTES:
             raise FormatError(f"{self.path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
@@ -282,7 +238,7 @@ class GGUFFile:
         except ValueError:
             raise FormatError(f"{self.path}: {what}: unknown value type {t} (valid: 0..12)") from None
 
-    def _read_scalar(self, cur: _Cursor, vtype: GGUFValueType, what: str) -> Any:
+    def _read_scalar(self, cur: Cursor, vtype: GGUFValueType, what: str) -> Any:
         if vtype == GGUFValueType.STRING:
             return cur.string(what)
         fmt, dt = SCALAR_FORMATS[vtype]
@@ -293,14 +249,14 @@ class GGUFFile:
             return bool(v)
         return float(v) if dt.kind == "f" else int(v)
 
-    def _read_array(self, cur: _Cursor, what: str, depth: int) -> tuple[GGUFValueType, Any]:
+    def _read_array(self, cur: Cursor, what: str, depth: int) -> tuple[GGUFValueType, Any]:
         if depth > MAX_ARRAY_NESTING:
             raise FormatError(f"{self.path}: {what}: arrays nested deeper than {MAX_ARRAY_NESTING} levels")
         etype = self._vtype(cur.unpack("<I", 4, what), f"{what} (array element type)")
         count = cur.unpack("<Q", 8, what)
         cur.check_count(count, _MIN_VALUE_BYTES[etype], what, "array count")
         if etype == GGUFValueType.STRING:
-            return etype, [cur.string(what) for _ in range(count)]
+            return etype, cur.strings(count, what)
         if etype == GGUFValueType.ARRAY:
             self._nested_left -= count
             if self._nested_left < 0:
@@ -325,7 +281,7 @@ class GGUFFile:
             raise FormatError(f"{self.path}: general.alignment = {a} is not a power of two")
         return a
 
-    def _read_tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
+    def _read_tensor_info(self, cur: Cursor, i: int) -> TensorInfo:
         name = cur.string(f"tensor info #{i} (name)")
         what = f"tensor info #{i} {quote(name)}"
         n_dims = cur.unpack("<I", 4, what)

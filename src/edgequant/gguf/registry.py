@@ -2,16 +2,29 @@
 
 Block geometry (block_size, type_size) comes from ``reader.QUANT_SIZES`` (gguf-py's ``GGML_QUANT_SIZES`` with
 ggml's 36-byte Q8_1), the one table the reader, the writer and the codecs share; the byte layouts are
-documented in each kernel module.
+documented in each kernel module. Kernels are named, not imported (``codecs.KernelRef``): registering the
+codecs imports neither numba nor any kernel module.
 """
 
 from __future__ import annotations
 
 from gguf.constants import GGMLQuantizationType
 
-from edgequant.gguf.codecs import Codec, register_codec
+from edgequant.gguf.codecs import Codec, KernelRef, register_codec
 from edgequant.gguf.reader import QUANT_SIZES
-from edgequant.kernels import floats, iq4, kquants, legacy
+
+
+class _KernelModule:
+    """``floats.quantize_f32`` below is ``KernelRef("edgequant.kernels.floats", "quantize_f32")``."""
+
+    def __init__(self, name: str) -> None:
+        self._module = f"edgequant.kernels.{name}"
+
+    def __getattr__(self, attr: str) -> KernelRef:
+        return KernelRef(self._module, attr)
+
+
+floats, iq4, kquants, legacy = (_KernelModule(m) for m in ("floats", "iq4", "kquants", "legacy"))
 
 
 def _add(name, quant, dequant, uses_imatrix, in_files=True, fp16_fields=()):

@@ -117,7 +117,7 @@ static int64_t sym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
 }
 
 /* Q4_1 (nmax 15, 20 B): code = MIN(15, (int8_t)((x-min)*id + .5)); Q5_1 (nmax 31, 24 B): (uint8_t)(...) */
-static int64_t asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
+static inline __attribute__((always_inline)) int64_t asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
     int64_t bad = -1;
     const int bsize = nmax == 31 ? 24 : 20;
     const int qs_at = nmax == 31 ? 8 : 4;
@@ -155,13 +155,11 @@ static int64_t asym_ref(const float *x, uint8_t *y, int64_t nb, int nmax) {
         uint32_t qh = 0;
         if (ex < (int32_t)INF_BITS && fabsf(id) <= FLT_MAX_F && max - min <= FLT_MAX_F) {
             /* 0 <= (x-min)*id <= nmax: plain casts are exact (the clamp is the numba kernels' no-op) */
-            for (int j = 0; j < QK / 2; ++j) {
-                const int32_t a = min_i(nmax, (int32_t)((xb[j] - min) * id + 0.5f));
-                const int32_t b = min_i(nmax, (int32_t)((xb[QK / 2 + j] - min) * id + 0.5f));
-                o[qs_at + j] = (uint8_t)((a & 0x0F) | ((b & 0x0F) << 4));
-                qh |= (uint32_t)((a >> 4) & 1) << j;
-                qh |= (uint32_t)((b >> 4) & 1) << (j + QK / 2);
-            }
+            uint8_t q[QK];
+            for (int j = 0; j < QK; ++j) q[j] = (uint8_t)min_i(nmax, (int32_t)((xb[j] - min) * id + 0.5f));
+            for (int j = 0; j < QK / 2; ++j) o[qs_at + j] = (uint8_t)((q[j] & 0x0F) | ((q[QK / 2 + j] & 0x0F) << 4));
+            if (nmax == 31)
+                for (int j = 0; j < QK; ++j) qh |= (uint32_t)((q[j] >> 4) & 1) << j;
         } else for (int j = 0; j < QK / 2; ++j) {
             const float x0 = (xb[j] - min) * id;
             const float x1 = (xb[QK / 2 + j] - min) * id;

@@ -325,6 +325,19 @@ def test_absurd_string_length(good: Path) -> None:
     expect_error(good, "'general.name'", "string length 18446744073709551615")
 
 
+def test_bad_string_inside_a_string_array(good: Path, tmp_path: Path) -> None:
+    """The array-of-strings loop (``Cursor.strings``) checks each element as a lone string is checked."""
+    hello = after(good, b"hello")
+    patch(good, hello - 5 - 8, struct.pack("<Q", 2**40))  # "hello"'s length field
+    expect_error(good, "'tokenizer.ggml.tokens'", "string length 1099511627776")
+    p = tmp_path / "u.gguf"
+    make_file(p)
+    last = after(p, b"hello") - 1
+    patch(p, last, b"\xff")
+    msg = expect_error(p, "invalid UTF-8", "'tokenizer.ggml.tokens'")
+    assert f"file offset {last}" in msg
+
+
 def test_unknown_value_type(good: Path) -> None:
     patch(good, after(good, b"key.aa"), struct.pack("<I", 99))
     expect_error(good, "key #1 'key.aa'", "unknown value type 99")
