@@ -107,6 +107,20 @@ EQ_INLINE EQ_AVX2F void lq_finish(const job_t *jb, Py_ssize_t r, const int32_t *
     }
 }
 
+/* Batch 1: four rows per row8x4 call (the same exact sums), the rest one by one. */
+static EQ_AVX2F void rowsl_1(const job_t *jb, Py_ssize_t r0, Py_ssize_t r1) {
+    int32_t acc[4];
+    Py_ssize_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        row8x4((const int16_t *)jb->x, jb->k, (const int8_t *)jb->w + r * jb->k, acc);
+        for (int q = 0; q < 4; q++) lq_finish(jb, r + q, acc + q, 1);
+    }
+    for (; r < r1; r++) {
+        row8((const int16_t *)jb->x, jb->k, (const int8_t *)jb->w + r * jb->k, acc, 1, 1);
+        lq_finish(jb, r, acc, 1);
+    }
+}
+
 #define EQ_ROWSL(M)                                                                  \
     static EQ_AVX2F void rowsl_##M(const job_t *jb, Py_ssize_t r0, Py_ssize_t r1) { \
         int32_t acc[8];                                                              \
@@ -115,7 +129,6 @@ EQ_INLINE EQ_AVX2F void lq_finish(const job_t *jb, Py_ssize_t r, const int32_t *
             lq_finish(jb, r, acc, M);                                                \
         }                                                                            \
     }
-EQ_ROWSL(1)
 EQ_ROWSL(2)
 EQ_ROWSL(3)
 EQ_ROWSL(4)
