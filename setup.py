@@ -12,7 +12,7 @@ setup(
         Extension(
             "edgequant._gemv",
             sources=["src/edgequant/native/gemv.c"],
-            depends=["src/edgequant/native/int8_linear.h"],
+            depends=["src/edgequant/native/int8_linear.h", "src/edgequant/native/job.h"],
             # -ffp-contract=off: int8_linear's float steps must round one by one, as torch's ops do
             extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-pthread"],
             extra_link_args=["-pthread"],
