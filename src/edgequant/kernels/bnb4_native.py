@@ -3,8 +3,8 @@
 ``gemv_4bit``: ``y = x @ W.T`` for a packed NF4/FP4 weight (bitsandbytes layout), decoded inside the dot
 product: the 16-entry code table is split into 4 byte planes held in ymm registers; 32 codes (16 bytes)
 are decoded with 4 in-lane ``vpshufb`` and 8 unpacks and multiplied into 8-lane float32 accumulators with
-FMA, the block's absmax applied per weight (batch 2..8) or per block (batch 1). Output rows are shared dynamically by the calling
-thread and ``threads - 1`` pthreads (GIL released; see the C source).
+FMA, the block's absmax applied per weight (batch 2..8) or per block (batch 1). Output rows are shared
+dynamically by the calling thread and ``threads - 1`` pthreads (GIL released; see the C source).
 
 The same extension holds the exact int8 kernel of ``kernels.bnb8_matmul.int8_gemm``.
 
