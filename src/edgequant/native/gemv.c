@@ -210,9 +210,9 @@ EQ_INLINE EQ_AVX2 void row8(const int16_t *a, Py_ssize_t k, const int8_t *w, int
     }
 }
 
-/* int8, batch 1: four weight rows at once against the one activation row. Four weight streams in flight and
- * one activation load for four rows: 22% faster than row8 one row at a time from memory (4096x11008, one
- * thread: 2.41 vs 3.09 ms) with a shorter prefetch distance. Exact int32 sums, as row8's. */
+/* int8, batch 1, long rows: four weight rows at once against the one activation row, which is then read
+ * once for four rows instead of once per row (at K >= 8192 it no longer stays in L1 between rows; see
+ * int8_linear.h's rowsl_1 for where this pays). Exact int32 sums, as row8's. */
 #ifndef EQ_PF8X4
 #define EQ_PF8X4 512
 #endif

@@ -95,6 +95,18 @@ def test_output_bit_identical_to_torch_path(k, n, threshold, bias):
 
 
 @needs_native
+@pytest.mark.parametrize("k", [8192, 8215])  # the four-rows-at-once path (K >= 8192), with and without a tail
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch1_long_rows_bit_identical_to_torch_path(k, threads):
+    cb, scb, b = _weights(39, k, seed=k)  # 39 rows: whole groups of four and a remainder of three
+    x = _x(1, k, seed=k)
+    y, cols = bnb8_linear.llm_int8_gemv(x, cb, scb, b, 6.0, MM_SCALE, DEQ_SCALE, threads)
+    ref, cols_ref = _torch_path(x, cb, scb, b, 6.0)
+    assert torch.equal(cols, cols_ref)
+    assert torch.equal(y, ref)
+
+
+@needs_native
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_half_inputs_bit_identical(dtype, threshold):
