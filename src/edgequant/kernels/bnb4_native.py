@@ -73,6 +73,45 @@ def permute_x(x2d: torch.Tensor) -> torch.Tensor:
     return x2d.reshape(m, k // 32, 32)[:, :, _perm32()].reshape(m, k).contiguous()
 
 
+class Gemv4Plan:
+    """``gemv_4bit``'s weight-side arguments, checked and turned into pointers once (a layer keeps one per
+    weight: about 0.1 ms of Python a call less). The arrays are kept alive here; calling the plan only checks
+    ``x``. ``plan(x2d, threads)`` is ``gemv_4bit(x2d, ...)``."""
+
+    __slots__ = ("_keep", "blocksize", "k", "n", "ptrs")
+
+    def __init__(self, packed_u8, absmax, table, out_features: int, k: int, blocksize: int) -> None:
+        if packed_u8.dtype != np.uint8 or packed_u8.size * 2 < out_features * k:
+            raise ValueError("gemv_4bit: packed weight too small for (out_features, K)")
+        if absmax.dtype != np.float32 or absmax.size < out_features * k // blocksize:
+            raise ValueError("gemv_4bit: absmax must be float32 with one value per block")
+        self._keep = (
+            np.ascontiguousarray(packed_u8),
+            np.ascontiguousarray(absmax),
+            np.ascontiguousarray(table, dtype=np.float32),
+        )
+        self.ptrs = tuple(int(a.ctypes.data) for a in self._keep)
+        self.n, self.k, self.blocksize = out_features, k, blocksize
+
+    @staticmethod
+    def covers(m: int, k: int, blocksize: int) -> bool:
+        """Whether the kernel runs here for a batch of ``m`` rows of length ``k``."""
+        return available() and 1 <= m <= MAX_BATCH and k % blocksize == 0 and blocksize % 32 == 0
+
+    def __call__(self, x2d: torch.Tensor, threads: int | None = None) -> torch.Tensor | None:
+        m, k = x2d.shape
+        if k != self.k or not self.covers(m, k, self.blocksize):
+            return None
+        if x2d.dtype != torch.float32:
+            raise TypeError(f"gemv_4bit needs float32 input, got {x2d.dtype}")
+        x2d = x2d.contiguous()
+        out = torch.empty((m, self.n), dtype=torch.float32)
+        packed, absmax, table = self.ptrs
+        _gemv.gemv4(x2d.data_ptr(), m, k, packed, absmax, table, self.blocksize, out.data_ptr(), self.n,
+                    resolve_threads(threads))  # fmt: skip
+        return out
+
+
 def gemv_4bit(
     x2d: torch.Tensor,
     packed_u8: np.ndarray,
@@ -84,29 +123,8 @@ def gemv_4bit(
 ) -> torch.Tensor | None:
     """float32 (M, K) x packed (N, K) -> float32 (M, N), or None when the shape or CPU is not covered."""
     m, k = x2d.shape
-    if not available() or not 1 <= m <= MAX_BATCH or k % blocksize or blocksize % 32:
+    if not Gemv4Plan.covers(m, k, blocksize):
         return None
     if x2d.dtype != torch.float32:
         raise TypeError(f"gemv_4bit needs float32 input, got {x2d.dtype}")
-    if packed_u8.dtype != np.uint8 or packed_u8.size * 2 < out_features * k:
-        raise ValueError("gemv_4bit: packed weight too small for (out_features, K)")
-    if absmax.dtype != np.float32 or absmax.size < out_features * k // blocksize:
-        raise ValueError("gemv_4bit: absmax must be float32 with one value per block")
-    x2d = x2d.contiguous()
-    packed_u8 = np.ascontiguousarray(packed_u8)
-    absmax = np.ascontiguousarray(absmax)
-    table = np.ascontiguousarray(table, dtype=np.float32)
-    out = torch.empty((m, out_features), dtype=torch.float32)
-    _gemv.gemv4(
-        x2d.data_ptr(),
-        m,
-        k,
-        packed_u8.ctypes.data,
-        absmax.ctypes.data,
-        table.ctypes.data,
-        blocksize,
-        out.data_ptr(),
-        out_features,
-        resolve_threads(threads),
-    )
-    return out
+    return Gemv4Plan(packed_u8, absmax, table, out_features, k, blocksize)(x2d, threads)

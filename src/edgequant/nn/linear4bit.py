@@ -27,10 +27,12 @@ from torch import nn
 from edgequant.bnb import QuantState, dequantize_4bit, ops, quantize_4bit
 from edgequant.bnb.blockwise import recover_absmax
 from edgequant.bnb.checks import check_blocksize, check_quant_type
+from edgequant.bnb.codes import code_table_np
 from edgequant.bnb.fourbit import check_state_matches, packed_bytes
 from edgequant.bnb.matmul import matmul_4bit
 from edgequant.bnb.params import Params4bit
 from edgequant.errors import ConfigError, FormatError, ShapeError
+from edgequant.kernels import bnb4_native
 from edgequant.nn.quantized_linear import QuantizedLinear
 
 _COMPUTE_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
@@ -124,6 +126,7 @@ class Linear4bit(QuantizedLinear):
         self.bnb_cpu_compatible = bnb_cpu_compatible
         self.threads = threads
         self._absmax_cache: tuple[int, torch.Tensor] | None = None
+        self._plan_cache: tuple[tuple, bnb4_native.Gemv4Plan] | None = None
         self._module_quant_state: QuantState | None = None
         self._spec = {
             "blocksize": blocksize,
@@ -224,6 +227,19 @@ class Linear4bit(QuantizedLinear):
             name=self.weight_name,
         )
 
+    def _gemv_plan(self) -> bnb4_native.Gemv4Plan:
+        """The batch-1..8 kernel's pointers for the current weight and absmax (made again when either is
+        replaced; in-place writes to them are read by the next call)."""
+        w, absmax = self.weight.data, self._absmax_f32()
+        # the plan keeps both arrays alive, so neither address nor id can be reused while it is cached
+        key = (id(self.quant_state), id(absmax), w.data_ptr(), w.numel())
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            plan = bnb4_native.Gemv4Plan(packed_bytes(w), absmax.numpy(),
+                                         code_table_np(self.quant_type), self.out_features, self.in_features,
+                                         self.blocksize)  # fmt: skip
+            self._plan_cache = (key, plan)
+        return self._plan_cache[1]
+
     def _absmax_f32(self) -> torch.Tensor:
         key = id(self.quant_state)
         if self._absmax_cache is None or self._absmax_cache[0] != key:
@@ -257,6 +273,10 @@ class Linear4bit(QuantizedLinear):
         return y.reshape(*x.shape[:-1], self.out_features).to(inp_dtype)
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        if x2.shape[0] <= bnb4_native.MAX_BATCH and x2.dtype == torch.float32:
+            y = self._gemv_plan()(x2, self.threads)
+            if y is not None:
+                return y
         return matmul_4bit(
             x2,
             packed_bytes(self.weight.data),

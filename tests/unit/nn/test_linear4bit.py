@@ -1,5 +1,7 @@
 """Linear4bit: definition path, fast inference path, autograd to the input, state_dict layout, errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -95,3 +97,25 @@ def test_eval_kernel_for_rows_that_straddle_blocks(fin, bs):
             x = torch.randn(rows, fin)
             ref = torch.nn.functional.linear(x, q.dequantize(), q.bias)
             torch.testing.assert_close(q(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_batch1_kernel_sees_a_replaced_or_rewritten_weight():
+    """The layer keeps the batch-1..8 kernel's pointers (``_gemv_plan``); a new weight, a loaded state dict
+    and an in-place write to the packed bytes must all reach the next forward."""
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.nn.Linear(128, 40, bias=False) for _ in range(2))
+    for lin in (a, b):
+        lin.weight.data = torch.randn(40, 128, generator=g)
+    x = torch.randn(1, 128, generator=g)
+    ref_a, ref_b = (Linear4bit.from_linear(lin).eval() for lin in (a, b))
+    layer = Linear4bit.from_linear(a).eval()
+    with torch.no_grad():
+        assert torch.equal(layer(x), ref_a(x))
+        layer.set_weight(b.weight.data)
+        assert torch.equal(layer(x), ref_b(x))
+        layer.load_state_dict(ref_a.state_dict())
+        assert torch.equal(layer(x), ref_a(x))
+        layer.weight.data.copy_(ref_b.weight.data)  # b's codes under a's absmax, written in place
+        fresh = copy.deepcopy(layer)  # new storage: a plan of its own
+        assert torch.equal(layer(x), fresh(x))
+        assert not torch.equal(layer(x), ref_a(x))
