@@ -4,7 +4,8 @@
  *     out[i, r] = sum_j x[i, j] * (table[code(r, j)] * absmax[block(r, j)])   for r in [0, n)
  *     NF4/FP4 in bitsandbytes' layout: element e of the flat weight in byte e / 2, high nibble for even e.
  *     Needs k % blocksize == 0 and blocksize % 32 == 0 (rows of whole blocks), 1 <= m <= 8.
- *     x is copied once per call into decode32's element order (permute_x). The 16-entry table is cut into 4
+ *     x is copied once per call into the decoder's element order (permute_x; permute_x64 for batch 1 with
+ *     blocksize % 64 == 0, whose steps decode 64 codes from one 32-byte load). The 16-entry table is cut into 4
  *     byte planes held in ymm registers; a code fetches the 4 bytes of its value with 4 in-lane vpshufb
  *     (on Zen 2 1.7x faster than vpermps + blend). For M >= 2 one vmulps by absmax[b] then gives the float32
  *     product table[c] * absmax[b], exactly dequantize_4bit's weight (scaling the table per block instead
@@ -73,13 +74,9 @@ EQ_INLINE EQ_AVX2 void byte_planes(__m256 lo, __m256 hi, __m256i P[4]) {
     P[3] = _mm256_permutevar8x32_epi32(v, i1);
 }
 
-/* 16 packed bytes (32 codes) -> their 32 table values in 4 ymm. Lane 0 decodes the low nibbles (odd elements),
- * lane 1 the high nibbles (even elements); vector g, float f holds element 2 * (4g + f % 4) + 1 - f / 4 of
- * the 32 (x is copied into this order by permute_x). */
-EQ_INLINE EQ_AVX2 void decode32(const uint8_t *p, const __m256i P[4], __m256 w[4]) {
-    const __m256i cnt = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(15);
-    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    __m256i c = _mm256_and_si256(_mm256_srlv_epi64(v, cnt), m4);
+/* 32 codes, one per byte of c (the low 4 bits), -> their 32 table values in 4 ymm: vector g, float f holds
+ * the code at byte 16 * (f / 4) + 4g + f % 4 of c. */
+EQ_INLINE EQ_AVX2 void decode_codes(__m256i c, const __m256i P[4], __m256 w[4]) {
     __m256i b0 = _mm256_shuffle_epi8(P[0], c), b1 = _mm256_shuffle_epi8(P[1], c);
     __m256i b2 = _mm256_shuffle_epi8(P[2], c), b3 = _mm256_shuffle_epi8(P[3], c);
     __m256i A = _mm256_unpacklo_epi8(b0, b1), B = _mm256_unpackhi_epi8(b0, b1);
@@ -88,6 +85,15 @@ EQ_INLINE EQ_AVX2 void decode32(const uint8_t *p, const __m256i P[4], __m256 w[4
     w[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(A, C));
     w[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(B, D));
     w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(B, D));
+}
+
+/* 16 packed bytes (32 codes) -> their 32 table values in 4 ymm. Lane 0 decodes the low nibbles (odd elements),
+ * lane 1 the high nibbles (even elements); vector g, float f holds element 2 * (4g + f % 4) + 1 - f / 4 of
+ * the 32 (x is copied into this order by permute_x). */
+EQ_INLINE EQ_AVX2 void decode32(const uint8_t *p, const __m256i P[4], __m256 w[4]) {
+    const __m256i cnt = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(15);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    decode_codes(_mm256_and_si256(_mm256_srlv_epi64(v, cnt), m4), P, w);
 }
 
 EQ_INLINE EQ_AVX2 float hsum8(__m256 v) {
@@ -132,13 +138,29 @@ EQ_INLINE EQ_AVX2 void row4_batch1(const float *x, Py_ssize_t k, const uint8_t *
     Py_ssize_t j = 0;
     for (Py_ssize_t blk = 0; blk < k / bs; blk++) {
         __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-        for (Py_ssize_t e = 0; e < bs; e += 32, j += 32) {
-            __m256 w[4];
-            decode32(p + (j >> 1), P, w);
-            b0 = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x + j), b0);
-            b1 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x + j + 8), b1);
-            b0 = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x + j + 16), b0);
-            b1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + j + 24), b1);
+        if (bs % 64 == 0) { /* 32 bytes at a time: no broadcast or variable shift (x in permute_x64's order) */
+            const __m256i m4 = _mm256_set1_epi8(15);
+            for (Py_ssize_t e = 0; e < bs; e += 64, j += 64) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + (j >> 1)));
+                __m256 w[4];
+                for (int h = 0; h < 2; h++) {
+                    decode_codes(_mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, m4), P, w);
+                    const float *xh = x + j + 32 * h;
+                    b0 = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xh), b0);
+                    b1 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xh + 8), b1);
+                    b0 = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xh + 16), b0);
+                    b1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xh + 24), b1);
+                }
+            }
+        } else {
+            for (Py_ssize_t e = 0; e < bs; e += 32, j += 32) {
+                __m256 w[4];
+                decode32(p + (j >> 1), P, w);
+                b0 = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x + j), b0);
+                b1 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x + j + 8), b1);
+                b0 = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x + j + 16), b0);
+                b1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + j + 24), b1);
+            }
         }
         const __m256 sc = _mm256_set1_ps(s[blk]);
         acc[0] = _mm256_fmadd_ps(b0, sc, acc[0]);
@@ -307,7 +329,10 @@ static PyObject *run_job(const job_t *proto, Py_ssize_t threads, int permute) {
     *j = *proto;
     j->xbuf = xbuf;
     if (permute) {
-        permute_x((const float *)proto->x, xbuf, proto->m, proto->k);
+        if (proto->m == 1 && proto->bs % 64 == 0)
+            permute_x64((const float *)proto->x, xbuf, proto->k);
+        else
+            permute_x((const float *)proto->x, xbuf, proto->m, proto->k);
         j->x = xbuf;
     }
     Py_BEGIN_ALLOW_THREADS

@@ -68,6 +68,16 @@ static void permute_x(const float *x, float *xp, Py_ssize_t m, Py_ssize_t k) {
         for (int f = 0; f < 32; f++) xp[r + f] = x[r + 2 * (4 * (f / 8) + f % 4) + 1 - (f % 8) / 4];
 }
 
+/* One row, k % 64 == 0: xp[64c + 32h + 8g + f] = x[64c + 2 * (16 * (f / 4) + 4g + f % 4) + 1 - h], the order of
+ * row4_batch1's 64-code steps (h = 0: the low nibbles of 32 bytes, odd elements; h = 1: the high nibbles). */
+static void permute_x64(const float *x, float *xp, Py_ssize_t k) {
+    for (Py_ssize_t r = 0; r < k; r += 64)
+        for (int i = 0; i < 64; i++) {
+            const int h = i / 32, g = (i % 32) / 8, f = i % 8;
+            xp[r + i] = x[r + 2 * (16 * (f / 4) + 4 * g + f % 4) + 1 - h];
+        }
+}
+
 static void *job_worker(void *arg) {
     job_run((job_t *)arg);
     job_release((job_t *)arg);

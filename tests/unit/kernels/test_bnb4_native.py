@@ -97,6 +97,15 @@ def test_permutation_is_a_permutation():
     assert xp[0, 4] == 0  # lane 1: even elements (high nibbles)
 
 
+def test_batch1_permutation_is_a_permutation():
+    x = torch.arange(128, dtype=torch.float32).reshape(1, 128)
+    xp = bnb4_native.permute_x64(x)
+    assert sorted(xp.view(-1).tolist()) == list(range(128))
+    assert xp[0, :5].tolist() == [1, 3, 5, 7, 33]  # low nibbles of bytes 0-3, then of byte 16 (lane 1)
+    assert xp[0, 32] == 0  # the high nibbles (even elements) follow
+    assert xp[0, 64] == 65  # the next 64 start over
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_linear4bit_inputs_noncontiguous_and_half(dtype):
     torch.manual_seed(0)
