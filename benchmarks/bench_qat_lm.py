@@ -397,7 +397,9 @@ def _plot(cells, path, model):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("qat4", "qat3"):
+    for name in ("qat4", "qat3", "qat4a"):
+        if name not in cells:
+            continue
         rec = cells[name]["log"]
         ax.plot([r["step"] for r in rec], [r["kd"] for r in rec], label=f"{name}: KL(float ‖ QAT), train")
     ax.set_xlabel("step")
