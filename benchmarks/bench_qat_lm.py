@@ -142,6 +142,7 @@ def main() -> int:
     ap.add_argument("--model", choices=tuple(DEFAULTS), default="reference-lm")
     for k in TRAIN_KEYS:
         ap.add_argument("--" + k.replace("_", "-"), type=type(DEFAULTS["smollm2"][k]), default=None)
+    ap.add_argument("--seed", type=int, default=None, help="training windows' seed (default 0, not recorded)")
     ap.add_argument("--eval-windows", type=int, default=16, help="PyTorch scoring: 256-token windows")
     ap.add_argument(
         "--threads",
@@ -156,6 +157,8 @@ def main() -> int:
     train = {
         k: getattr(args, k) if getattr(args, k) is not None else DEFAULTS[args.model][k] for k in TRAIN_KEYS
     }
+    if args.seed is not None:  # recorded only when given, so that earlier cells (seed 0) stay valid
+        train["seed"] = args.seed
     if args.quick:
         train["steps"], args.eval_windows = 4, 2
     torch.set_num_threads(args.threads)
@@ -233,7 +236,7 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
         t = settings["train"]
         cfg = LMTrainConfig(
             steps=t["steps"], seq_len=t["seq_len"], batch_size=t["batch"], lr=t["lr"],
-            scale_lr=t["scale_lr"], warmup=min(10, t["steps"] - 1),
+            scale_lr=t["scale_lr"], warmup=min(10, t["steps"] - 1), seed=t.get("seed", 0),
         )  # fmt: skip
         steps = distill_lm(m, teacher, train_ids, cfg, on_step=lambda r: _progress(name, r, log))
     train_s = time.perf_counter() - t0
