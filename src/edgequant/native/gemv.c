@@ -201,6 +201,13 @@ typedef void (*rows4_fn)(const float *, Py_ssize_t, const uint8_t *, const float
                          float *, Py_ssize_t, Py_ssize_t, Py_ssize_t);
 static const rows4_fn ROWS4[9] = {NULL, rows4_1, rows4_2, rows4_3, rows4_4, rows4_5, rows4_6, rows4_7, rows4_8};
 
+EQ_INLINE EQ_AVX2 int32_t hsum8_epi32(__m256i t) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
 #ifndef EQ_PF8
 #define EQ_PF8 1024
 #endif
@@ -223,11 +230,7 @@ EQ_INLINE EQ_AVX2 void row8(const int16_t *a, Py_ssize_t k, const int8_t *w, int
         }
     }
     for (int i = 0; i < M; i++) {
-        __m256i t = _mm256_add_epi32(acc[i][0], acc[i][1]);
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-        int32_t total = _mm_cvtsi128_si32(s);
+        int32_t total = hsum8_epi32(_mm256_add_epi32(acc[i][0], acc[i][1]));
         for (Py_ssize_t jj = j; jj < k; jj++) total += (int32_t)a[i * k + jj] * (int32_t)w[jj];
         out[i * n] = total;
     }
@@ -256,11 +259,7 @@ EQ_INLINE EQ_AVX2 void row8x4(const int16_t *a, Py_ssize_t k, const int8_t *w, i
         }
     }
     for (int q = 0; q < 4; q++) {
-        __m256i t = _mm256_add_epi32(acc[q][0], acc[q][1]);
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-        int32_t total = _mm_cvtsi128_si32(s);
+        int32_t total = hsum8_epi32(_mm256_add_epi32(acc[q][0], acc[q][1]));
         for (Py_ssize_t jj = j; jj < k; jj++) total += (int32_t)a[jj] * (int32_t)w[q * k + jj];
         out[q] = total;
     }

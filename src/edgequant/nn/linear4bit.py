@@ -231,8 +231,9 @@ class Linear4bit(QuantizedLinear):
         """The batch-1..8 kernel's pointers for the current weight and absmax (made again when either is
         replaced; in-place writes to them are read by the next call)."""
         w, absmax = self.weight.data, self._absmax_f32()
-        # the plan keeps both arrays alive, so neither address nor id can be reused while it is cached
-        key = (id(self.quant_state), id(absmax), w.data_ptr(), w.numel())
+        # absmax is remade with every new quant_state; the plan keeps both arrays alive, so neither id nor
+        # address can be reused while it is cached
+        key = (id(absmax), w.data_ptr(), w.numel())
         if self._plan_cache is None or self._plan_cache[0] != key:
             plan = bnb4_native.Gemv4Plan(packed_bytes(w), absmax.numpy(),
                                          code_table_np(self.quant_type), self.out_features, self.in_features,
@@ -273,10 +274,9 @@ class Linear4bit(QuantizedLinear):
         return y.reshape(*x.shape[:-1], self.out_features).to(inp_dtype)
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        if x2.shape[0] <= bnb4_native.MAX_BATCH and x2.dtype == torch.float32:
-            y = self._gemv_plan()(x2, self.threads)
-            if y is not None:
-                return y
+        y = self._gemv_plan()(x2, self.threads)  # None where the kernel does not cover the batch or CPU
+        if y is not None:
+            return y
         return matmul_4bit(
             x2,
             packed_bytes(self.weight.data),
