@@ -60,9 +60,12 @@ SPECS = {
     "qat3": QuantSpec(bits=3, method="lsq", granularity="group", group_size=32, init="minmax"),
 }
 ORDER = ["float", "ptq4", "qat4", "ptq3", "qat3"]
-# optional cell (``--cells qat4a``): qat4 trained and scored with llama.cpp's Q8_0 rounding of every Q4_0
-# matmul's input (``eval.ggml_activations.round_q8_0``, straight-through gradient)
-EXTRA = ["qat4a"]
+# optional cells: ``qat4a``: qat4 trained and scored with llama.cpp's Q8_0 rounding of every Q4_0 matmul's
+# input (``eval.ggml_activations.round_q8_0``, straight-through gradient); ``ptq4g``: GPTQ-rounded Q4_0
+# (codes chosen against the calibration Hessians of the training text, ``edgequant quantize --rounding
+# gptq``), scored as it is; ``qat4g``: qat4a started from that file's codes and scales (``init_from_gguf``)
+EXTRA = ["qat4a", "ptq4g", "qat4g"]
+GPTQ_CHUNKS = 16  # calibration chunks of 512 tokens of the training text for the ptq4g/qat4g Hessians
 REFLM_TRAIN_FILES = 3_000_000  # bytes of training-split source text to draw windows from
 DEFAULTS = {  # per model: steps, batch, seq_len, lr, scale_lr
     "reference-lm": {"steps": 300, "batch": 4, "seq_len": 256, "lr": 1e-5, "scale_lr": 1e-4},
@@ -156,8 +159,11 @@ def main() -> int:
     ap.add_argument(
         "--seed-workdirs",
         default="",
-        help="comma-separated workdirs of the same qat4a training with other --seed values: their llama.cpp "
-        "scores join a seeds table, and the 4-bit goal is judged on the mean over seeds",
+        help="comma-separated workdirs of the same --seed-cell training with other --seed values: their "
+        "llama.cpp scores join a seeds table, and the 4-bit goal is judged on the mean over seeds",
+    )
+    ap.add_argument(
+        "--seed-cell", choices=("qat4a", "qat4g"), default="qat4a", help="the cell --seed-workdirs holds"
     )
     ap.add_argument(
         "--results-name",
@@ -185,6 +191,8 @@ def main() -> int:
     model, tok = load_causal_lm(_source(args.model))
     teacher = EvalCachedTeacher(model)
     text, train_label = training_text(args.model)
+    with open(os.path.join(work, "train-text.txt"), "w", encoding="utf-8") as f:  # GPTQ's calibration
+        f.write(text)
     train_ids = torch.tensor(tok(text)["input_ids"])
     with open(scorer.subject["eval_text"], encoding="utf-8") as f:
         eval_ids = torch.tensor(tok(f.read())["input_ids"])
@@ -213,7 +221,8 @@ def main() -> int:
             "settings": settings,
             "cells": cells,
             "rows": _rows(cells),
-            "seeds": _seed_rows(cells, [d for d in args.seed_workdirs.split(",") if d]),
+            "seed_cell": args.seed_cell,
+            "seeds": _seed_rows(cells, args.seed_cell, [d for d in args.seed_workdirs.split(",") if d]),
             "wall_seconds_this_run": time.perf_counter() - t_start,
         }
         name = args.results_name or f"qat_{args.model.replace('-', '_')}" + ("_quick" * args.quick)
@@ -241,9 +250,13 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
     steps = []
     m = model if name == "float" else copy.deepcopy(model)
     if name != "float":
-        prepare(m, QATConfig(weight=SPECS[name.removesuffix("a")]))
-    if name == "qat4a":
+        prepare(m, QATConfig(weight=SPECS[name if name in SPECS else "qat4"]))
+    if name in ("qat4a", "ptq4g", "qat4g"):
         _round_inputs_q8_0(m)
+    if name in ("ptq4g", "qat4g"):
+        from edgequant.qat import init_from_gguf
+
+        init_from_gguf(m, _gptq_file(work, scorer.f32, log))
     if name.startswith("qat"):
         t = settings["train"]
         cfg = LMTrainConfig(
@@ -257,7 +270,7 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
                       max_windows=settings["eval_windows"])  # fmt: skip
     teacher.caching = False
     res.update({"train_seconds": train_s, "log": steps, "settings": _cell_settings(name, settings)})
-    if name in ("ptq4", "qat4", "qat4a"):
+    if name in ("ptq4", "qat4", "qat4a", "ptq4g", "qat4g"):
         from edgequant.qat.export import export_gguf
 
         path = os.path.join(work, f"{name}.gguf")
@@ -279,6 +292,26 @@ def _run_cell(name, model, tok, teacher, train_ids, eval_ids, settings, scorer, 
     log(f"{name}: torch ppl {res['ppl']:.3f} kl {res.get('kl', 0):.4f}; llama.cpp {res.get('llamacpp')}; "
         f"{res['seconds']:.0f} s")  # fmt: skip
     return res
+
+
+def _gptq_file(work: str, f32: str, log) -> str:
+    """``work``/gptq-Q4_0.gguf, made once per workdir: the F32 file rounded to Q4_0 by GPTQ against the
+    Hessians of the first ``GPTQ_CHUNKS`` × 512 tokens of the training text (``work``/train-text.txt), as
+    ``edgequant quantize F32 out Q4_0 --rounding gptq -f train-text.txt --chunks 16
+    --token-embedding-type f32`` does: token embeddings stay F32 as in every exported cell."""
+    path = os.path.join(work, "gptq-Q4_0.gguf")
+    if os.path.exists(path):
+        return path
+    from edgequant.gguf.ftypes import QuantizeOptions
+    from edgequant.workflows.gptq import collect_hessians
+    from edgequant.workflows.quantize import quantize_model
+
+    log(f"GPTQ Q4_0: Hessians of {GPTQ_CHUNKS} x 512 training tokens, then rounding (minutes)")
+    h = collect_hessians(f32, os.path.join(work, "train-text.txt"), n_ctx=512, n_chunks=GPTQ_CHUNKS)
+    opts = QuantizeOptions(token_embedding_type="F32")
+    quantize_model(f32, path + ".tmp", "Q4_0", options=opts, hessians=h)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def _round_inputs_q8_0(model) -> None:
@@ -304,9 +337,11 @@ def _progress(name, rec, log):
 def _rows(cells: dict) -> list[dict]:
     f = cells["float"]
     rows = []
-    variants = [(4, "qat4"), (3, "qat3")] + ([("4a", "qat4a")] if "qat4a" in cells else [])
-    for bits, qat in variants:
-        p, q = cells[f"ptq{str(bits)[0]}"], cells[qat]
+    variants = [(4, "qat4", "ptq4"), (3, "qat3", "ptq3"), ("4a", "qat4a", "ptq4"), ("4g", "qat4g", "ptq4g")]
+    for bits, qat, ptq in variants:
+        if qat not in cells or ptq not in cells:
+            continue
+        p, q = cells[ptq], cells[qat]
         row = {
             "bits": bits,
             "torch": {
@@ -334,19 +369,19 @@ def _rows(cells: dict) -> list[dict]:
     return rows
 
 
-def _seed_rows(cells: dict, workdirs: list[str]) -> list[dict]:
-    """llama.cpp scores of the qat4a cell of this run and of ``workdirs``: the same training settings but
-    the seed (the order of the training windows). A workdir trained otherwise is refused, not averaged."""
-    if "qat4a" not in cells or not workdirs:
+def _seed_rows(cells: dict, cell: str, workdirs: list[str]) -> list[dict]:
+    """llama.cpp scores of ``cell`` in this run and in ``workdirs``: the same training settings but the seed
+    (the order of the training windows). A workdir trained otherwise is refused, not averaged."""
+    if cell not in cells or not workdirs:
         return []
-    base = {k: v for k, v in cells["qat4a"]["settings"]["train"].items() if k != "seed"}
+    base = {k: v for k, v in cells[cell]["settings"]["train"].items() if k != "seed"}
     fl = cells["float"]["llamacpp"]["ppl"]
     rows = []
     others = [(w, load_rows(os.path.join(w, "cells.json"))) for w in workdirs]
     for work, c in [("(this run)", cells), *others]:
-        q = c.get("qat4a")
+        q = c.get(cell)
         if q is None or "llamacpp" not in q:
-            raise SystemExit(f"--seed-workdirs: {work} has no scored qat4a cell; run it with --cells qat4a")
+            raise SystemExit(f"--seed-workdirs: {work} has no scored {cell} cell; run it with --cells {cell}")
         t = q["settings"]["train"]
         if {k: v for k, v in t.items() if k != "seed"} != base:
             raise SystemExit(f"--seed-workdirs: {work} trained with {t}, not {base} but the seed")
@@ -402,14 +437,16 @@ def markdown(d: dict) -> str:
     where = f"row {best4['bits']}{', llama.cpp' if 'llamacpp' in best4 else ''}"
     seeds = d.get("seeds") or []
     if seeds:  # one seed can be a lucky draw: judge on the mean over seeds
-        md += ["", "Row 4a's training with other seeds (the order of the training windows), llama.cpp:", "",
+        row = d["seed_cell"].removeprefix("qat")
+        md += ["", f"Row {row}'s training with other seeds (the order of its training windows), llama.cpp:",
+               "",
                "| seed | ppl | gap to float | mean KLD |", "|---:|---:|---:|---:|"]  # fmt: skip
         md += [f"| {r['seed']} | {r['ppl']:.3f} | {r['gap_pct']:+.2f}% | {r['mean_kld']:.4f} |"
                for r in seeds]  # fmt: skip
         g4 = sum(r["gap_pct"] for r in seeds) / len(seeds)
         worst = max(r["gap_pct"] for r in seeds)
         md.append(f"| mean | | **{g4:+.2f}%** | {sum(r['mean_kld'] for r in seeds) / len(seeds):.4f} |")
-        where = f"mean of {len(seeds)} seeds of row 4a, llama.cpp; worst seed {worst:+.2f}%"
+        where = f"mean of {len(seeds)} seeds of row {row}, llama.cpp; worst seed {worst:+.2f}%"
     md += [
         "",
         f"Goal, 4 bits: QAT perplexity within 3 % of float: **{'met' if g4 <= 3.0 else 'not met'}** "
@@ -419,7 +456,9 @@ def markdown(d: dict) -> str:
         f"({100 * r3['torch']['gap_closed']:.0f} %, PyTorch).",
         "",
         "Bits 4a: the 4-bit QAT trained (and scored in PyTorch) with every Q4_0 matmul's input rounded to "
-        "Q8_0 as llama.cpp does (`--cells qat4a`), against the same PTQ.",
+        "Q8_0 as llama.cpp does (`--cells qat4a`), against the same PTQ. Bits 4g (`--cells ptq4g,qat4g`): "
+        "its PTQ is GPTQ-rounded Q4_0 (codes chosen against the Hessians of 16 × 512 training tokens), and "
+        "the QAT is 4a's training started from that file's codes and scales (`qat.init_from_gguf`).",
         "",
         "Gap closed = (PTQ ppl − QAT ppl) / (PTQ ppl − float ppl); KL closed = (PTQ KL − QAT KL) / PTQ KL, "
         "the same for the mean KL(float ‖ model), whose float value is exactly 0. When PTQ's ppl gap "
@@ -445,7 +484,7 @@ def _plot(cells, path, model):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("qat4", "qat3", "qat4a"):
+    for name in ("qat4", "qat3", "qat4a", "qat4g"):
         if name not in cells:
             continue
         rec = cells[name]["log"]
