@@ -18,12 +18,11 @@ not lose small contributions; the values agree to float32 rounding. MoE expert m
 not occur in the supported architectures (llama, mistral, qwen2) and are refused rather than guessed.
 
 The HF module names map to GGUF tensor names as llama.cpp's converter names them
-(``model.layers.3.mlp.down_proj`` -> ``blk.3.ffn_down.weight``).
+(``model.layers.3.mlp.down_proj`` -> ``blk.3.ffn_down.weight``; ``models.architectures.gguf_weight_name``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -31,32 +30,11 @@ import torch
 
 from edgequant.errors import ConfigError, ShapeError
 from edgequant.gguf.imatrix import ImatrixEntry
-
-_LAYER_MAP = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "self_attn.qkv_proj": "attn_qkv",  # Phi-3's fused projections, fused in GGUF too
-    "mlp.gate_up_proj": "ffn_up",
-}
-_LAYER_RE = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
+from edgequant.models.architectures import LAYER_RE as _LAYER_RE
+from edgequant.models.architectures import gguf_weight_name
 
 MIN_ROWS = 16  # llama-imatrix ignores matmuls with fewer activation rows
 UBATCH = 512  # llama.cpp's default n_ubatch: the rows of one collector call
-
-
-def gguf_weight_name(module_name: str) -> str | None:
-    """GGUF name of the weight of HF linear ``module_name`` (None for modules llama-imatrix never sees)."""
-    if module_name == "lm_head":
-        return "output.weight"
-    m = _LAYER_RE.match(module_name)
-    if m and m.group(2) in _LAYER_MAP:
-        return f"blk.{m.group(1)}.{_LAYER_MAP[m.group(2)]}.weight"
-    return None
 
 
 def _tied(model) -> bool:

@@ -31,6 +31,7 @@ exact inverse.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,3 +156,28 @@ def head_dim(config: dict) -> int:
 def layer_types(n_layer: int, pattern: int) -> list[str]:
     """Gemma 3's layer kinds: every ``pattern``-th layer full attention, the others sliding-window."""
     return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layer)]
+
+
+# HF linear module (inside ``model.layers.N.``) -> llama.cpp tensor kind, as llama.cpp's converter names them
+LAYER_MAP = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "self_attn.qkv_proj": "attn_qkv",  # Phi-3's fused projections, fused in GGUF too
+    "mlp.gate_up_proj": "ffn_up",
+}
+LAYER_RE = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
+
+
+def gguf_weight_name(module_name: str) -> str | None:
+    """GGUF name of the weight of HF linear ``module_name`` (None for modules llama-imatrix never sees)."""
+    if module_name == "lm_head":
+        return "output.weight"
+    m = LAYER_RE.match(module_name)
+    if m and m.group(2) in LAYER_MAP:
+        return f"blk.{m.group(1)}.{LAYER_MAP[m.group(2)]}.weight"
+    return None

@@ -39,8 +39,8 @@ MARGIN = 1.0 / 64  # δ: how far inside its bin a projected weight lands (no tie
 def init_from_gguf(model: nn.Module, path: str | os.PathLike) -> dict:
     """Set every learned-scale ggml quantizer of ``model`` (and its latent weight) from the file's tensor;
     returns ``{"tensors": n, "weights": n, "moved": n}`` (moved: latent weights the projection changed)."""
-    from edgequant.eval.imatrix_collect import gguf_weight_name
     from edgequant.gguf.reader import GGUFFile
+    from edgequant.models.architectures import gguf_weight_name
 
     report = {"tensors": 0, "weights": 0, "moved": 0}
     with GGUFFile(os.fspath(path)) as reader:
@@ -70,11 +70,13 @@ def init_from_gguf(model: nn.Module, path: str | os.PathLike) -> dict:
 
 
 def _hf_rows(raw: np.ndarray, module_name: str, model: nn.Module) -> np.ndarray:
-    """Rows of a q/k tensor back from llama.cpp's rope order to Hugging Face's; others unchanged."""
-    from edgequant.models.architectures import unpermute_qk
+    """Rows of a q/k tensor back from llama.cpp's rope order to Hugging Face's (architectures whose
+    ``ArchSpec.permute_qk`` says the converter permuted them); others unchanged."""
+    from edgequant.models.architectures import ARCHS, unpermute_qk
 
     cfg = model.config
-    if getattr(cfg, "model_type", "") not in ("llama", "mistral"):
+    spec = next((ARCHS[a] for a in (getattr(cfg, "architectures", None) or []) if a in ARCHS), None)
+    if spec is None or not spec.permute_qk:
         return raw
     if module_name.endswith("q_proj"):
         return unpermute_qk(raw, int(cfg.num_attention_heads))
