@@ -92,3 +92,31 @@ def test_bad_inputs_give_one_line_errors_and_no_output(tiny):
     assert "invalid choice" in proc.stderr
     assert not out.exists()
     assert not [f for f in os.listdir(d) if f.startswith(".never")]
+
+
+def test_init_from_a_quantized_file_and_its_errors(tiny):
+    from edgequant.models.convert import convert_hf_to_gguf
+    from edgequant.workflows.quantize import quantize_model
+
+    d, hf = tiny
+    f32, q4 = str(d / "f32.gguf"), str(d / "q4_0.gguf")
+    convert_hf_to_gguf(hf, f32, "F32")
+    quantize_model(f32, q4, "Q4_0")
+    out = d / "from-q4.gguf"
+    proc = run(
+        hf, "--text", d / "train.txt", "--steps", 2, "--seq-len", 32, "--init", q4, "--out", out, "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["init"]["tensors"] == 14
+    assert rep["init"]["weights"] > 0
+    assert rep["export"]["types"]["Q4_0"] == 14
+    for bad, words in (
+        (["--format", "lsq", "--init", q4], ["--init", "learned block scales", "lsq"]),
+        (["--init", d / "nope.gguf"], ["--init", "nope.gguf", "does not exist"]),
+        (["--format", "Q8_0", "--init", q4], ["q4_0.gguf", "Q4_0", "Q8_0"]),
+    ):
+        proc = run(hf, "--text", d / "train.txt", "--steps", 1, "--seq-len", 32, *bad)
+        assert proc.returncode == 1, bad
+        assert all(w in proc.stderr for w in words), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

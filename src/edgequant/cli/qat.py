@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   edgequant qat --steps 50 --log loss.jsonl                 SmolLM2-135M, Q4_0 with learned scales, on GPL-3
   edgequant qat --format Q4_0 --out smollm2-qat-q4_0.gguf   ...and export a GGUF holding the trained weights
   edgequant qat model-dir/ --text corpus.txt --format lsq --bits 3 --eval-text heldout.txt --json
+  edgequant quantize f32.gguf gptq.gguf Q4_0 --rounding gptq -f corpus.txt --token-embedding-type f32
+  edgequant qat f32.gguf --text corpus.txt --init gptq.gguf --out qat.gguf   QAT from GPTQ's codes and scales
 """
 
 
@@ -44,6 +46,13 @@ def register(sub) -> None:
     p.add_argument("--task-weight", type=float, default=0.0, help="weight of the next-token cross-entropy")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="FILE.gguf",
+        help="start from this GGUF's codes and block scales (same model, --format Q4_0/Q4_1/Q8_0), e.g. one "
+        "written by 'edgequant quantize --rounding gptq'",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log", default=None, help="JSON-lines loss log (one record per step)")
     p.add_argument("--out", default=None, metavar="OUT.gguf", help="export the QAT model to GGUF")
@@ -52,6 +61,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgequant.cli.flags import flag_names
     from edgequant.cli.progress import tensor_progress
     from edgequant.qat.lm_training import LMTrainConfig
     from edgequant.workflows.qat import finetune_qat
@@ -69,7 +79,7 @@ def run(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
     )
-    with tensor_progress("qat") as advance:
+    with tensor_progress("qat") as advance, flag_names(init_gguf="--init"):
         report = finetune_qat(
             args.model,
             args.text,
@@ -81,6 +91,7 @@ def run(args) -> int:
             log_path=args.log,
             out_path=args.out,
             threads=args.threads,
+            init_gguf=args.init,
             on_step=lambda rec: advance(rec["step"] - 1, args.steps, f"kd {rec['kd']:.4f}"),
         )
     if args.json:
@@ -93,6 +104,11 @@ def run(args) -> int:
 
 def _print_report(report: dict, fmt: str, steps: int) -> None:
     print(f"qat {fmt}: {steps} steps, final KL {report['final_kd']:.4f}, {report['seconds']:.0f} s")
+    if "init" in report:
+        i = report["init"]
+        print(
+            f"started from {i['path']}: {i['tensors']} tensors, {i['moved']} of {i['weights']} weights moved"
+        )
     if "after" in report:
         b, a, f = report["before"], report["after"], report["float"]
         print(f"held-out ppl: float {f['ppl']:.3f}, before QAT {b['ppl']:.3f}, after {a['ppl']:.3f}")

@@ -79,6 +79,7 @@ def finetune_qat(
     log_path: str | os.PathLike | None = None,
     out_path: str | os.PathLike | None = None,
     threads: int | None = None,
+    init_gguf: str | os.PathLike | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Fine-tune ``model`` on ``text`` with its weights fake-quantized as ``fmt``; returns a report dict.
@@ -86,8 +87,11 @@ def finetune_qat(
     ``train``: a ``qat.lm_training.LMTrainConfig``. ``on_step(record)`` after every step. Keys of the report:
     model, format, steps, train_tokens, final_kd, seconds; with ``eval_text`` also float/before/after
     (perplexity and KL on at most 256 held-out tokens); with ``out_path`` also export (dst, types, bytes,
-    bitwise_checked, f32_fake). Raises ConfigError for bad options or a missing model, OutputError for an
-    output that cannot be written; nothing is left at ``log_path`` or ``out_path`` on error.
+    bitwise_checked, f32_fake); with ``init_gguf`` (a GGUF of the same model whose weights have the type
+    ``fmt``, e.g. GPTQ-rounded) the student starts from its codes and scales (``qat.init_from_gguf``) and
+    the report has init (path, tensors, weights, moved). Raises ConfigError for bad options or a missing
+    model, OutputError for an output that cannot be written; nothing is left at ``log_path`` or ``out_path``
+    on error.
     """
     import copy
 
@@ -111,6 +115,15 @@ def finetune_qat(
     model = os.fspath(model)
     if not os.path.exists(model):
         raise ConfigError(f"model '{model}' does not exist (give a GGUF file or a Hugging Face folder)")
+    if init_gguf is not None:
+        init_gguf = os.fspath(init_gguf)
+        if fmt not in _LEARNED_SCALE:
+            raise ConfigError(
+                f"init_gguf needs a format with learned block scales ({'/'.join(_LEARNED_SCALE)}), not {fmt}",
+                option="init_gguf",
+            )
+        if not os.path.isfile(init_gguf):
+            raise ConfigError(f"init_gguf file '{init_gguf}' does not exist", option="init_gguf")
     train_text = _read_text(os.fspath(text), "training text")
     held_out = _read_text(os.fspath(eval_text), "held-out text") if eval_text else None
     student, tok = load_causal_lm(model)
@@ -119,6 +132,10 @@ def finetune_qat(
     eval_ids = torch.tensor(tok(held_out)["input_ids"]) if held_out is not None else None
     report: dict = {"model": model, "format": fmt, "steps": train.steps, "train_tokens": int(ids.numel())}
     prepare(student, QATConfig(weight=spec))
+    if init_gguf is not None:
+        from edgequant.qat.gguf_init import init_from_gguf
+
+        report["init"] = {"path": init_gguf, **init_from_gguf(student, init_gguf)}
     if eval_ids is not None:
         report["before"] = _evaluate(student, teacher, eval_ids)
         report["float"] = _evaluate(teacher, None, eval_ids)
