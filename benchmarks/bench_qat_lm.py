@@ -69,8 +69,9 @@ GPTQ_CHUNKS = 16  # calibration chunks of 512 tokens of the training text for th
 REFLM_TRAIN_FILES = 3_000_000  # bytes of training-split source text to draw windows from
 DEFAULTS = {  # per model: steps, batch, seq_len, lr, scale_lr
     "reference-lm": {"steps": 300, "batch": 4, "seq_len": 256, "lr": 1e-5, "scale_lr": 1e-4},
-    # lr 1e-5: the best of 1e-4, 3e-5, 1e-5, 3e-6 on the qat4a cell (results/qat_smollm2.md's notes)
-    "smollm2": {"steps": 300, "batch": 2, "seq_len": 64, "lr": 1e-5, "scale_lr": 5e-4},
+    # lr 1e-5: the best of 1e-4, 3e-5, 1e-5, 3e-6 on the qat4a cell; 1 window of 256 tokens per step, not
+    # 2 of 64: llama.cpp scores positions 256-511 (results/qat_smollm2.md's notes: seeds at both settings)
+    "smollm2": {"steps": 300, "batch": 1, "seq_len": 256, "lr": 1e-5, "scale_lr": 5e-4},
 }
 TRAIN_KEYS = ("steps", "batch", "seq_len", "lr", "scale_lr")
 
@@ -410,15 +411,14 @@ def markdown(d: dict) -> str:
         f"--model {d['model']}`.",
         "",
         f"- Source: {d['source']}.",
-        f"- Training text: {d['train_text']} ({d['train_tokens']} tokens). Steps of {t['batch']} windows × "
-        f"{t['seq_len']} tokens, distillation from the float model; steps and learning rates (weights / "
-        "quantizer scales) per row.",
+        f"- Training text: {d['train_text']} ({d['train_tokens']} tokens). Distillation from the float "
+        "model; per row: steps × windows × tokens per window, learning rates (weights / quantizer scales).",
         f"- Held-out text: {d['eval_text']} ({d['eval_tokens']} tokens). PyTorch: "
         f"{d['settings']['eval_windows']} windows of 256, second half scored. llama.cpp: ctx 512 × 16 chunks "
         "against the F32 file.",
         "",
-        "| bits | scored by | steps, lr | float ppl | PTQ ppl | QAT ppl | PTQ gap | QAT gap | gap closed "
-        "| PTQ KL | QAT KL | KL closed |",
+        "| bits | scored by | steps × batch × tokens, lr | float ppl | PTQ ppl | QAT ppl | PTQ gap | QAT gap "
+        "| gap closed | PTQ KL | QAT KL | KL closed |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in d["rows"]:
@@ -430,7 +430,8 @@ def markdown(d: dict) -> str:
             rt = r.get("train", t)
             md.append(
                 f"| {r['bits']} | {'llama.cpp (GGUF)' if who == 'llamacpp' else 'PyTorch'} | "
-                f"{rt['steps']}, {rt['lr']:g} / {rt['scale_lr']:g} | {x['float_ppl']:.3f} | "
+                f"{rt['steps']} × {rt['batch']} × {rt['seq_len']}, {rt['lr']:g} / {rt['scale_lr']:g} | "
+                f"{x['float_ppl']:.3f} | "
                 f"{x['ptq_ppl']:.3f} | {x['qat_ppl']:.3f} | {x['ptq_gap_pct']:+.2f}% | "
                 f"{x['qat_gap_pct']:+.2f}% | {100 * x['gap_closed']:.0f}% | {kl_p:.5f} | {kl_q:.5f} | "
                 f"{100 * x['kl_closed']:.0f}% |"
