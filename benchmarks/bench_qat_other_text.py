@@ -10,19 +10,23 @@ first elsewhere, and how much of QAT's gain holds outside the training domain.
     python benchmarks/bench_qat_other_text.py PTQ=/tmp/eq-qat-smollm2/ptq4.gguf \\
         "lr 1e-5=/tmp/eq-qat-smollm2-C/qat4a.gguf" ...
 
-Writes ``benchmarks/results/qat_smollm2_other_text.{json,md}``.
+Writes ``benchmarks/results/qat_smollm2_other_text.{json,md}``. Resumable: each file's scores are kept in
+``--cache`` under its path, size and mtime (and the text's token count), so a rerun with more files scores
+only the new ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 import sysconfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine_info, write_results
+from bench_quality import load_rows
 
 from edgequant.eval import CachedLogits, Chunking, evaluate_chunks, split_chunks
 from edgequant.eval.llamacpp_backend import LlamaCppBackend
@@ -49,6 +53,7 @@ def main() -> int:
     ap.add_argument("files", nargs="+", help="LABEL=PATH of a GGUF to score")
     ap.add_argument("--f32", default=None, help="the F32 file (default: bench_qat_lm's, in $TMPDIR)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default=os.path.join("/tmp", "eq-qat-other-text.json"), help="scores kept")
     args = ap.parse_args()
     f32 = args.f32 or os.path.join("/tmp", "eq-qat-smollm2", "SmolLM2-135M-F32.gguf")
     files = dict(item.split("=", 1) for item in args.files)
@@ -59,16 +64,23 @@ def main() -> int:
     chunks = split_chunks(toks, chunking, bos, "METADATA text")
     base = CachedLogits(base)
     ref = evaluate_chunks(base, chunks, chunking)
-    rows = []
+    rows, cache = [], load_rows(args.cache)
     for label, path in files.items():
-        m = LlamaCppBackend(path, 512, args.threads)
-        try:
-            r = evaluate_chunks(m, chunks, chunking, base=base)
-        finally:
-            m.close()
+        st = os.stat(path)
+        key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{len(toks)}"
+        if key not in cache:
+            m = LlamaCppBackend(path, 512, args.threads)
+            try:
+                r = evaluate_chunks(m, chunks, chunking, base=base)
+            finally:
+                m.close()
+            cache[key] = {"ppl": r["ppl"], "mean_kld": r["mean_kld"], "same_top": r["same_top_fraction"]}
+            with open(args.cache + ".tmp", "w") as f:
+                json.dump(cache, f)
+            os.replace(args.cache + ".tmp", args.cache)
+        r = cache[key]
         gap = 100 * (r["ppl"] / ref["ppl"] - 1)
-        rows.append({"label": label, "path": path, "ppl": r["ppl"], "gap_pct": gap, "mean_kld": r["mean_kld"],
-                     "same_top": r["same_top_fraction"]})  # fmt: skip
+        rows.append({"label": label, "path": path, "gap_pct": gap, **r})
         print(rows[-1], file=sys.stderr, flush=True)
     data = {"machine": machine_info(), "f32": f32, "float_ppl": ref["ppl"], "text_packages": names,
             "text_tokens": len(toks), "rows": rows}  # fmt: skip
