@@ -16,8 +16,9 @@ Hessian, not per weight. For every such weight:
 
 Afterwards the quantizer's forward equals ggml's dequantization of the file's bytes, bit for bit; that is
 checked for every weight (``ExportMismatchError`` otherwise). q/k rows are taken back from llama.cpp's order
-(``architectures.unpermute_qk``). Refused with a ``ConfigError`` naming the tensor: a weight the file lacks,
-a tensor of another type than the quantizer's format, a quantizer without learned scales.
+(``architectures.unpermute_qk``). Refused, naming the tensor: a weight the file lacks, a tensor of another
+type than the quantizer's format, a quantizer without learned scales (``ConfigError``); a tensor of another
+shape (``ShapeError``: not the same model).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def init_from_gguf(model: nn.Module, path: str | os.PathLike) -> dict:
                 raise ConfigError(
                     f"{path}: {gname} is {t.type_name}; the QAT weight {name} is trained on {q.fmt}"
                 )
+            if tuple(t.np_shape) != tuple(mod.weight.shape):
+                raise ShapeError(
+                    f"{path}: {gname} is {tuple(t.np_shape)}, the QAT weight {name} "
+                    f"{tuple(mod.weight.shape)}: not the same model"
+                )
             raw = _hf_rows(np.asarray(reader.tensor_data(t)).reshape(t.np_shape[0], -1), name, model)
             moved = _set_from_blocks(mod, q, raw, gname)
             report["tensors"] += 1
@@ -94,8 +100,6 @@ def _set_from_blocks(mod: nn.Module, q: GGMLGridQuantizer, raw: np.ndarray, gnam
     w = mod.weight
     v = q.view(w.detach()).float()
     codes, d, m = unpack_blocks(q.fmt, raw, v.shape[0])
-    if codes.shape != tuple(v.shape):
-        raise ShapeError(f"{gname}: the file's blocks are {codes.shape}, the QAT weight's {tuple(v.shape)}")
     qc, d = torch.from_numpy(codes).float(), torch.from_numpy(d)
     m = torch.from_numpy(m) if m is not None else torch.zeros_like(d)
     qmin, qmax = _GRID[q.fmt]
