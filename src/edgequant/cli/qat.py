@@ -20,7 +20,8 @@ EXAMPLES = """examples:
   edgequant qat --format Q4_0 --out smollm2-qat-q4_0.gguf   ...and export a GGUF holding the trained weights
   edgequant qat model-dir/ --text corpus.txt --format lsq --bits 3 --eval-text heldout.txt --json
   edgequant quantize f32.gguf gptq.gguf Q4_0 --rounding gptq -f corpus.txt --token-embedding-type f32
-  edgequant qat f32.gguf --text corpus.txt --init gptq.gguf --out qat.gguf   QAT from GPTQ's codes and scales
+  edgequant qat f32.gguf --text corpus.txt --init gptq.gguf --scale-lr 5e-5 --out qat.gguf
+                                                            QAT from GPTQ's codes and scales
 """
 
 
@@ -57,7 +58,8 @@ def register(sub) -> None:
         default=None,
         metavar="FILE.gguf",
         help="start from this GGUF's codes and block scales (same model, --format Q4_0/Q4_1/Q8_0), e.g. one "
-        "written by 'edgequant quantize --rounding gptq'",
+        "written by 'edgequant quantize --rounding gptq'; then a lower --scale-lr (5e-5 measured best on "
+        "SmolLM2: at 5e-4 the scales drift from GPTQ's)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log", default=None, help="JSON-lines loss log (one record per step)")
