@@ -308,8 +308,7 @@ def _gptq_file(work: str, f32: str, log) -> str:
     log(f"GPTQ Q4_0: Hessians of {GPTQ_CHUNKS} x 512 training tokens, then rounding (minutes)")
     h = collect_hessians(f32, os.path.join(work, "train-text.txt"), n_ctx=512, n_chunks=GPTQ_CHUNKS)
     opts = QuantizeOptions(token_embedding_type="F32")
-    quantize_model(f32, path + ".tmp", "Q4_0", options=opts, hessians=h)
-    os.replace(path + ".tmp", path)
+    quantize_model(f32, path, "Q4_0", options=opts, hessians=h)  # atomic: no partial file is ever at path
     return path
 
 
